@@ -1,0 +1,56 @@
+"""The ``bitlaw`` console script: a thin router to one module per subcommand.
+
+Subcommand modules are imported only when their command runs, so ``bitlaw --help`` and
+``bitlaw fit --help`` stay fast (no pandas/scipy/matplotlib import for the top-level help).
+Each module provides ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from fit.errors import InputError
+
+# name -> (module, one-line help). Add a line when a subcommand is implemented, never before.
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def _top_level_help() -> str:
+    lines = [
+        "usage: bitlaw COMMAND [options]",
+        "",
+        "Scaling laws for quantization-aware training: gather runs, fit laws, recommend a bit width.",
+        "",
+        "commands:",
+    ]
+    width = max((len(name) for name in COMMANDS), default=0)
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `bitlaw COMMAND --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_level_help())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        allowed = ", ".join(COMMANDS) or "(none yet)"
+        print(f"bitlaw: error: unknown command {name!r}; allowed: {allowed}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"bitlaw {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except InputError as err:
+        print(f"bitlaw {name}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""The `bitlaw` console script: help, routing and one-line errors."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from fit import cli
+
+BITLAW = Path(sys.executable).with_name("bitlaw")
+
+
+def test_console_script_help_runs() -> None:
+    exe = str(BITLAW) if BITLAW.exists() else shutil.which("bitlaw")
+    assert exe, "the bitlaw console script is not installed (pip install -e .)"
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: bitlaw COMMAND")
+    for name in cli.COMMANDS:
+        assert f"  {name}" in out.stdout
+
+
+def test_unknown_command_is_one_line_error(capsys) -> None:
+    assert cli.main(["frobnicate"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert "unknown command 'frobnicate'" in err and "allowed:" in err
+
+
+def test_every_registered_command_has_help() -> None:
+    for name in cli.COMMANDS:
+        out = subprocess.run(
+            [sys.executable, "-m", "fit.cli", name, "--help"], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, (name, out.stderr)
+        assert f"usage: bitlaw {name}" in out.stdout
