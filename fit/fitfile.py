@@ -1,0 +1,83 @@
+"""Reading fit.json (design §2, a contract) back: parameters, predictions and bootstrap draws.
+
+Layout: ``{"law", "loss", "delta", "columns", "fits": {FORMAT|"all": {A, B, E, alpha, beta[, gamma, offset],
+objective, ..., "flags", "bootstrap": {param: [lo, hi]}, "bootstrap_samples": {param: [K values]}}},
+"extrapolation": {...}}``.  ``fits["all"]`` serves every format.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fit.errors import InputError
+from fit.law import CHINCHILLA_PARAMS, predict_loss
+
+LAW_PARAM_KEYS = (*CHINCHILLA_PARAMS, "gamma", "offset")
+
+
+@dataclass(frozen=True)
+class FitFile:
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def law(self) -> str:
+        return str(self.data.get("law", "chinchilla"))
+
+    @property
+    def formats(self) -> list[str]:
+        return list(self.data["fits"])
+
+    def entry(self, fmt: str | None = None) -> dict[str, Any]:
+        """The fit entry for ``fmt``; ``fits['all']`` (or a lone entry) when ``fmt`` is None."""
+        fits = self.data["fits"]
+        if fmt is not None and fmt in fits:
+            return fits[fmt]
+        if "all" in fits:
+            return fits["all"]
+        if fmt is None and len(fits) == 1:
+            return next(iter(fits.values()))
+        allowed = ", ".join(fits)
+        wanted = "a format" if fmt is None else f"format {fmt!r}"
+        raise InputError(f"--format: {self.path} has no fit for {wanted}; allowed: {allowed}")
+
+    def params(self, fmt: str | None = None) -> dict[str, float]:
+        entry = self.entry(fmt)
+        return {k: float(entry[k]) for k in LAW_PARAM_KEYS if k in entry}
+
+    def predict(self, N: Any, D: Any, P: Any = None, fmt: str | None = None) -> np.ndarray:
+        params = self.params(fmt)
+        if "gamma" in params and P is None:
+            raise InputError("--P: a precision-law fit needs the bits per weight (e.g. --P 2.25)")
+        return predict_loss(params, N, D, P)
+
+    def bootstrap_samples(self, fmt: str | None = None) -> dict[str, np.ndarray] | None:
+        """Per-parameter arrays of the bootstrap refits (aligned by resample), or None if not bootstrapped."""
+        samples = self.entry(fmt).get("bootstrap_samples")
+        if not samples:
+            return None
+        return {k: np.asarray(v, dtype=float) for k, v in samples.items()}
+
+
+def load_fit(path: str | Path) -> FitFile:
+    """Load and minimally validate a fit.json; every problem is one InputError line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"fit file {path} does not exist (make one with `bitlaw fit DATA -o fit.json`)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"fit file {path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    fits = data.get("fits") if isinstance(data, dict) else None
+    if not isinstance(fits, dict) or not fits:
+        raise InputError(f"fit file {path} has no 'fits' object; is it a bitlaw fit.json?")
+    for name, entry in fits.items():
+        missing = [k for k in CHINCHILLA_PARAMS if k not in entry]
+        if missing:
+            raise InputError(f"fit file {path}: fit {name!r} lacks parameters {', '.join(missing)}")
+    return FitFile(path=path, data=data)
