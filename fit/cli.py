@@ -14,7 +14,15 @@ import sys
 from fit.errors import InputError
 
 # name -> (module, one-line help). Add a line when a subcommand is implemented, never before.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "gather": ("fit.gathercmd", "collect run dirs into one runs table (CSV or Parquet)"),
+    "fit": ("fit.fitcmd", "fit a Chinchilla or precision-aware law to a table; writes fit.json"),
+    "predict": ("fit.predictcmd", "predicted loss at (N, D[, P]) from a fit.json"),
+    "recommend": ("fit.recommendcmd", "best bit width and model for a weight-memory budget"),
+    "plot": ("fit.plotcmd", "PNG figures: loss vs N, isoloss, N_eff vs P_w, pred. vs observed, best bits"),
+    "report": ("fit.reportcmd", "Markdown report with figures: data, fits, extrapolation, recommendation"),
+    "status": ("fit.status", "per-run state of a sweep dir (done/running/pending/failed/cancelled) and totals"),
+}
 
 
 def _top_level_help() -> str:

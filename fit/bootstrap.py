@@ -1,0 +1,114 @@
+"""Bootstrap refits: resample by run (or by row), warm-start from the full fit, two worker processes.
+
+Every fit of one ``bitlaw fit`` call sees the *same* resample k (the weight vector is drawn once over the
+whole table), so draws are aligned across formats: recommend can ask "in how many resamples does 2-bit
+beat 4-bit".  Resamples are drawn in the parent from one seeded generator, so the answer does not depend on
+the worker count.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+
+import numpy as np
+
+from fit.fitting import FitData, LawSpec, Objective, refit
+
+
+@dataclass
+class BootJob:
+    """One fit to repeat on every resample: its data, law shape, objective, warm start and table rows."""
+
+    data: FitData
+    spec: LawSpec
+    objective: Objective
+    theta: np.ndarray  # full-data optimum, the warm start
+    row_ids: np.ndarray  # (n,) index into the table of each data row (repeats allowed)
+
+
+def draw_counts(unit_of_row: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """(K, n_units) multiplicities: each resample draws n_units units with replacement."""
+    n_units = int(unit_of_row.max()) + 1
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, n_units, size=(n_resamples, n_units))
+    return np.stack([np.bincount(row, minlength=n_units) for row in picks])
+
+
+def _refit_chunk(jobs: list[BootJob], unit_of_row: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+    """Refit every job on each resample of the chunk; returns per job a (k_chunk, n_params) array."""
+    out = [np.empty((len(counts), len(job.theta))) for job in jobs]
+    for i, unit_counts in enumerate(counts):
+        row_weight = unit_counts[unit_of_row].astype(float)  # (n_table_rows,)
+        for j, job in enumerate(jobs):
+            data = job.data.with_weight(job.data.weight * row_weight[job.row_ids])
+            out[j][i] = refit(job.theta, data, job.spec, job.objective)
+    return out
+
+
+class _Progress:
+    """A dependency-free one-line progress bar on stderr."""
+
+    def __init__(self, total: int, enabled: bool, label: str = "bootstrap") -> None:
+        self.total, self.enabled, self.label, self.start = total, enabled, label, time.perf_counter()
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * done / max(self.total, 1))
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / done * (self.total - done) if done else 0.0
+        bar = "#" * filled + "." * (width - filled)
+        sys.stderr.write(f"\r{self.label} [{bar}] {done}/{self.total}  {elapsed:5.1f} s  eta {eta:5.1f} s")
+        if done >= self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def run_bootstrap(
+    jobs: list[BootJob],
+    unit_of_row: np.ndarray,
+    n_resamples: int,
+    seed: int = 0,
+    workers: int = 2,
+    progress: bool | None = None,
+) -> list[np.ndarray]:
+    """K warm-started refits of every job; returns per job a (K, n_params) array of θ draws."""
+    counts = draw_counts(unit_of_row, n_resamples, seed)
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = _Progress(n_resamples, show)
+    bar.update(0)
+    # small chunks keep the bar moving and both workers busy to the end; large enough to amortise pickling
+    chunk = max(1, min(50, n_resamples // (8 * max(workers, 1)) or 1))
+    pieces = [(i, counts[i : i + chunk]) for i in range(0, n_resamples, chunk)]
+    results: dict[int, list[np.ndarray]] = {}
+    if workers <= 1 or len(pieces) == 1:
+        for start, block in pieces:
+            results[start] = _refit_chunk(jobs, unit_of_row, block)
+            bar.update(sum(len(r[0]) for r in results.values()))
+    else:
+        # fork: workers inherit the imported modules (no re-import cost); the jobs are small to pickle
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = {pool.submit(_refit_chunk, jobs, unit_of_row, block): start for start, block in pieces}
+            done = 0
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                done += len(results[futures[future]][0])
+                bar.update(done)
+    order = sorted(results)
+    return [np.vstack([results[start][j] for start in order]) for j in range(len(jobs))]
+
+
+def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of finite draws (NaN, NaN when none are finite)."""
+    finite = samples[np.isfinite(samples)]
+    if finite.size == 0:
+        return float("nan"), float("nan")
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(finite, [tail, 100 - tail])
+    return float(lo), float(hi)

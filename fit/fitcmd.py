@@ -1,0 +1,245 @@
+"""``bitlaw fit DATA -o fit.json``: fit a scaling law to a table and write fit.json (design §2).
+
+The heavy imports (pandas, scipy) happen inside :func:`run`, so ``bitlaw fit --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fit.errors import InputError
+
+LAWS = ("chinchilla", "precision")
+LOSSES = ("huber", "mse", "mae", "asymmetric")  # mirrors fit.fitting.LOSSES without importing scipy
+SPACES = ("log", "raw")
+GRIDS = ("coarse", "default", "fine")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", metavar="DATA", help="runs table: .csv, .tsv, .jsonl or .parquet")
+    parser.add_argument(
+        "-o", "--output", default="fit.json", help="where to write fit.json (default: fit.json)"
+    )
+    parser.add_argument(
+        "--law",
+        default="chinchilla",
+        choices=LAWS,
+        help="chinchilla: E + A/N^alpha + B/D^beta; precision: N -> N(1 - exp(-P/gamma))",
+    )
+    parser.add_argument(
+        "--columns",
+        metavar="MAP",
+        help="map names to your columns: N=col,D=col,loss=col[,P=col,format=col,run=col]",
+    )
+    parser.add_argument(
+        "--n-convention",
+        choices=("quant", "nonembed", "total"),
+        help="take N from N_quant / N_nonembed / N_total (a `bitlaw gather` table); default: N",
+    )
+    parser.add_argument("--where", metavar="EXPR", help="pandas query on the table's columns, e.g. 'D > 1e9'")
+    parser.add_argument(
+        "--drop-invalid",
+        action="store_true",
+        help="drop rows with missing, non-numeric or non-positive N, D, loss, P (counted)",
+    )
+    parser.add_argument(
+        "--by",
+        choices=("format",),
+        help="one fit per format; format none/bf16 rows are a shared 16-bit anchor of each",
+    )
+    parser.add_argument(
+        "--shared",
+        action="store_true",
+        help="with --by format --law precision: shared A, B, E, alpha, beta; gamma per format",
+    )
+    parser.add_argument("--tie-exponents", action="store_true", help="fit alpha = beta")
+    parser.add_argument("--offset", action="store_true", help="fit an exponent offset: exp(-P/gamma + n)")
+    parser.add_argument("--loss", default="huber", choices=LOSSES, help="per-point loss (default: huber)")
+    parser.add_argument("--delta", type=float, default=1e-3, help="Huber threshold (default: 1e-3)")
+    parser.add_argument(
+        "--asym-weight",
+        type=float,
+        default=10.0,
+        help="asymmetric loss: weight on over-predictions (default: 10)",
+    )
+    parser.add_argument(
+        "--space", default="log", choices=SPACES, help="residuals of log loss (default) or of raw loss"
+    )
+    parser.add_argument(
+        "--grid",
+        default="default",
+        choices=GRIDS,
+        help="start grid: coarse (243), default (Epoch's 4500), fine (~88k); x gamma grid",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=0,
+        metavar="K",
+        help="K bootstrap refits, resampling runs (`run` column) or rows; 95%% percentile CIs",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    parser.add_argument("--workers", type=int, default=2, help="bootstrap worker processes (default: 2)")
+    parser.add_argument(
+        "--progress", action="store_true", help="show the bootstrap progress bar even if not a tty"
+    )
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    if not (math.isfinite(args.delta) and args.delta > 0):
+        raise InputError(f"--delta: {args.delta} is not allowed; it must be a positive number (e.g. 1e-3)")
+    if not (math.isfinite(args.asym_weight) and args.asym_weight > 0):
+        raise InputError(f"--asym-weight: {args.asym_weight} is not allowed; it must be a positive number")
+    if args.bootstrap < 0:
+        raise InputError(f"--bootstrap: {args.bootstrap} is not allowed; use 0 (off) or a positive count")
+    if args.workers < 1:
+        raise InputError(f"--workers: {args.workers} is not allowed; use 1 or more")
+    if args.by is None and args.shared:
+        raise InputError("--shared needs --by format")
+    output = Path(args.output)
+    if output.suffix.lower() != ".json":
+        raise InputError(f"-o/--output: {output} must end in .json")
+    if output.parent != Path("") and not output.parent.is_dir():
+        raise InputError(f"-o/--output: directory {output.parent} does not exist")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
+    """Write via a temp file + rename: a crash never leaves half a fit.json behind."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(document, handle, indent=1, allow_nan=True)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
+    from fit.engine import FitOptions, run_fits
+    from fit.fitting import Objective
+    from fit.table import load_table, parse_columns
+
+    _check_numbers(args)
+    require = (
+        ("N", "D", "loss") + (("P",) if args.law == "precision" else ()) + (("format",) if args.by else ())
+    )
+    columns = parse_columns(args.columns)
+    table = load_table(args.data, columns, args.where, require, args.drop_invalid, args.n_convention)
+    objective = Objective(args.loss, args.delta, args.space, args.asym_weight)
+    opts = FitOptions(
+        law=args.law,
+        by=args.by,
+        shared=args.shared,
+        tie=args.tie_exponents,
+        offset=args.offset,
+        objective=objective,
+        grid=args.grid,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        workers=args.workers,
+        progress=True if args.progress else None,
+    )
+    result = run_fits(table, opts)
+    data_path = Path(args.data)
+    document: dict[str, Any] = {
+        "law": args.law,
+        "loss": args.loss,
+        "delta": args.delta,
+        "space": args.space,
+        "asym_weight": args.asym_weight if args.loss == "asymmetric" else None,
+        "columns": table.columns,
+        "n_convention": args.n_convention or "as given (column N)",
+        "by": args.by,
+        "options": {
+            "tie_exponents": args.tie_exponents,
+            "offset": args.offset,
+            "shared": args.shared,
+            "grid": args.grid,
+            "bootstrap": args.bootstrap,
+            "seed": args.seed,
+            "anchor": "rows of format none/bf16 with P >= 8 join every per-format fit" if args.by else None,
+        },
+        "data": {
+            "path": str(data_path.resolve()),
+            "sha256": sha256_of(data_path),
+            "where": args.where,
+            "rows_read": table.n_rows_read,
+            "rows_after_where": table.n_rows_where,
+            "rows_used": len(table.frame),
+            "dropped": table.dropped,
+            "bootstrap_unit": "run" if "run" in table.frame else "row",
+        },
+        "command": shlex.join(["bitlaw", "fit", *sys.argv[2:]])
+        if _invoked_as_fit()
+        else shlex.join(sys.argv),
+        **result,
+    }
+    write_json_atomic(Path(args.output), document)
+    print(format_summary(document))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _invoked_as_fit() -> bool:
+    return len(sys.argv) > 1 and sys.argv[1] == "fit" and Path(sys.argv[0]).name in ("bitlaw", "cli.py")
+
+
+def _num(value: float | None) -> str:
+    return "nan" if value is None or not math.isfinite(value) else f"{value:.6g}"
+
+
+def format_summary(document: dict[str, Any]) -> str:
+    """The compact human summary printed by ``bitlaw fit``: parameters with CIs, objective, flags, MAPE."""
+    data = document["data"]
+    loss = document["loss"] + (f" delta={document['delta']:g}" if document["loss"] == "huber" else "")
+    dropped = sum(data["dropped"].values())
+    lines = [
+        f"{document['law']} law, {loss} on {document['space']} loss, {data['rows_used']} rows"
+        f" ({dropped} dropped{', where ' + data['where'] if data['where'] else ''})"
+    ]
+    for name, entry in document["fits"].items():
+        state = "converged" if entry["converged"] else "NOT converged"
+        lines.append(
+            f"fit {name!r}: {entry['n_points']} points, {entry['n_runs']} runs; objective "
+            f"{entry['objective']:.10g}, {state} (|grad| {entry['grad_norm']:.1e}, "
+            f"{entry['iterations']} iterations{', shared' if entry.get('shared') else ''})"
+        )
+        ci = entry.get("bootstrap", {})
+        for key in ("A", "B", "E", "alpha", "beta", "gamma", "offset"):
+            if key in entry:
+                band = f"  95% CI [{_num(ci[key][0])}, {_num(ci[key][1])}]" if key in ci else ""
+                lines.append(f"  {key:<6} {_num(entry[key]):>12}{band}")
+        extrap = entry.get("extrapolation")
+        if extrap and extrap.get("mape") is not None:
+            lines.append(
+                f"  extrapolation to N={extrap['N']:.4g} ({extrap['n_points']} points held out): "
+                f"MAPE {100 * extrap['mape']:.2f} %"
+            )
+        elif extrap:
+            lines.append(f"  extrapolation: skipped ({extrap.get('reason')})")
+        lines += [f"  FLAG {flag}" for flag in entry["flags"]]
+    pooled = document["extrapolation"]
+    if pooled.get("mape") is not None and len(document["fits"]) > 1:
+        lines.append(
+            f"extrapolation, all fits: MAPE {100 * pooled['mape']:.2f} % on {pooled['n_points']} points"
+        )
+    return "\n".join(lines)

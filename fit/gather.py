@@ -1,0 +1,210 @@
+"""Run dirs -> one runs table (design §3, a contract).
+
+A run dir is any directory holding ``run.json`` under a sweep dir (walked recursively; ``.submitit``,
+``wandb`` and ``checkpoint`` trees are skipped).  One row per run; only runs whose ``summary.json`` says
+``completed`` become rows unless ``include_all``.  Files are read as JSON and YAML (``yaml.safe_load``)
+only; nothing is ever unpickled, so a run dir from an untrusted cluster cannot execute code here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fit.errors import InputError
+
+SKIP_DIRS = {".submitit", "wandb", "checkpoint", "__pycache__", ".git"}
+N_COLUMNS = {"quant": "N_quant", "nonembed": "N_nonembed", "total": "N_total"}
+LEADING = [
+    "run",
+    "format",
+    "bits",
+    "P",
+    "N",
+    "D",
+    "loss",
+    "N_total",
+    "N_nonembed",
+    "N_quant",
+    "N_hp",
+    "status",
+    "sweep",
+    "run_dir",
+]
+
+
+@dataclass
+class Skipped:
+    run_dir: Path
+    status: str  # diverged | failed | running | unreadable
+    reason: str
+
+
+@dataclass
+class Gathered:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """Every directory under ``root`` (itself included) that holds a run.json, in sorted order."""
+    found = []
+    for current, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
+        if "run.json" in files:
+            found.append(Path(current))
+    return found
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """{"model": {"d_model": 64}} -> {"model.d_model": 64}; lists become JSON strings (one cell each)."""
+    if not isinstance(config, dict):
+        return {prefix.rstrip("."): config} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            out[name] = json.dumps(value)
+        else:
+            out[name] = value
+    return out
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def read_metrics(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
+    """metrics.jsonl, tolerating a torn last line or junk lines (a job killed mid-write): warn, keep rest."""
+    if not path.is_file():
+        return []
+    records, bad = [], 0
+    with path.open("r", errors="replace") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                bad += 1
+    if bad:
+        warnings.append(f"{path}: skipped {bad} unreadable line(s) of metrics.jsonl; kept {len(records)}")
+    return records
+
+
+def _last_val_loss(records: list[dict[str, Any]]) -> float | None:
+    for record in reversed(records):
+        value = record.get("val_loss")
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return float(value)
+    return None
+
+
+def read_run(run_dir: Path, sweep: Path, n_convention: str, result: Gathered, include_all: bool) -> None:
+    """Append the run's row to ``result.rows``, or record why it is skipped."""
+    try:
+        meta = _read_json(run_dir / "run.json")
+    except (OSError, ValueError) as err:
+        result.skipped.append(Skipped(run_dir, "unreadable", f"run.json: {err}"))
+        return
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        try:
+            summary = _read_json(summary_path)
+        except (OSError, ValueError) as err:
+            result.skipped.append(Skipped(run_dir, "unreadable", f"summary.json: {err}"))
+            return
+    else:
+        summary = {"status": "running", "reason": "no summary.json yet (running, pending or killed)"}
+    status = str(summary.get("status", "unknown"))
+    records = read_metrics(run_dir / "metrics.jsonl", result.warnings)
+    if status != "completed":
+        result.skipped.append(Skipped(run_dir, status, str(summary.get("reason") or "no reason recorded")))
+        if not include_all:
+            return
+    config: dict[str, Any] = {}
+    config_path = run_dir / "config.yaml"
+    if config_path.is_file():
+        try:
+            loaded = yaml.safe_load(config_path.read_text())  # safe_load: plain data only, never objects
+            config = loaded if isinstance(loaded, dict) else {}
+        except (OSError, yaml.YAMLError) as err:
+            result.warnings.append(
+                f"{config_path}: unreadable ({str(err).splitlines()[0]}); config columns empty"
+            )
+    loss = summary.get("final_val_loss")
+    if status == "completed" and not isinstance(loss, (int, float)):
+        loss = _last_val_loss(records)
+        result.warnings.append(
+            f"{run_dir}: summary.json has no final_val_loss; used the last val_loss of metrics.jsonl ({loss})"
+        )
+    row: dict[str, Any] = {
+        "run": meta.get("run_id", run_dir.name),
+        "format": meta.get("format"),
+        "bits": meta.get("bits"),
+        "P": meta.get("P_w"),
+        "N": meta.get(N_COLUMNS[n_convention]),
+        "D": summary.get("tokens_seen", meta.get("D")),
+        "loss": loss,
+        "N_total": meta.get("N_total"),
+        "N_nonembed": meta.get("N_nonembed"),
+        "N_quant": meta.get("N_quant"),
+        "N_hp": meta.get("N_hp"),
+        "status": status,
+        "sweep": str(sweep),
+        "run_dir": str(run_dir),
+        "reason": summary.get("reason"),
+        "wall_s": summary.get("wall_s"),
+        "seed": meta.get("seed"),
+        "git_sha": meta.get("git_sha"),
+        "n_metrics": len(records),
+        "last_val_loss": _last_val_loss(records),
+    }
+    for key, value in flatten(config).items():
+        row.setdefault(key, value)
+    result.rows.append(row)
+
+
+def gather(sweep_dirs: list[str | Path], n_convention: str = "quant", include_all: bool = False) -> Gathered:
+    """Read every run dir under ``sweep_dirs``; see module docstring."""
+    if n_convention not in N_COLUMNS:
+        raise InputError(f"--n-convention: {n_convention!r} is not allowed; allowed: {', '.join(N_COLUMNS)}")
+    result = Gathered()
+    for sweep in map(Path, sweep_dirs):
+        if not sweep.is_dir():
+            raise InputError(f"SWEEP_DIR {sweep}: not a directory")
+        run_dirs = find_run_dirs(sweep)
+        if not run_dirs:
+            result.warnings.append(f"{sweep}: no run dirs (no run.json below it)")
+        for run_dir in run_dirs:
+            read_run(run_dir, sweep, n_convention, result, include_all)
+    return result
+
+
+def to_frame(rows: list[dict[str, Any]]):
+    """Rows -> a DataFrame with the contract columns first, then the rest sorted (config keys)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    for column in LEADING:
+        if column not in frame:
+            frame[column] = None
+    rest = sorted(c for c in frame.columns if c not in LEADING)
+    return frame[LEADING + rest]

@@ -1,0 +1,75 @@
+"""``bitlaw plot``: the study's figures as PNGs into a directory (see fit/plot.py for the list)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fit.errors import InputError
+from fit.fitfile import load_fit
+from fit.recommend import parse_bits, parse_memory, parse_tokens
+from fit.recommendcmd import accounting, load_source
+
+DEFAULT_BUDGETS = "1GB,2GB,4GB,8GB,16GB,32GB,64GB"
+
+
+def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options ``plot`` and ``report`` share."""
+    parser.add_argument("fit", nargs="?", metavar="FIT.json", help="a precision-law fit")
+    parser.add_argument("--data", metavar="RUNS", help="the runs table the fit used (CSV, JSONL or Parquet)")
+    parser.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write into")
+    parser.add_argument(
+        "--memory", default=DEFAULT_BUDGETS, help=f"budgets to compare (default {DEFAULT_BUDGETS})"
+    )
+    parser.add_argument(
+        "--tokens", help="fixed D for isoloss and recommendation (default: the data's largest D)"
+    )
+    parser.add_argument(
+        "--arch", default="llama3", help="model family for the memory figures (default llama3)"
+    )
+    parser.add_argument("--bits", default="1,2,3,4,16", help="bit widths to compare (default 1,2,3,4,16)")
+    parser.add_argument(
+        "--block-size", type=int, default=64, help="weights per quantization scale (default 64)"
+    )
+    parser.add_argument("--scale-bits", type=int, default=16, help="bits per stored scale (default 16, bf16)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_shared_arguments(parser)
+    parser.add_argument("--preset", help="published constants instead of a fit (memory figures only)")
+    parser.add_argument(
+        "--params", help="fixed N for the (D, P_w) isoloss panel (default: the data's largest N)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from fit.memory import resolve_arch
+    from fit.plot import PlotInputs, make_plots
+    from fit.report import load_runs
+
+    source = load_source(args.fit, args.preset)
+    fitfile = load_fit(args.fit) if args.fit else None
+    if args.data and fitfile is None:
+        raise InputError("--data: needs FIT.json (a preset has no runs to compare with)")
+    runs = load_runs(fitfile, Path(args.data))[1] if args.data else None
+    resolve_arch(args.arch)  # fail on a bad --arch before any drawing
+    params_n = None
+    if args.params:
+        try:
+            params_n = float(args.params)
+        except ValueError:
+            raise InputError(f"--params: {args.params!r} is not a number of parameters, e.g. 3.9e9") from None
+    inputs = PlotInputs(
+        source,
+        fitfile,
+        runs,
+        parse_tokens(args.tokens) if args.tokens else None,
+        params_n,
+        parse_memory(args.memory),
+        args.arch,
+        tuple(parse_bits(args.bits)),
+        accounting(args.block_size, args.scale_bits),
+    )
+    for name, path in make_plots(inputs, Path(args.output)).items():
+        print(f"{name}: {path}")
+    return 0

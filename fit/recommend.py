@@ -1,0 +1,359 @@
+"""Which bit width, which model, for M bytes of weights and D training tokens (design §5).
+
+For every bit width the largest shape of the family that fits the budget is the loss-optimal one at that bit
+width (loss falls with N at fixed P and D), so the search is: per bit width, that shape; across bit widths,
+the lowest predicted loss. At fixed D this is the largest N_eff whatever A and α are, which is how presets
+without published A, B, E are ranked. With bootstrap samples in the fit, every resample repeats the ranking;
+the share of resamples each bit width wins and the winner's loss interval come from those.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fit.errors import InputError
+from fit.fitfile import FitFile
+from fit.law import capacity
+from fit.memory import BF16_BITS, BitAccounting, Shape, check_format, shape_bytes
+from fit.presets import FormatLaw, LawSource
+
+ALLOWED_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16)
+DEFAULT_BITS = (1, 2, 3, 4, 16)
+UNITS = {
+    "": 1, "b": 1,
+    "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}  # fmt: skip
+TOKEN_SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+N_COLUMN_CONVENTION = {"N": "quant", "N_quant": "quant", "N_nonembed": "nonembed", "N_total": "total"}
+
+
+# ----------------------------------------------------------------------------- parsing user input
+
+
+def parse_memory(text: str) -> list[float]:
+    """``8GB`` (10^9), ``8GiB`` (2^30), ``7.5e9`` (bytes) or a comma list of those -> bytes, in order."""
+    budgets = []
+    for item in text.split(","):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", item)
+        unit = match.group(2).lower() if match else ""
+        if not match or unit not in UNITS:
+            raise InputError(
+                f"--memory: cannot parse {item.strip()!r}; use bytes or a number with a unit "
+                "(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 8GB, 8GiB, 7.5e9 or 1GB,2GB,4GB"
+            )
+        value = float(match.group(1)) * UNITS[unit]
+        if not value > 0:
+            raise InputError(f"--memory: {item.strip()!r} must be a positive amount of memory")
+        budgets.append(value)
+    return budgets
+
+
+def parse_tokens(text: str) -> float:
+    """``1.5e11``, ``150B``, ``2T`` -> tokens."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]?)\s*", text)
+    suffix = match.group(2).lower() if match else ""
+    if not match or suffix not in TOKEN_SUFFIX or not float(match.group(1)) > 0:
+        raise InputError(f"--tokens: cannot parse {text!r}; use a positive number such as 1.5e11, 150B or 2T")
+    return float(match.group(1)) * TOKEN_SUFFIX[suffix]
+
+
+def parse_bits(text: str) -> list[int]:
+    try:
+        bits = [int(b) for b in text.split(",")]
+    except ValueError:
+        bits = []
+    if not bits or any(b not in ALLOWED_BITS for b in bits):
+        allowed = ", ".join(map(str, ALLOWED_BITS))
+        raise InputError(f"--bits: {text!r} is not a comma list of bit widths; allowed: {allowed}")
+    return sorted(set(bits))
+
+
+def format_bytes(n: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def format_count(n: float) -> str:
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+# ----------------------------------------------------------------------------- the law source
+
+
+def source_from_fit(fitfile: FitFile) -> LawSource:
+    """A fit.json as a LawSource: every fit entry, its bootstrap samples, and the N convention it used."""
+    if fitfile.law != "precision":
+        raise InputError(
+            f"{fitfile.path}: recommend needs a precision-law fit (law 'precision', with gamma); this one is "
+            f"{fitfile.law!r} — refit with `bitlaw fit DATA --law precision --by format`"
+        )
+    data = fitfile.data
+    column = str((data.get("columns") or {}).get("N", "N"))
+    # fit.json says quant|nonembed|total, or that N came as given from a column (then its name decides).
+    convention = str(data.get("n_convention"))
+    if convention not in ("quant", "nonembed", "total"):
+        convention = N_COLUMN_CONVENTION.get(column, "quant")
+    laws, ranges = {}, {}
+    for fmt in fitfile.formats:
+        laws[fmt] = FormatLaw(fmt, fitfile.params(fmt), fitfile.bootstrap_samples(fmt))
+        entry = fitfile.entry(fmt)
+        p_range = entry.get("P_range") or (entry.get("data_range") or {}).get("P")
+        if isinstance(p_range, list | tuple) and len(p_range) == 2:
+            ranges[fmt] = (float(p_range[0]), float(p_range[1]))
+    return LawSource(str(fitfile.path), laws, convention, p_range=ranges)
+
+
+# ----------------------------------------------------------------------------- the recommendation
+
+
+@dataclass
+class Row:
+    """One bit width at one budget: the largest shape that fits, and what the law says about it."""
+
+    bits: int
+    format: str  # "none" for bf16
+    p_w: float
+    shape: Shape | None  # None: nothing of the family fits at this bit width
+    memory_bytes: float = math.nan
+    n_law: float = math.nan  # the N the law uses (per the fit's N convention)
+    n_eff: float = math.nan
+    loss: float | None = None
+    win_share: float | None = None
+    loss_ci: tuple[float, float] | None = None
+    best: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "bits": self.bits,
+            "format": self.format,
+            "P_w": self.p_w,
+            "shape": self.shape.as_dict() if self.shape else None,
+            "memory_bytes": None if self.shape is None else self.memory_bytes,
+            "N": None if self.shape is None else self.n_law,
+            "N_eff": None if self.shape is None else self.n_eff,
+            "loss": self.loss if self.loss is not None and math.isfinite(self.loss) else None,
+            "loss_ci": list(self.loss_ci) if self.loss_ci else None,
+            "win_share": self.win_share,
+            "best": self.best,
+        }
+
+
+@dataclass
+class Recommendation:
+    budget_bytes: float
+    tokens: float
+    format: str
+    ranked_by: str  # "loss" or "N_eff"
+    rows: list[Row]
+    n_resamples: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> Row:
+        return next(r for r in self.rows if r.best)
+
+
+def minimum_budget(shapes: list[Shape], bits: list[int], fmt: str, acct: BitAccounting) -> tuple[float, str]:
+    """The smallest budget that holds any candidate, and which one that is."""
+    return min(
+        (shape_bytes(s, acct.p_w(b, fmt)), f"{s.name} at {b} bits, of which {format_bytes(2 * s.n_hp)} bf16")
+        for s in shapes
+        for b in bits
+    )
+
+
+def check_bits_in_range(source: LawSource, fmt: str, bits: list[int], acct: BitAccounting) -> None:
+    p_range = source.p_range.get(fmt) or source.p_range.get("all")
+    if not p_range:
+        return
+    law = source.law(fmt)
+
+    def inside(b: int) -> bool:
+        return p_range[0] - 1e-9 <= law.law_p(b, acct.p_w(b, fmt)) <= p_range[1] + 1e-9
+
+    outside = [b for b in bits if not inside(b)]
+    if outside:
+        allowed = ",".join(str(b) for b in ALLOWED_BITS if inside(b)) or "none"
+        raise InputError(
+            f"--bits: {','.join(map(str, outside))} lies outside the fit, whose data span P = "
+            f"{p_range[0]:g}..{p_range[1]:g} bits per weight; allowed: {allowed}"
+        )
+
+
+def _loss_matrix(params: dict[str, np.ndarray], n: np.ndarray, p: np.ndarray, D: float) -> np.ndarray:
+    """Loss for every (parameter draw, row): draws broadcast on axis 0, rows on axis 1."""
+    gamma = params["gamma"][:, None]
+    offset = params.get("offset", np.zeros_like(params["gamma"]))[:, None]
+    n_eff = n[None, :] * capacity(p[None, :], gamma, offset)
+    # (K, rows): a capacity ≤ 0 (P below γ·offset) means the law has no model there: infinite loss.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loss = (
+            params["A"][:, None] * n_eff ** (-params["alpha"][:, None])
+            + (params["B"] * D ** (-params["beta"]) + params["E"])[:, None]
+        )
+    return np.where(n_eff > 0, loss, np.inf)
+
+
+def recommend(
+    source: LawSource,
+    budget_bytes: float,
+    tokens: float,
+    shapes: list[Shape],
+    bits: list[int] | tuple[int, ...] = DEFAULT_BITS,
+    fmt: str | None = None,
+    acct: BitAccounting | None = None,
+) -> Recommendation:
+    """Rank bit widths for one budget; see the module docstring."""
+    acct = acct or BitAccounting()
+    fmt = check_format(fmt or source.default_format)
+    if fmt == "none":
+        raise InputError("--format: pick a quantized format (kmeans, uniform, ...); bf16 is --bits 16")
+    law = source.law(fmt)
+    bits = sorted(set(bits))
+    check_bits_in_range(source, fmt, bits, acct)
+    floor, which = minimum_budget(shapes, bits, fmt, acct)
+    if budget_bytes < floor:
+        raise InputError(
+            f"--memory: {format_bytes(budget_bytes)} holds no model of this family; the minimum budget is "
+            f"{format_bytes(floor)} ({floor:.4g} bytes: {which})"
+        )
+
+    rows = []
+    for b in bits:
+        p_w = acct.p_w(b, fmt)
+        fitting = [s for s in shapes if shape_bytes(s, p_w) <= budget_bytes]
+        row = Row(b, "none" if b == BF16_BITS else fmt, p_w, None)
+        if fitting:
+            row.shape = max(fitting, key=lambda s: (s.n_quant, -s.n_hp))
+            row.memory_bytes = shape_bytes(row.shape, p_w)
+            row.n_law = float(row.shape.n_for(source.n_convention))
+            p_law = law.law_p(b, p_w)
+            row.n_eff = float(row.n_law * capacity(p_law, law.params["gamma"], law.params.get("offset", 0.0)))
+        rows.append(row)
+    live = [r for r in rows if r.shape is not None]
+
+    notes = [source.note] if source.note else []
+    n = np.array([r.n_law for r in live])
+    p = np.array([law.law_p(r.bits, r.p_w) for r in live])
+    if law.has_loss:
+        point = {k: np.array([v]) for k, v in law.params.items()}
+        losses = _loss_matrix(point, n, p, tokens)[0]
+        for r, value in zip(live, losses, strict=True):
+            r.loss = float(value)
+        winner = live[int(np.argmin(losses))]
+        ranked_by = "loss"
+    else:
+        winner = max(live, key=lambda r: r.n_eff)
+        ranked_by = "N_eff"
+    winner.best = True
+    largest = max(shapes, key=lambda s: (s.n_quant, -s.n_hp))
+    if winner.shape == largest and budget_bytes > 1.25 * winner.memory_bytes:
+        notes.append(
+            f"at {format_bytes(budget_bytes)} the winner is the family's largest shape ({largest.name}) using only "
+            f"{format_bytes(winner.memory_bytes)}; a larger family (e.g. --arch llama3:continuous) may do better"
+        )
+
+    n_resamples = 0
+    if law.samples and law.has_loss:
+        draws = {k: law.samples.get(k, np.full_like(law.samples["gamma"], v)) for k, v in law.params.items()}
+        matrix = _loss_matrix(draws, n, p, tokens)  # (K, rows)
+        ok = np.all(np.isfinite([draws[k] for k in draws]), axis=0)
+        matrix = matrix[ok]
+        n_resamples = len(matrix)
+        if n_resamples:
+            wins = np.bincount(np.argmin(matrix, axis=1), minlength=len(live))
+            for i, r in enumerate(live):
+                r.win_share = float(wins[i] / n_resamples)
+            column = matrix[:, live.index(winner)]
+            lo, hi = np.percentile(column, [2.5, 97.5])
+            winner.loss_ci = (float(lo), float(hi))
+    return Recommendation(budget_bytes, tokens, fmt, ranked_by, rows, n_resamples, notes)
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def render_text(recs: list[Recommendation], source: LawSource, arch: str) -> str:
+    """Human-readable tables, one per budget; ``*`` marks the winner."""
+    first = recs[0]
+    n_name = {"quant": "quantized params", "nonembed": "non-embedding params", "total": "all params"}
+    tokens = "" if math.isnan(first.tokens) else f"D = {first.tokens:.3g} tokens; "
+    n_meaning = n_name[source.n_convention]
+    lines = [f"law: {source.name} (format {first.format}, N = {n_meaning}); {tokens}arch {arch}"]
+    lines += [f"note: {source.note}"] if source.note else []
+    for rec in recs:
+        budget = f"{format_bytes(rec.budget_bytes)} ({rec.budget_bytes:.4g} bytes)"
+        lines += ["", f"budget {budget}, ranked by {rec.ranked_by}"]
+        header = ["", "bits", "format", "P_w", "model", "N_quant", "N_hp", "memory", "N_eff"]
+        if rec.ranked_by == "loss":
+            header.append("loss")
+        if rec.n_resamples:
+            header.append(f"wins/{rec.n_resamples}")
+        table = [header]
+        for r in rec.rows:
+            cells = ["*" if r.best else "", str(r.bits), r.format, f"{r.p_w:g}"]
+            if r.shape is None:
+                cells += ["(nothing fits)", "", "", "", ""]
+            else:
+                cells += [
+                    r.shape.name,
+                    format_count(r.shape.n_quant),
+                    format_count(r.shape.n_hp),
+                    format_bytes(r.memory_bytes),
+                    format_count(r.n_eff),
+                ]
+            if rec.ranked_by == "loss":
+                cells.append("" if r.loss is None else f"{r.loss:.4f}")
+            if rec.n_resamples:
+                cells.append("" if r.win_share is None else f"{100 * r.win_share:.0f}%")
+            table.append(cells)
+        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+        for row in table:
+            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        best = rec.best
+        summary = f"best: {best.bits}-bit {best.format}, {best.shape.describe() if best.shape else ''}"
+        if best.loss is not None:
+            summary += f", loss {best.loss:.4f}"
+        if best.loss_ci:
+            summary += f" (95% CI {best.loss_ci[0]:.4f}-{best.loss_ci[1]:.4f})"
+        if best.win_share is not None:
+            summary += f", wins {100 * best.win_share:.0f}% of {rec.n_resamples} resamples"
+        lines.append(summary)
+        lines += [f"note: {note}" for note in rec.notes if note != source.note]
+    return "\n".join(lines)
+
+
+def to_json(recs: list[Recommendation], source: LawSource, arch: str) -> dict[str, object]:
+    """``best`` is the winner at the largest budget; ``budgets[i].best`` the winner at each."""
+    by_budget = [
+        {
+            "budget_bytes": rec.budget_bytes,
+            "ranked_by": rec.ranked_by,
+            "n_resamples": rec.n_resamples,
+            "best": rec.best.as_dict(),
+            "rows": [r.as_dict() for r in rec.rows],
+            "notes": [note for note in rec.notes if note != source.note],
+        }
+        for rec in recs
+    ]
+    largest = max(range(len(recs)), key=lambda i: recs[i].budget_bytes)
+    return {
+        "best": by_budget[largest]["best"],
+        "source": source.name,
+        "format": recs[0].format,
+        "tokens": None if math.isnan(recs[0].tokens) else recs[0].tokens,
+        "arch": arch,
+        "n_convention": source.n_convention,
+        "notes": [source.note] if source.note else [],
+        "budgets": by_budget,
+    }

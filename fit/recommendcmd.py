@@ -1,0 +1,88 @@
+"""``bitlaw recommend``: the best bit width and model for a weight-memory budget (design §2, §5)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from fit.errors import InputError
+from fit.fitfile import load_fit
+from fit.memory import BitAccounting, resolve_arch
+from fit.presets import PRESETS, LawSource, get_preset
+from fit.recommend import (
+    DEFAULT_BITS,
+    Recommendation,
+    parse_bits,
+    parse_memory,
+    parse_tokens,
+    recommend,
+    render_text,
+    source_from_fit,
+    to_json,
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("fit", nargs="?", metavar="FIT.json", help="a precision-law fit (or use --preset)")
+    parser.add_argument("--preset", help=f"published constants instead of a fit: {', '.join(PRESETS)}")
+    parser.add_argument(
+        "--memory",
+        required=True,
+        help="weight memory: 8GB (1e9), 8GiB (2^30), 7.5e9 bytes, or a list 1GB,4GB,16GB",
+    )
+    parser.add_argument("--tokens", help="training tokens D, e.g. 1.5e11 or 150B (needed to predict a loss)")
+    parser.add_argument(
+        "--arch",
+        default="llama3",
+        help="llama3 | bitlaw (conf/model) | shapes.yaml/.json; each may end in :continuous (default llama3)",
+    )
+    parser.add_argument(
+        "--bits", default=",".join(map(str, DEFAULT_BITS)), help="bit widths to compare (16 = bf16)"
+    )
+    parser.add_argument(
+        "--format", help="quantization format (default: kmeans if fitted, else the fit's first)"
+    )
+    parser.add_argument(
+        "--block-size", type=int, default=64, help="weights per quantization scale (default 64)"
+    )
+    parser.add_argument("--scale-bits", type=int, default=16, help="bits per stored scale (default 16, bf16)")
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON (top-level 'best': bits, format, ...)"
+    )
+
+
+def load_source(fit: str | None, preset: str | None) -> LawSource:
+    if bool(fit) == bool(preset):
+        raise InputError("give either FIT.json or --preset (one of: " + ", ".join(PRESETS) + "), not both")
+    return get_preset(preset) if preset else source_from_fit(load_fit(fit))
+
+
+def accounting(block_size: int, scale_bits: int) -> BitAccounting:
+    if block_size < 1:
+        raise InputError(f"--block-size: must be a positive integer, got {block_size}")
+    if scale_bits < 0:
+        raise InputError(f"--scale-bits: must be 0 or more, got {scale_bits}")
+    return BitAccounting(block_size, scale_bits)
+
+
+def run_recommendations(args: argparse.Namespace) -> tuple[LawSource, list[Recommendation]]:
+    """Shared by ``recommend`` and ``report``: parse, validate, rank every budget."""
+    source = load_source(args.fit, args.preset)
+    budgets = parse_memory(args.memory)
+    bits = parse_bits(args.bits)
+    shapes = resolve_arch(args.arch)
+    law = source.law(args.format or source.default_format)
+    if args.tokens is None and law.has_loss:
+        raise InputError("--tokens: required to predict a loss (training tokens D, e.g. --tokens 1.5e11)")
+    tokens = parse_tokens(args.tokens) if args.tokens is not None else float("nan")
+    acct = accounting(args.block_size, args.scale_bits)
+    return source, [recommend(source, m, tokens, shapes, bits, args.format, acct) for m in budgets]
+
+
+def run(args: argparse.Namespace) -> int:
+    source, recs = run_recommendations(args)
+    if args.json:
+        print(json.dumps(to_json(recs, source, args.arch), indent=2))
+    else:
+        print(render_text(recs, source, args.arch))
+    return 0

@@ -1,0 +1,61 @@
+"""``bitlaw report``: a Markdown report with embedded figures into a results directory."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from fit.plotcmd import DEFAULT_BUDGETS, add_shared_arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_shared_arguments(parser)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """This report's own command, rebuilt from the parsed options (defaults left out)."""
+    argv = ["bitlaw", "report", args.fit]
+    if args.data:
+        argv += ["--data", args.data]
+    argv += ["-o", args.output]
+    for flag, value, default in (
+        ("--memory", args.memory, DEFAULT_BUDGETS),
+        ("--tokens", args.tokens, None),
+        ("--arch", args.arch, "llama3:continuous"),
+        ("--bits", args.bits, "1,2,3,4,16"),
+        ("--block-size", args.block_size, 64),
+        ("--scale-bits", args.scale_bits, 16),
+    ):
+        if value != default:
+            argv += [flag, str(value)]
+    return shlex.join(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fit.errors import InputError
+    from fit.fitfile import load_fit
+    from fit.memory import resolve_arch
+    from fit.recommend import parse_bits, parse_memory, parse_tokens, source_from_fit
+    from fit.recommendcmd import accounting
+    from fit.report import ReportInputs, build_report
+
+    if not args.fit:
+        raise InputError("FIT.json: required (the report describes a fit; make one with `bitlaw fit`)")
+    fitfile = load_fit(args.fit)
+    source_from_fit(fitfile)  # a chinchilla fit is rejected here, before anything is written
+    accounting(args.block_size, args.scale_bits)
+    resolve_arch(args.arch)
+    inputs = ReportInputs(
+        fitfile=fitfile,
+        data_path=Path(args.data) if args.data else None,
+        out_dir=Path(args.output),
+        budgets=parse_memory(args.memory),
+        tokens=parse_tokens(args.tokens) if args.tokens else None,
+        arch=args.arch,
+        bits=tuple(parse_bits(args.bits)),
+        command=command_line(args),
+    )
+    report = build_report(inputs)
+    print(f"wrote {report}")
+    return 0

@@ -1,0 +1,191 @@
+"""Reading a fit's input table: CSV, JSONL or Parquet, ``--columns`` mapping, ``--where``, validation.
+
+The result always has the canonical columns ``N, D, loss`` (and ``P, format, run`` when present); the user's
+own names are recorded so fit.json can say where each came from.  Nothing is dropped silently: a bad row is a
+one-line :class:`InputError` naming the column and the row count, or, with ``--drop-invalid``, a counted drop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fit.errors import InputError
+
+CANONICAL = ("N", "D", "loss", "P", "format", "run")
+NUMERIC = ("N", "D", "loss", "P")
+N_CONVENTIONS = {"quant": "N_quant", "nonembed": "N_nonembed", "total": "N_total"}
+READERS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+
+
+@dataclass
+class Table:
+    frame: pd.DataFrame  # canonical columns + every other column of the input, original row order
+    columns: dict[str, str]  # canonical name -> source column
+    n_rows_read: int
+    n_rows_where: int  # after --where
+    dropped: dict[str, int] = field(default_factory=dict)  # "column: reason" -> rows dropped
+    where: str | None = None
+
+
+def parse_columns(spec: str | None) -> dict[str, str]:
+    """``"N=Model Size,D=tokens"`` -> {"N": "Model Size", "D": "tokens"}."""
+    if not spec:
+        return {}
+    mapping: dict[str, str] = {}
+    for item in spec.split(","):
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise InputError(
+                f"--columns: {item!r} is not NAME=COLUMN; e.g. --columns N=params,D=tokens,loss=val"
+            )
+        if key not in CANONICAL:
+            raise InputError(f"--columns: unknown name {key!r}; allowed: {', '.join(CANONICAL)}")
+        mapping[key] = value
+    return mapping
+
+
+def read_frame(path: str | Path) -> pd.DataFrame:
+    """Load CSV/TSV, JSONL or Parquet by suffix; every failure is one InputError line."""
+    path = Path(path)
+    kind = READERS.get(path.suffix.lower())
+    if kind is None:
+        raise InputError(f"DATA {path}: unknown file type {path.suffix!r}; allowed: {', '.join(READERS)}")
+    if not path.is_file():
+        raise InputError(f"DATA {path}: no such file")
+    if path.stat().st_size == 0:
+        raise InputError(f"DATA {path}: the file is empty (0 rows)")
+    try:
+        if kind == "csv":
+            frame = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+        elif kind == "jsonl":
+            frame = pd.read_json(path, lines=True)
+        else:
+            frame = pd.read_parquet(path)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"DATA {path}: the file is empty (0 rows)") from None
+    except (ValueError, pd.errors.ParserError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"DATA {path}: cannot read it as {kind} ({first})") from None
+    if frame.empty:
+        raise InputError(f"DATA {path}: the file has a header but 0 rows")
+    return frame
+
+
+def _bad_numeric(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """Coerce to float; also return a mask of entries that were present but not numbers."""
+    numbers = pd.to_numeric(values, errors="coerce").astype(float)
+    not_numeric = (numbers.isna() & values.notna()).to_numpy()
+    return numbers, not_numeric
+
+
+def load_table(
+    path: str | Path,
+    columns: dict[str, str] | None = None,
+    where: str | None = None,
+    require: tuple[str, ...] = ("N", "D", "loss"),
+    drop_invalid: bool = False,
+    n_convention: str | None = None,
+) -> Table:
+    """Read, filter, map and validate ``path``; see :func:`prepare_table`."""
+    return prepare_table(read_frame(path), columns, where, require, drop_invalid, n_convention)
+
+
+def prepare_table(
+    frame: pd.DataFrame,
+    columns: dict[str, str] | None = None,
+    where: str | None = None,
+    require: tuple[str, ...] = ("N", "D", "loss"),
+    drop_invalid: bool = False,
+    n_convention: str | None = None,
+) -> Table:
+    """Apply ``--where`` (on the input's own column names), map to canonical names, validate.
+
+    ``require`` lists canonical columns that must exist (add "P" for the precision law, "format" for
+    ``--by format``).  ``n_convention`` (quant|nonembed|total) picks N from ``N_quant``/``N_nonembed``/
+    ``N_total`` unless ``--columns N=`` names a column explicitly.
+    """
+    mapping = {name: name for name in CANONICAL}
+    if n_convention is not None:
+        if n_convention not in N_CONVENTIONS:
+            raise InputError(
+                f"--n-convention: {n_convention!r} is not allowed; allowed: {', '.join(N_CONVENTIONS)}"
+            )
+        mapping["N"] = N_CONVENTIONS[n_convention]
+    mapping.update(columns or {})
+    n_read = len(frame)
+    if where:
+        try:
+            frame = frame.query(where)
+        except Exception as err:  # pandas raises many types for a bad expression; all are user input errors
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise InputError(f"--where {where!r}: not a valid filter on this table ({reason})") from None
+        if frame.empty:
+            raise InputError(f"--where {where!r} kept 0 of {n_read} rows")
+    n_where = len(frame)
+
+    def label(name: str) -> str:
+        src = mapping[name]
+        return f"column {name!r}" if src == name else f"column {name!r} (from {src!r})"
+
+    for name in require:
+        if mapping[name] not in frame.columns:
+            shown = ", ".join(map(str, list(frame.columns)[:12])) + (", ..." if frame.shape[1] > 12 else "")
+            raise InputError(f"{label(name)} not found; map it with --columns {name}=COLUMN (have: {shown})")
+
+    present = [name for name in CANONICAL if mapping[name] in frame.columns]
+    out = frame.copy()  # keep every input column (config columns feed --where and the report)
+    for name in present:
+        out[name] = frame[mapping[name]].to_numpy()
+
+    bad_rows = np.zeros(len(out), dtype=bool)
+    dropped: dict[str, int] = {}
+    for name in NUMERIC:
+        if name not in present:
+            continue
+        numbers, not_numeric = _bad_numeric(out[name])
+        values = numbers.to_numpy()
+        checks = [
+            ("not numeric", not_numeric),
+            ("missing, NaN or inf", ~np.isfinite(values) & ~not_numeric),
+            ("not positive", np.isfinite(values) & (values <= 0)),
+        ]
+        for reason, mask in checks:
+            count = int(mask.sum())
+            if not count:
+                continue
+            if not drop_invalid:
+                first = int(np.flatnonzero(mask)[0])
+                raise InputError(
+                    f"{label(name)}: {count} of {len(out)} rows are {reason} (first: data row {first + 1}); "
+                    "fix them or pass --drop-invalid"
+                )
+            dropped[f"{name}: {reason}"] = count
+            bad_rows |= mask
+        out[name] = values
+    if bad_rows.any():
+        out = out.loc[~bad_rows]
+        if out.empty:
+            raise InputError(f"--drop-invalid dropped all {len(bad_rows)} rows; nothing left to fit")
+    for name in ("format", "run"):
+        if name in present:
+            out[name] = out[name].astype(str)
+    for name in ("N", "D"):
+        distinct = out[name].nunique()
+        if distinct < 3:
+            raise InputError(
+                f"{label(name)}: only {distinct} distinct value(s) in {len(out)} rows; a law needs at least 3"
+            )
+    columns_used = {name: mapping[name] for name in present}
+    return Table(out.reset_index(drop=True), columns_used, n_read, n_where, dropped, where)

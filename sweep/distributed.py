@@ -1,0 +1,89 @@
+"""torch.distributed setup: from submitit's JobEnvironment, from torchrun's env vars, or single process.
+
+gloo on CPU, nccl on CUDA. The global batch is split across ranks (rows rank::world_size), and DDP averages
+the gradients, so a W-rank run computes the same update as a 1-rank run at the same global batch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def _from_submitit() -> tuple[DistInfo, str, int] | None:
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    import submitit
+
+    env = submitit.JobEnvironment()
+    if env.num_tasks <= 1:
+        return None
+    master = env.hostnames[0] if env.hostnames else "127.0.0.1"
+    # a port derived from the job id: tasks agree on it without talking, and concurrent jobs rarely collide
+    port = 20000 + int("".join(ch for ch in str(env.job_id) if ch.isdigit()) or "0") % 20000
+    return DistInfo(env.global_rank, env.num_tasks, env.local_rank), master, port
+
+
+def _from_torchrun() -> tuple[DistInfo, str, int] | None:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    env = os.environ
+    info = DistInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+    return info, os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500"))
+
+
+def init(device_type: str) -> DistInfo:
+    """Join the process group if this process is one of several tasks; otherwise a no-op."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    found = _from_submitit() or _from_torchrun()
+    if found is None:
+        return DistInfo()
+    info, master, port = found
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://{master}:{port}", rank=info.rank,
+                            world_size=info.world_size, timeout=datetime.timedelta(minutes=10))
+    if device_type == "cuda":
+        torch.cuda.set_device(info.local_rank)
+    return info
+
+
+def all_reduce_mean(value: float, info: DistInfo, device: torch.device) -> float:
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / info.world_size
+
+
+def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True on every rank if it is true on any (e.g. 'a stop signal arrived'), so all stop at one step."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

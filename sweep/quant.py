@@ -1,0 +1,256 @@
+"""Weight quantizers for QAT (design §6): k-means codebooks, uniform int grids, binary, ternary.
+
+Every quantizer works on blocks of ``block_size`` consecutive weights along ``in_features`` and stores one
+bf16 scale per block. ``encode`` turns a weight matrix into unsigned n-bit codes plus bf16 block metadata,
+``decode`` turns them back; the fake-quantized weight used in training is exactly ``decode(encode(w))``, so
+what the export packs is what the model was trained with.
+
+Formats (``quant.format``):
+- ``none``     no quantization (the 16-bit anchor; P_w = 16).
+- ``kmeans``   one codebook of 2^n centroids per tensor, Lloyd-Max on the block-normalised weights w / s.
+- ``uniform``  symmetric int grid {-(2^(n-1)-1) … 2^(n-1)-1}·s; at n = 2 this is ternary, at n = 1 the grid
+               would be {0}, so 1-bit uniform uses the binary quantizer.
+- ``binary``   sign(w - mean_block)·absmean_block + mean_block (two bf16 values per block).
+- ``ternary``  {-1, 0, 1}·absmean_block, stored as 2-bit codes.
+The gradient is a pure straight-through estimator: ``w + (q(w) - w).detach()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+FORMATS = ("none", "uniform", "kmeans", "binary", "ternary")
+SCALES = ("auto", "absmax", "absmean")
+SCALE_BITS = 16  # block scales (and binary's block means) are stored as bf16
+KMEANS_INIT_SAMPLES = 2**20
+BLOCK_LINEARS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+
+
+@dataclass
+class QuantConfig:
+    format: str = "none"
+    bits: int = 16
+    block_size: int = 64
+    scale: str = "auto"  # auto = absmax above 2 bits, absmean at <= 2 bits
+    qat_start: float = 0.25  # < 1: fraction of the run's steps; >= 1: a step count
+    refresh_every: int = 0  # re-fit k-means codebooks every K steps after the switch (0 = never)
+    kmeans_tol: float = 1e-4  # stop Lloyd when at most this fraction of assignments changes
+    kmeans_max_iter: int = 100
+
+
+def quantizer_kind(format: str, bits: int) -> str:
+    """The quantizer that implements (format, bits): 1-bit uniform is binary."""
+    if format == "uniform" and bits == 1:
+        return "binary"
+    return format
+
+
+def scale_mode(config: QuantConfig) -> str:
+    if config.scale != "auto":
+        return config.scale
+    # absmax at <= 2 bits flushes most weights of a Gaussian block to zero; absmean keeps them
+    return "absmax" if config.bits > 2 else "absmean"
+
+
+def bits_per_weight(format: str, bits: int, block_size: int = 64) -> float:
+    """P_w: storage bits per quantized weight = code bits + bf16 block metadata / block size.
+
+    Per-tensor centroid tables (2^n values per linear) are not amortised here; the export counts them.
+    """
+    kind = quantizer_kind(format, bits)
+    if kind == "none":
+        return 16.0
+    if kind == "binary":  # one scale and one mean per block
+        return 1.0 + 2 * SCALE_BITS / block_size
+    if kind == "ternary":  # codes in {0, 1, 2} stored in 2 bits
+        return 2.0 + SCALE_BITS / block_size
+    return float(bits) + SCALE_BITS / block_size
+
+
+def to_bf16_precision(x: torch.Tensor) -> torch.Tensor:
+    """Round to bf16 as stored, compute in the original dtype."""
+    return x.to(torch.bfloat16).to(x.dtype)
+
+
+def block_scales(w: torch.Tensor, block_size: int, mode: str) -> torch.Tensor:
+    # w: (out, in) -> scales (out, in/B, 1), bf16-rounded
+    blocks = w.unflatten(-1, (-1, block_size)).abs()  # (out, in/B, B)
+    s = blocks.amax(-1, keepdim=True) if mode == "absmax" else blocks.mean(-1, keepdim=True)
+    # an all-zero block would divide by zero; any positive scale reproduces it exactly
+    return to_bf16_precision(s.clamp_min(1e-8))
+
+
+@dataclass
+class Encoded:
+    codes: torch.Tensor  # (out, in) int64, values in [0, 2^bits)
+    scales: torch.Tensor  # (out, in/B, 1), bf16 values
+    means: torch.Tensor | None = None  # (out, in/B, 1), binary only
+    centroids: torch.Tensor | None = None  # (2^bits,), kmeans only
+
+
+def encode(w: torch.Tensor, kind: str, bits: int, block_size: int, mode: str,
+           centroids: torch.Tensor | None = None) -> Encoded:
+    w = w.detach()
+    if kind == "binary":
+        blocks = w.unflatten(-1, (-1, block_size))  # (out, in/B, B)
+        means = to_bf16_precision(blocks.mean(-1, keepdim=True))
+        centred = blocks - means
+        scales = to_bf16_precision(centred.abs().mean(-1, keepdim=True).clamp_min(1e-8))
+        return Encoded((centred >= 0).long().flatten(-2), scales, means=means)
+    scales = block_scales(w, block_size, mode)
+    normalised = w.unflatten(-1, (-1, block_size)) / scales  # (out, in/B, B)
+    if kind == "kmeans":
+        assert centroids is not None, "k-means codes need fitted centroids"
+        codes = torch.bucketize(normalised, midpoints(centroids))
+        return Encoded(codes.flatten(-2), scales, centroids=centroids)
+    levels = 1 if kind == "ternary" else 2 ** (bits - 1) - 1  # symmetric grid -levels..levels
+    codes = torch.clamp(torch.round(normalised * levels), -levels, levels) + levels
+    return Encoded(codes.long().flatten(-2), scales)
+
+
+def decode(enc: Encoded, kind: str, bits: int, block_size: int) -> torch.Tensor:
+    codes = enc.codes.unflatten(-1, (-1, block_size))  # (out, in/B, B)
+    if kind == "binary":
+        values = (2 * codes - 1).to(enc.scales.dtype) * enc.scales + enc.means
+    elif kind == "kmeans":
+        values = enc.centroids[codes] * enc.scales
+    else:
+        levels = 1 if kind == "ternary" else 2 ** (bits - 1) - 1
+        values = (codes - levels).to(enc.scales.dtype) * (enc.scales / levels)
+    return values.flatten(-2)
+
+
+def midpoints(sorted_centroids: torch.Tensor) -> torch.Tensor:
+    return (sorted_centroids[1:] + sorted_centroids[:-1]) / 2
+
+
+def kmeans_plus_plus(sample: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding in 1-D: each next centre drawn with probability ∝ squared distance."""
+    first = torch.randint(len(sample), (1,), generator=generator)
+    centres = [sample[first]]
+    dist2 = (sample - centres[0]) ** 2
+    for _ in range(1, k):
+        if float(dist2.sum()) == 0.0:  # fewer distinct values than k: reuse a point (duplicates stay empty)
+            pick = torch.randint(len(sample), (1,), generator=generator)
+        else:
+            pick = torch.multinomial(dist2, 1, generator=generator)
+        centres.append(sample[pick])
+        dist2 = torch.minimum(dist2, (sample - sample[pick]) ** 2)
+    return torch.sort(torch.cat(centres)).values
+
+
+def fit_centroids(x: torch.Tensor, k: int, seed: int, tol: float = 1e-4, max_iter: int = 100) -> torch.Tensor:
+    """Lloyd-Max on 1-D data: returns k sorted centroids minimising the squared error of nearest rounding.
+
+    In 1-D Lloyd keeps the centroids ordered, so assignment is a ``bucketize`` against the midpoints
+    (O(n log k), no (n, k) distance matrix). Sums accumulate in float64 so million-element tensors
+    do not lose the centroid's low bits.
+    """
+    x = x.detach().flatten().float()
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    if len(x) > KMEANS_INIT_SAMPLES:
+        idx = torch.randperm(len(x), generator=generator)[:KMEANS_INIT_SAMPLES].to(x.device)
+        sample = x[idx]
+    else:
+        sample = x
+    centroids = kmeans_plus_plus(sample.cpu(), k, generator).to(x.device)
+    assign = torch.bucketize(x, midpoints(centroids))
+    x64 = x.double()
+    for _ in range(max_iter):
+        sums = torch.zeros(k, dtype=torch.float64, device=x.device).scatter_add_(0, assign, x64)
+        counts = torch.bincount(assign, minlength=k)
+        # an empty cluster keeps its old centre rather than collapsing to 0
+        updated = torch.where(counts > 0, sums / counts.clamp_min(1), centroids.double()).float()
+        centroids = torch.sort(updated).values
+        new_assign = torch.bucketize(x, midpoints(centroids))
+        changed = int((new_assign != assign).sum())
+        assign = new_assign
+        if changed <= tol * len(x):
+            break
+    return centroids
+
+
+class QuantLinear(nn.Linear):
+    """An ``nn.Linear`` whose weight is fake-quantized in forward once ``active`` is set.
+
+    The latent weight keeps its name (``.weight``) so state dicts and parameter names match the plain model.
+    ``active`` and ``centroids`` are buffers: they travel with the checkpoint.
+    """
+
+    def __init__(self, in_features: int, out_features: int, config: QuantConfig,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None):
+        super().__init__(in_features, out_features, bias=False, device=device, dtype=dtype)
+        self.kind = quantizer_kind(config.format, config.bits)
+        self.bits, self.block_size, self.scale_mode = config.bits, config.block_size, scale_mode(config)
+        self.register_buffer("active", torch.zeros((), dtype=torch.bool, device=device))
+        n_centroids = 2**config.bits if self.kind == "kmeans" else 0
+        self.register_buffer("centroids", torch.zeros(n_centroids, device=device))
+
+    def encode(self) -> Encoded:
+        return encode(self.weight, self.kind, self.bits, self.block_size, self.scale_mode, self.centroids)
+
+    def quantized_weight(self) -> torch.Tensor:
+        return decode(self.encode(), self.kind, self.bits, self.block_size)
+
+    @torch.no_grad()
+    def fit_codebook(self, seed: int, tol: float, max_iter: int) -> None:
+        if self.kind != "kmeans":
+            return
+        normalised = self.weight.unflatten(-1, (-1, self.block_size)) / block_scales(
+            self.weight, self.block_size, self.scale_mode)
+        # stored as bf16 in the export, so train with the bf16 values: the export is then exact
+        centroids = to_bf16_precision(fit_centroids(normalised, 2**self.bits, seed, tol, max_iter))
+        self.centroids.copy_(torch.sort(centroids).values)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not bool(self.active):
+            return F.linear(x, self.weight)
+        w = self.weight
+        return F.linear(x, w + (self.quantized_weight() - w).detach())  # straight-through estimator
+
+
+def is_block_linear(name: str) -> bool:
+    """Linears inside the transformer blocks: attention q/k/v/o and the SwiGLU w1/w2/w3."""
+    return name.startswith("layers.") and name.rsplit(".", 1)[-1] in BLOCK_LINEARS
+
+
+def prepare(model: nn.Module, config: QuantConfig) -> list[tuple[str, QuantLinear]]:
+    """Swap every block linear for a QuantLinear (embedding, head and norms stay as they are).
+
+    Returns the swapped modules by name; with format ``none`` nothing is swapped.
+    """
+    if quantizer_kind(config.format, config.bits) == "none":
+        return []
+    swapped = []
+    for name, module in list(model.named_modules()):
+        if not (isinstance(module, nn.Linear) and is_block_linear(name)):
+            continue
+        if module.in_features % config.block_size:
+            raise ValueError(f"quant.block_size ({config.block_size}) must divide in_features "
+                             f"({module.in_features}) of {name}")
+        quant = QuantLinear(module.in_features, module.out_features, config,
+                            device=module.weight.device, dtype=module.weight.dtype)
+        with torch.no_grad():
+            quant.weight.copy_(module.weight)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, quant)
+        swapped.append((name, quant))
+    return swapped
+
+
+@torch.no_grad()
+def switch_on(quantized: list[tuple[str, QuantLinear]], config: QuantConfig, seed: int) -> None:
+    """The QAT switch: fit each tensor's codebook from its current weights, then quantize in forward."""
+    for index, (_, module) in enumerate(quantized):
+        module.fit_codebook(seed + index, config.kmeans_tol, config.kmeans_max_iter)
+        module.active.fill_(True)
+
+
+@torch.no_grad()
+def refresh(quantized: list[tuple[str, QuantLinear]], config: QuantConfig, seed: int) -> None:
+    for index, (_, module) in enumerate(quantized):
+        module.fit_codebook(seed + index, config.kmeans_tol, config.kmeans_max_iter)

@@ -1,0 +1,403 @@
+"""Launch a sweep through submitit with frozen configs, idempotent re-runs and a detached mode.
+
+    python -m sweep.submit [--detach] [--app MODULE] [OVERRIDES...]
+
+runs the Hydra app (`python -m sweep -m OVERRIDES`) with the submitit launchers' `launch` replaced by
+`SweepLauncher.launch`, which differs from hydra-submitit-launcher 1.2.0 in four ways:
+
+- Frozen configs. The stock launcher re-composes each job's config from conf/ when the job *starts*, so
+  editing conf/ while jobs are queued changes them. Here every job's config is composed at submission,
+  written to `SWEEP_DIR/.bitlaw/configs/<run>.yaml` and handed to the job, which never reads conf/.
+- Idempotent re-sweeps. A run whose summary says completed is skipped, and so is one whose Slurm job from
+  an earlier submission is still pending or running; failed and cancelled runs are submitted again.
+- Every run ends with an outcome. The stock launcher raises at the first failed job and hangs on none;
+  here the launcher waits for all jobs, then prints one line per run (done / failed / cancelled).
+- `--detach` submits, records the job ids in `SWEEP_DIR/.bitlaw/jobs.jsonl` and returns: no process stays
+  alive until the jobs end. `bitlaw status SWEEP_DIR` then works from the sweep dir alone.
+
+User errors (Slurm down, a request that can never fit, --detach without Slurm) print one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import runpy
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sweep.ledger import (
+    Submission,
+    append_submissions,
+    config_snapshot_path,
+    latest_submissions,
+    write_text_atomic,
+)
+from sweep.slurm import SubmissionError, active_slurm_states, check_slurm_reachable, sbatch_error_line
+
+# Slurm states after which a job without a result pickle will never produce one.
+_UNFINISHED_STATES = {"READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING", "PREEMPTED",
+                      "CONFIGURING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED"}
+_POLL_S = 1.0           # how often to look for result pickles (a stat per job)
+_SCHEDULER_POLL_S = 3.0  # how often to ask the scheduler (one sacct call for all jobs)
+_TRACEBACK_LINES = 12    # traceback lines kept in a failed run's summary.json
+
+
+class ComposedJob:
+    """What each submitit task runs: Hydra's `run_job` on a config composed at submission time.
+
+    Pickled once per array task. `checkpoint` makes the task requeueable: on submitit's timeout or
+    preemption signal the same config is requeued and the training code resumes from its own checkpoint.
+    """
+
+    def __init__(self, hydra_context: Any, task_function: Any, singleton_state: dict) -> None:
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+        self.singleton_state = singleton_state
+
+    def __call__(self, config: Any, job_num: int) -> Any:
+        import submitit
+        from hydra.core.singleton import Singleton
+        from hydra.core.utils import JobStatus, run_job, setup_globals
+        from omegaconf import open_dict, read_write
+
+        # Restores resolvers and Hydra's runtime state exactly as the submitting process had them.
+        Singleton.set_state(self.singleton_state)
+        setup_globals()
+        with read_write(config.hydra.job), open_dict(config.hydra.job):
+            config.hydra.job.id = submitit.JobEnvironment().job_id
+            config.hydra.job.num = job_num
+        job_return = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
+                             config=config, job_dir_key="hydra.sweep.dir",
+                             job_subdir_key="hydra.sweep.subdir")
+        if job_return.status == JobStatus.FAILED:
+            # Hydra caught the task's exception. Record it in the run dir (unless the task already wrote
+            # its own failed summary) and re-raise, so Slurm and submitit also see the job as failed.
+            error = job_return._return_value
+            run_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+            _record_failure(run_dir, error)
+            raise error
+        return job_return
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def _record_failure(run_dir: Path, error: BaseException) -> None:
+    """Write a failed summary.json with the traceback's tail, unless the task wrote a summary itself."""
+    path = run_dir / "summary.json"
+    existing = _read_json(path)
+    if existing and existing.get("status") in ("failed", "diverged"):
+        return
+    trace = "".join(traceback.format_exception(type(error), error, error.__traceback__)).strip()
+    tail = "\n".join(trace.splitlines()[-_TRACEBACK_LINES:])
+    summary = {"status": "failed", "reason": f"{type(error).__name__}: {error}", "traceback_tail": tail}
+    write_text_atomic(path, json.dumps(summary, indent=1) + "\n")
+
+
+@dataclass
+class RunOutcome:
+    run: str
+    state: str  # done | failed | cancelled | skipped | queued | submitted
+    job_id: str = ""
+    detail: str = ""
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _completed_summary(run_dir: Path) -> dict | None:
+    summary = _read_json(run_dir / "summary.json")
+    return summary if summary and summary.get("status") == "completed" else None
+
+
+def _tail(path: Path, n_lines: int = 5) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return " | ".join(lines[-n_lines:])
+
+
+class SweepLauncher:
+    """Replaces the submitit launchers' `launch`; collects every batch's outcomes for the final report."""
+
+    def __init__(self, detach: bool) -> None:
+        self.detach = detach
+        self.outcomes: list[RunOutcome] = []
+        self.sweep_dir: Path | None = None
+
+    # ---------------------------------------------------------------- the launch hook
+    def launch(self, launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+        import submitit
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.core.singleton import Singleton
+        from hydra.core.utils import JobReturn, JobStatus
+        from omegaconf import OmegaConf, open_dict, read_write
+
+        cluster = launcher._EXECUTOR
+        sweep_dir = Path(str(launcher.config.hydra.sweep.dir)).resolve()
+        self.sweep_dir = sweep_dir
+        if self.detach and cluster != "slurm":
+            raise SubmissionError("--detach needs hydra/launcher=slurm: local jobs are children of this "
+                                  "process and would die with it")
+        if cluster == "slurm":
+            check_slurm_reachable()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        previous = latest_submissions(sweep_dir)
+        live = active_slurm_states([s.job_id for s in previous.values() if s.executor == "slurm"])
+
+        to_submit: list[tuple[str, Any, int, list[str]]] = []  # (run, composed config, job_num, overrides)
+        returns: list = []
+        loader = launcher.hydra_context.config_loader
+        for offset, overrides in enumerate(job_overrides):
+            config = loader.load_sweep_config(launcher.config, list(overrides))
+            # Same resolver-cache copy as Hydra's own launcher: ${now:} etc. agree across jobs.
+            OmegaConf.copy_cache(from_config=launcher.config, to_config=config)
+            HydraConfig.instance().set_config(config)
+            run = str(config.hydra.sweep.subdir)
+            skipped = self._already_handled(sweep_dir / run, run, previous.get(run), live)
+            if skipped is not None:
+                self.outcomes.append(skipped)
+                returns.append(JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED))
+                continue
+            with read_write(config.hydra.job), open_dict(config.hydra.job):
+                config.hydra.job.num = initial_job_idx + offset
+            to_submit.append((run, config, initial_job_idx + offset, list(overrides)))
+        for outcome in self.outcomes[-len(job_overrides):]:
+            print(f"[sweep] skip {outcome.run}: {outcome.detail}", flush=True)
+        if not to_submit:
+            return returns
+
+        for run, config, _, _ in to_submit:
+            write_text_atomic(config_snapshot_path(sweep_dir, run), OmegaConf.to_yaml(config))
+        executor = self._make_executor(launcher, cluster)
+        job = ComposedJob(launcher.hydra_context, launcher.task_function, Singleton.get_state())
+        try:
+            # sbatch writes its rejection to the inherited stderr as well as into the exception; keep
+            # it off the terminal so the user sees one line, and keep it in the error if it's not there.
+            with _captured_stderr() as sbatch_stderr:
+                jobs = executor.map_array(job, [c for _, c, _, _ in to_submit],
+                                          [n for _, _, n, _ in to_submit])
+        except submitit.core.utils.FailedJobError as err:
+            said = str(err) if "error:" in str(err) else "".join(sbatch_stderr)
+            raise SubmissionError(_describe_rejection(launcher.params, said)) from None
+        else:
+            sys.stderr.write("".join(sbatch_stderr))
+
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        rel = lambda p: os.path.relpath(p, sweep_dir)  # noqa: E731
+        append_submissions(sweep_dir, [
+            Submission(run=run, job_id=j.job_id, executor=cluster, submitted=now, stdout=rel(j.paths.stdout),
+                       stderr=rel(j.paths.stderr), config=rel(config_snapshot_path(sweep_dir, run)),
+                       overrides=overrides)
+            for (run, _, _, overrides), j in zip(to_submit, jobs, strict=True)
+        ])
+        print(f"[sweep] submitted {len(jobs)} job(s) to {cluster}: {jobs[0].job_id}"
+              + ("" if len(jobs) == 1 else f" … {jobs[-1].job_id}"), flush=True)
+        if self.detach:
+            self.outcomes += [RunOutcome(run, "submitted", j.job_id)
+                              for (run, *_), j in zip(to_submit, jobs, strict=True)]
+            return returns + [JobReturn(overrides=o, status=JobStatus.COMPLETED) for *_, o in to_submit]
+
+        finished = self._wait_for(jobs)
+        for (run, _, _, overrides), j in zip(to_submit, jobs, strict=True):
+            outcome = self._outcome(sweep_dir, run, j, finished[j.job_id])
+            self.outcomes.append(outcome)
+            print(f"[sweep] {outcome.state:9s} {run}  {outcome.detail}", flush=True)
+            # The sweeper raises on a FAILED return and would stop before later batches; the failure is
+            # reported in the outcome lines and main()'s exit status instead.
+            returns.append(JobReturn(overrides=overrides, status=JobStatus.COMPLETED))
+        return returns
+
+    # ---------------------------------------------------------------- helpers
+    @staticmethod
+    def _already_handled(run_dir: Path, run: str, previous: Submission | None,
+                         live: dict[str, str]) -> RunOutcome | None:
+        summary = _completed_summary(run_dir)
+        if summary is not None:
+            # The job itself re-checks run_id against its config and resumes or re-runs when they differ.
+            run_id = (_read_json(run_dir / "run.json") or {}).get("run_id", "?")
+            return RunOutcome(run, "skipped", detail=f"completed (run_id {run_id}, "
+                                                     f"final_val_loss {summary.get('final_val_loss')})")
+        if previous is not None and previous.job_id in live:
+            return RunOutcome(run, "queued", previous.job_id,
+                              f"already in Slurm as job {previous.job_id} ({live[previous.job_id]})")
+        return None
+
+    @staticmethod
+    def _make_executor(launcher: Any, cluster: str) -> Any:
+        """The executor hydra-submitit-launcher would build from the same `hydra.launcher` keys."""
+        import submitit
+        from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+        from omegaconf import OmegaConf
+
+        params = dict(launcher.params)
+        folder = params.pop("submitit_folder")
+        init = {f"{cluster}_{k}": params.pop(k) for k in ["max_num_timeout"] if k in params}
+        params.pop("_target_", None)
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **init)
+        # Keys shared by all executors go unprefixed; everything else (partition, account, qos, setup,
+        # signal_delay_s, additional_parameters, site keys added with `+hydra.launcher.KEY=`) is slurm_KEY.
+        shared = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{k if k in shared else f"{cluster}_{k}": v for k, v in params.items()})
+        return executor
+
+    @staticmethod
+    def _wait_for(jobs: list) -> dict[str, str]:
+        """Block until every job has a result pickle or a final scheduler state; job_id -> final state."""
+        finished: dict[str, str] = {}
+        last_scheduler_poll = 0.0
+        while len(finished) < len(jobs):
+            ask_scheduler = time.monotonic() - last_scheduler_poll >= _SCHEDULER_POLL_S
+            if ask_scheduler:
+                jobs[0].watcher.update()  # one sacct (or process poll) for every registered job
+                last_scheduler_poll = time.monotonic()
+            for j in jobs:
+                if j.job_id in finished:
+                    continue
+                if j.paths.result_pickle.exists():
+                    finished[j.job_id] = "RESULT"
+                elif ask_scheduler:
+                    state = j.watcher.get_state(j.job_id, mode="cache")
+                    if state.split()[0] not in _UNFINISHED_STATES:
+                        finished[j.job_id] = state
+            if len(finished) < len(jobs):
+                time.sleep(_POLL_S)
+        return finished
+
+    @staticmethod
+    def _outcome(sweep_dir: Path, run: str, job: Any, final_state: str) -> RunOutcome:
+        from hydra.core.utils import JobStatus
+
+        run_dir = sweep_dir / run
+        if final_state != "RESULT":
+            state = "cancelled" if final_state.startswith("CANCELLED") else "failed"
+            return RunOutcome(run, state, job.job_id, f"Slurm {final_state}; {_tail(job.paths.stderr, 3)}")
+        try:
+            job_return = job.results()[0]
+        except Exception as err:  # submitit re-raises the job's error; ComposedJob wrote its summary
+            summary = _read_json(run_dir / "summary.json") or {}
+            return RunOutcome(run, "failed", job.job_id, summary.get("reason") or _error_line(str(err)))
+        if job_return.status == JobStatus.FAILED:
+            return RunOutcome(run, "failed", job.job_id, repr(job_return._return_value))
+        summary = _read_json(run_dir / "summary.json") or {}
+        if summary.get("status") == "completed":
+            return RunOutcome(run, "done", job.job_id, f"final_val_loss {summary.get('final_val_loss')}")
+        if summary:
+            return RunOutcome(run, "failed", job.job_id, f"{summary.get('status')}: {summary.get('reason')}")
+        return RunOutcome(run, "done", job.job_id, "job returned (no summary.json)")
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Send file descriptor 2 (inherited by subprocesses such as sbatch) to a temp file meanwhile;
+    the yielded list receives the captured text when the block ends."""
+    captured: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.append(sink.read().decode(errors="replace"))
+
+
+def _error_line(message: str) -> str:
+    """The exception line of a traceback that submitit wrapped into FailedJobError."""
+    lines = [ln for ln in message.splitlines() if ln and not ln.startswith((" ", "-", "You can check"))]
+    return lines[-1] if lines else message.strip()
+
+
+def _describe_rejection(params: dict, message: str) -> str:
+    asked = ", ".join(f"{k}={params[k]}" for k in ("partition", "nodes", "tasks_per_node", "cpus_per_task",
+                                                   "gpus_per_node", "mem_gb", "timeout_min")
+                      if params.get(k) is not None)
+    return (f"hydra.launcher: Slurm rejected the request ({asked}): {sbatch_error_line(message)}; "
+            "lower it to what a node offers (see `sinfo -o '%P %c %m %G %l'`)")
+
+
+def _install(tracker: SweepLauncher) -> None:
+    """Route the submitit launchers' `launch` to `tracker` in this process (the submitter only)."""
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+
+    def launch(self: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+        return tracker.launch(self, job_overrides, initial_job_idx)
+
+    # Hydra's plugin scan re-executes plugin modules (new class objects), so patch the classes Hydra
+    # will instantiate, after forcing that scan. Jobs unpickle ComposedJob and never run `launch`.
+    registered = Plugins.instance().class_name_to_class.values()
+    for cls in {BaseSubmititLauncher, *[c for c in registered if c.__name__ == "BaseSubmititLauncher"]}:
+        cls.launch = launch  # type: ignore[method-assign]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sweep.submit",
+        description="Run a Hydra multirun with frozen configs, skipping completed runs; "
+                    "--detach submits to Slurm and returns.")
+    parser.add_argument("--detach", action="store_true",
+                        help="submit and return (needs hydra/launcher=slurm); then `bitlaw status DIR`")
+    parser.add_argument("--app", default="sweep",
+                        help="module whose __main__ runs the Hydra app (default: sweep)")
+    # Everything else goes to Hydra unchanged: overrides, and Hydra's own flags such as --config-path.
+    args, overrides = parser.parse_known_args(argv)
+
+    tracker = SweepLauncher(detach=args.detach)
+    _install(tracker)
+    saved_argv = sys.argv
+    # HYDRA_FULL_ERROR makes Hydra re-raise instead of printing a stack trace, so a SubmissionError
+    # reaches the handler below and prints as one line.
+    saved_env = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    sys.argv = [args.app, "-m", *overrides]
+    try:
+        runpy.run_module(args.app, run_name="__main__", alter_sys=False)
+    except SubmissionError as err:
+        print(f"sweep.submit: error: {err}", file=sys.stderr)
+        return 2
+    except SystemExit as exit_:  # Hydra exits on bad overrides after printing its own message
+        if exit_.code not in (0, None):
+            return int(exit_.code) if isinstance(exit_.code, int) else 2
+    finally:
+        sys.argv = saved_argv
+        if saved_env is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_env
+    return _report(tracker)
+
+
+def _report(tracker: SweepLauncher) -> int:
+    counts: dict[str, int] = {}
+    for outcome in tracker.outcomes:
+        counts[outcome.state] = counts.get(outcome.state, 0) + 1
+    totals = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    print(f"[sweep] {len(tracker.outcomes)} run(s): {totals or 'none'}  (sweep dir {tracker.sweep_dir})")
+    if tracker.detach and tracker.sweep_dir is not None:
+        print(f"[sweep] detached; follow with: bitlaw status {tracker.sweep_dir}")
+    return 1 if counts.get("failed") or counts.get("cancelled") else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
