@@ -15,8 +15,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from fit.fitting import FitData, LawSpec, Objective, refit
+from fit.fitting import BLAS_LIMIT, refit
+from fit.objective import FitData, LawSpec, Objective
 
 
 @dataclass
@@ -41,12 +43,19 @@ def draw_counts(unit_of_row: np.ndarray, n_resamples: int, seed: int) -> np.ndar
 def _refit_chunk(jobs: list[BootJob], unit_of_row: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
     """Refit every job on each resample of the chunk; returns per job a (k_chunk, n_params) array."""
     out = [np.empty((len(counts), len(job.theta))) for job in jobs]
+    with threadpool_limits(**BLAS_LIMIT):  # tiny matrices: BLAS threads only spin (fit/fitting.py)
+        _refit_into(out, jobs, unit_of_row, counts)
+    return out
+
+
+def _refit_into(
+    out: list[np.ndarray], jobs: list[BootJob], unit_of_row: np.ndarray, counts: np.ndarray
+) -> None:
     for i, unit_counts in enumerate(counts):
         row_weight = unit_counts[unit_of_row].astype(float)  # (n_table_rows,)
         for j, job in enumerate(jobs):
             data = job.data.with_weight(job.data.weight * row_weight[job.row_ids])
             out[j][i] = refit(job.theta, data, job.spec, job.objective)
-    return out
 
 
 class _Progress:

@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recommend": ("fit.recommendcmd", "best bit width and model for a weight-memory budget"),
     "plot": ("fit.plotcmd", "PNG figures: loss vs N, isoloss, N_eff vs P_w, pred. vs observed, best bits"),
     "report": ("fit.reportcmd", "Markdown report with figures: data, fits, extrapolation, recommendation"),
-    "status": ("fit.status", "per-run state of a sweep dir (done/running/pending/failed/cancelled) and totals"),
+    "status": ("fit.status", "per-run state of a sweep dir (done/running/pending/failed/cancelled), totals"),
 }
 
 

@@ -17,8 +17,9 @@ import pandas as pd
 
 from fit.bootstrap import BootJob, percentile_ci, run_bootstrap
 from fit.errors import InputError
-from fit.fitting import GAMMA_BOUNDS, FitData, LawSpec, Objective, fit_law, log_params, named_params
+from fit.fitting import GAMMA_BOUNDS, fit_law, profile_gamma
 from fit.law import predict_loss
+from fit.objective import FitData, LawSpec, Objective, log_params, named_params
 from fit.table import Table
 
 ANCHOR_FORMATS = ("none", "bf16")
@@ -41,6 +42,7 @@ class FitOptions:
     workers: int = 2
     progress: bool | None = None
     extrapolate: bool = True
+    profile: bool = True  # γ profile (precision law): a 13-point diagnostic curve in fit.json
 
 
 @dataclass
@@ -172,6 +174,7 @@ def run_fits(table: Table, opts: FitOptions) -> dict[str, Any]:
         result = fit_law(job.data, job.spec, opts.objective, opts.grid, opts.n_best)
         results.append(result)
         extrap = _extrapolate(job, opts) if opts.extrapolate else [None] * len(job.names)
+        profiles = profile_gamma(result.theta, job.data, job.spec, opts.objective) if opts.profile else []
         for group, (name, params) in enumerate(
             zip(job.names, named_params(result.theta, job.spec), strict=True)
         ):
@@ -190,6 +193,10 @@ def run_fits(table: Table, opts: FitOptions) -> dict[str, Any]:
                 log_params=log_params(result.theta, job.spec),
                 flags=flags_for(params, job.data, rows, result.converged, precision),
             )
+            if precision:  # recommend refuses bit widths outside what the fit saw
+                entry["P_range"] = [float(job.data.P[rows].min()), float(job.data.P[rows].max())]
+            if profiles:
+                entry["gamma_profile"] = profiles[group]
             if job.spec.n_gamma > 1 and precision:
                 entry["shared"] = True  # objective is the joint one
             if extrap[group] is not None:

@@ -45,7 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("quant", "nonembed", "total"),
         help="take N from N_quant / N_nonembed / N_total (a `bitlaw gather` table); default: N",
     )
-    parser.add_argument("--where", metavar="EXPR", help="pandas query on the table's columns, e.g. 'D > 1e9'")
+    parser.add_argument(
+        "--where",
+        metavar="EXPR",
+        help="pandas query on the input's column names, e.g. 'D > 1e9' or '`model.d_model` >= 64'",
+    )
     parser.add_argument(
         "--drop-invalid",
         action="store_true",
@@ -125,7 +129,7 @@ def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(document, handle, indent=1, allow_nan=True)
+            json.dump(_finite_or_null(document), handle, indent=1, allow_nan=False)
             handle.write("\n")
         os.replace(tmp, path)
     except BaseException:
@@ -133,9 +137,20 @@ def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
         raise
 
 
+def _finite_or_null(value: Any) -> Any:
+    """NaN/inf -> null, so fit.json is strict JSON (jq, JavaScript and other readers reject NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     from fit.engine import FitOptions, run_fits
-    from fit.fitting import Objective
+    from fit.objective import Objective
     from fit.table import load_table, parse_columns
 
     _check_numbers(args)
@@ -167,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         "space": args.space,
         "asym_weight": args.asym_weight if args.loss == "asymmetric" else None,
         "columns": table.columns,
-        "n_convention": args.n_convention or "as given (column N)",
+        "n_convention": args.n_convention or infer_n_convention(table.frame),
         "by": args.by,
         "options": {
             "tie_exponents": args.tie_exponents,
@@ -197,6 +212,14 @@ def run(args: argparse.Namespace) -> int:
     print(format_summary(document))
     print(f"wrote {args.output}")
     return 0
+
+
+def infer_n_convention(frame: Any) -> str | None:
+    """Which count column N equals (a `bitlaw gather` table writes N = N_quant by default), else None."""
+    for name, column in (("quant", "N_quant"), ("nonembed", "N_nonembed"), ("total", "N_total")):
+        if column in frame and (frame[column].to_numpy(dtype=float) == frame["N"].to_numpy()).all():
+            return name
+    return None
 
 
 def _invoked_as_fit() -> bool:
@@ -237,6 +260,11 @@ def format_summary(document: dict[str, Any]) -> str:
         elif extrap:
             lines.append(f"  extrapolation: skipped ({extrap.get('reason')})")
         lines += [f"  FLAG {flag}" for flag in entry["flags"]]
+    if document["options"]["bootstrap"]:
+        lines.append(
+            f"bootstrap: {document['options']['bootstrap']} resamples by {data['bootstrap_unit']}, "
+            f"seed {document['options']['seed']}; CIs are 2.5-97.5 percentiles"
+        )
     pooled = document["extrapolation"]
     if pooled.get("mape") is not None and len(document["fits"]) > 1:
         lines.append(

@@ -64,6 +64,24 @@ class FitFile:
         return {k: np.asarray(v, dtype=float) for k, v in samples.items()}
 
 
+def prediction_interval(
+    fit: FitFile, N: Any, D: Any, P: Any = None, fmt: str | None = None, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """Percentile interval of the predicted loss over the bootstrap draws: (lo, hi, n_draws), or None when the
+    fit has no bootstrap.  Each draw predicts with its own parameter set (draws are aligned by resample)."""
+    samples = fit.bootstrap_samples(fmt)
+    if not samples:
+        return None
+    if "gamma" in samples and P is None:
+        raise InputError("--P: a precision-law fit needs the bits per weight (e.g. --P 2.25)")
+    n_draws = len(next(iter(samples.values())))
+    draws = np.stack([predict_loss({k: v[i] for k, v in samples.items()}, N, D, P) for i in range(n_draws)])
+    finite = np.isfinite(draws).all(axis=tuple(range(1, draws.ndim)))
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(draws[finite], [tail, 100 - tail], axis=0)
+    return lo, hi, int(finite.sum())
+
+
 def load_fit(path: str | Path) -> FitFile:
     """Load and minimally validate a fit.json; every problem is one InputError line naming the file."""
     path = Path(path)

@@ -1,87 +1,30 @@
-"""Fitting one scaling law: the objective with its analytic gradient, start-grid screening, L-BFGS-B.
+"""Fitting one scaling law: start-grid screening, L-BFGS-B with tight tolerances, polish, warm refits.
 
-The law is fitted in log space (Epoch AI's parametrisation, design §7):
-
-    log L̂ = logsumexp(a − α·log N_eff,  b − β·log D,  e),   A = e^a, B = e^b, E = e^e
-    log N_eff = log N + log(1 − exp(−(P − p0)/γ)),           γ = e^g
-
-``p0`` is the optional exponent offset written as a bit shift (Kumar's ``exp(−P/γ + n)`` has n = p0/γ); the
-shift form keeps the capacity positive with a plain box bound p0 < min P.  Parameter vector θ, in order:
-``a, b, e, α, [β unless tied], g_1..g_G (precision law: one γ per row group), [p0 with the offset]``.
-
-Why each choice is made is in docs/method.md §6; the short version: summed loss + ftol=0 + gtol=1e-10,
-because scipy's default stopping rule is absolute and fires at objective sizes of 1e-3.
+The objective and its gradient are in ``fit.objective``.  Why each choice is made is in docs/method.md §6;
+the short version: summed loss + ftol=0 + gtol=1e-10, because scipy's default stopping rule is absolute
+and fires at objective sizes of 1e-3; a vectorised screen of Epoch's 4500-start grid instead of 4500
+optimisations.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
 
-LOSSES = ("huber", "mse", "mae", "asymmetric")
-SPACES = ("log", "raw")
+from fit.objective import FitData, LawSpec, Objective, log_terms, objective_and_grad, objective_batch
+
 GRIDS = ("coarse", "default", "fine")
 GAMMA_BOUNDS = (0.1, 50.0)
 EXPONENT_BOUNDS = (0.0, 10.0)
-# _NO_BLAS: reductions are written as (x * w).sum(), never x @ w.  A matrix-vector product goes to a
-# multi-threaded BLAS whose threads spin-wait; on a loaded 2-core machine that made 8 L-BFGS-B runs take
-# 10 s instead of 0.16 s (measured).  Elementwise ufuncs + sum have no threads to fight over.
+# Every matrix here is tiny (≤ 20×20 inside L-BFGS-B, vectors of a few hundred rows), so BLAS threads only
+# spin-wait: on a loaded 2-core machine 8 L-BFGS-B runs took 10 s instead of 0.16 s, and one warm-started
+# refit 100-300 ms instead of 21 ms (measured; docs/method.md §6).  Fits run under threadpool_limits(1).
+BLAS_LIMIT = {"limits": 1, "user_api": "blas"}
 SCREEN_CHUNK = 4096  # starts evaluated per vectorised block: bounds memory at ~SCREEN_CHUNK·n_rows floats
-
-
-@dataclass(frozen=True)
-class Objective:
-    """Which per-point loss, on which residual, and its knobs."""
-
-    loss: str = "huber"
-    delta: float = 1e-3  # Huber threshold on the residual (log residuals of ~1e-2 make δ=1e-3 almost L1)
-    space: str = "log"  # residual of log L (default) or of L
-    asym_weight: float = 10.0  # over-prediction penalty of the asymmetric loss
-
-
-@dataclass(frozen=True)
-class LawSpec:
-    """Shape of the parameter vector."""
-
-    precision: bool = False
-    n_gamma: int = 1  # γ parameters (per-format γ in a shared fit); ignored for chinchilla
-    tie: bool = False  # α = β
-    offset: bool = False  # fit the exponent offset p0
-
-    @property
-    def n_params(self) -> int:
-        return 4 + (not self.tie) + (self.n_gamma if self.precision else 0) + self.offset
-
-
-@dataclass
-class FitData:
-    """The rows one fit sees, already in log space.  ``group`` picks each row's γ; ``weight`` multiplies its
-    loss (bootstrap resamples and leave-out fits change weights, never the arrays)."""
-
-    N: np.ndarray  # (n,)
-    D: np.ndarray  # (n,)
-    L: np.ndarray  # (n,)
-    P: np.ndarray | None = None  # (n,) bits per weight, precision law only
-    group: np.ndarray | None = None  # (n,) int γ index
-    weight: np.ndarray | None = None  # (n,)
-    logN: np.ndarray = field(init=False)
-    logD: np.ndarray = field(init=False)
-    logL: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.N, self.D, self.L = (np.asarray(x, dtype=float) for x in (self.N, self.D, self.L))
-        self.logN, self.logD, self.logL = np.log(self.N), np.log(self.D), np.log(self.L)
-        if self.P is not None:
-            self.P = np.asarray(self.P, dtype=float)
-        n = len(self.L)
-        self.group = np.zeros(n, dtype=int) if self.group is None else np.asarray(self.group, dtype=int)
-        self.weight = np.ones(n) if self.weight is None else np.asarray(self.weight, dtype=float)
-
-    def with_weight(self, weight: np.ndarray) -> FitData:
-        return FitData(self.N, self.D, self.L, self.P, self.group, weight)
 
 
 @dataclass
@@ -94,110 +37,6 @@ class FitResult:
     message: str
     n_starts_screened: int = 0
     n_starts_optimised: int = 0
-
-
-def _rho(r: np.ndarray, obj: Objective) -> tuple[np.ndarray, np.ndarray]:
-    """Per-point loss ρ(r) and its derivative ρ'(r); r = observed − predicted."""
-    if obj.loss == "huber":
-        small = np.abs(r) <= obj.delta
-        value = np.where(small, 0.5 * r * r, obj.delta * (np.abs(r) - 0.5 * obj.delta))
-        return value, np.clip(r, -obj.delta, obj.delta)
-    if obj.loss == "mse":
-        return r * r, 2.0 * r
-    if obj.loss == "mae":
-        return np.abs(r), np.sign(r)
-    # asymmetric: r < 0 means the law over-predicts the loss; weight it so the fit hugs the lower envelope
-    scale = np.where(r < 0, obj.asym_weight, 1.0)
-    return scale * np.abs(r), scale * np.sign(r)
-
-
-def _unpack(theta: np.ndarray, spec: LawSpec) -> dict[str, np.ndarray]:
-    """Split θ (S, k) into named columns, each (S,) or (S, G) for g."""
-    cols = {"a": theta[:, 0], "b": theta[:, 1], "e": theta[:, 2], "alpha": theta[:, 3]}
-    i = 4
-    if spec.tie:
-        cols["beta"] = cols["alpha"]
-    else:
-        cols["beta"], i = theta[:, 4], 5
-    if spec.precision:
-        cols["g"], i = theta[:, i : i + spec.n_gamma], i + spec.n_gamma
-        cols["p0"] = theta[:, i] if spec.offset else np.zeros(len(theta))
-    return cols
-
-
-def _terms(theta: np.ndarray, data: FitData, spec: LawSpec) -> tuple[np.ndarray, ...]:
-    """The three log-space terms, each (S, n), plus u = (P − p0)/γ per row (or None)."""
-    c = _unpack(theta, spec)
-    log_n = np.broadcast_to(data.logN, (len(theta), len(data.logN)))
-    u = None
-    if spec.precision:
-        gamma_row = np.exp(c["g"][:, data.group])  # (S, n)
-        u = (data.P[None, :] - c["p0"][:, None]) / gamma_row
-        log_n = log_n + np.log(-np.expm1(-u))
-    t1 = c["a"][:, None] - c["alpha"][:, None] * log_n
-    t2 = c["b"][:, None] - c["beta"][:, None] * data.logD[None, :]
-    t3 = np.broadcast_to(c["e"][:, None], t1.shape)
-    return t1, t2, t3, log_n, u
-
-
-def _lse(t1: np.ndarray, t2: np.ndarray, t3: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-    top = np.maximum(np.maximum(t1, t2), t3)
-    e1, e2, e3 = np.exp(t1 - top), np.exp(t2 - top), np.exp(t3 - top)
-    total = e1 + e2 + e3
-    return top + np.log(total), (e1 / total, e2 / total, e3 / total)
-
-
-def objective_batch(
-    thetas: np.ndarray, data: FitData, spec: LawSpec, obj: Objective, log_n: np.ndarray | None = None
-) -> np.ndarray:
-    """Objective at many parameter vectors at once: thetas (S, k) -> (S,).  Used to screen the start grid.
-
-    ``log_n`` (n,) is log N_eff when every θ shares the same γ and p0 (the screening loop passes it so the
-    capacity factor is computed once per γ value, not once per start)."""
-    if log_n is None:
-        t1, t2, t3, _, _ = _terms(thetas, data, spec)
-    else:
-        c = _unpack(thetas, spec)
-        t1 = c["a"][:, None] - c["alpha"][:, None] * log_n[None, :]
-        t2 = c["b"][:, None] - c["beta"][:, None] * data.logD[None, :]
-        t3 = c["e"][:, None]
-    top = np.maximum(np.maximum(t1, t2), t3)
-    lse = top + np.log(np.exp(t1 - top) + np.exp(t2 - top) + np.exp(t3 - top))  # (S, n)
-    resid = data.logL - lse if obj.space == "log" else data.L - np.exp(lse)
-    value, _ = _rho(resid, obj)
-    with np.errstate(invalid="ignore", over="ignore"):
-        out = (value * data.weight).sum(axis=1)  # (S,); no BLAS call (see _NO_BLAS)
-    return np.where(np.isfinite(out), out, np.inf)
-
-
-def objective_and_grad(theta: np.ndarray, data: FitData, spec: LawSpec, obj: Objective) -> tuple:
-    """Objective and its analytic gradient at one θ (k,)."""
-    t1, t2, t3, log_n, u = _terms(theta[None, :], data, spec)
-    lse, (w1, w2, w3) = _lse(t1, t2, t3)
-    lse, w1, w2, w3, log_n = lse[0], w1[0], w2[0], w3[0], log_n[0]
-    if obj.space == "log":
-        resid, dresid_dlse = data.logL - lse, -1.0
-    else:
-        pred = np.exp(lse)
-        resid, dresid_dlse = data.L - pred, -pred
-    value, slope = _rho(resid, obj)
-    f = float((value * data.weight).sum())
-    coef = data.weight * slope * dresid_dlse  # d f / d lse, per row
-    c1, c2 = coef * w1, coef * w2  # d f / d t1, d f / d t2
-    c = _unpack(theta[None, :], spec)
-    grad = [c1.sum(), c2.sum(), (coef * w3).sum()]
-    d_alpha, d_beta = -(c1 * log_n).sum(), -(c2 * data.logD).sum()
-    grad += [d_alpha + d_beta] if spec.tie else [d_alpha, d_beta]
-    if spec.precision:
-        u = u[0]
-        alpha = c["alpha"][0]
-        # d t1 / d u = −α / expm1(u);  d u / d g = −u;  d u / d p0 = −1/γ
-        dt1_du = -alpha / np.expm1(u)
-        grad += list(np.bincount(data.group, weights=c1 * dt1_du * -u, minlength=spec.n_gamma))
-        if spec.offset:
-            gamma_row = np.exp(c["g"][0][data.group])
-            grad.append(float((c1 * dt1_du * (-1.0 / gamma_row)).sum()))
-    return f, np.asarray(grad, dtype=float)
 
 
 def bounds(spec: LawSpec, min_p: float | None = None) -> list[tuple[float | None, float | None]]:
@@ -255,7 +94,7 @@ def screen(starts: np.ndarray, data: FitData, spec: LawSpec, obj: Objective, kee
     else:
         groups = [(np.arange(len(starts)), None)]
     for idx, key in groups:
-        log_n = None if key is None else _terms(starts[idx[:1]], data, spec)[3][0]
+        log_n = None if key is None else log_terms(starts[idx[:1]], data, spec)[3][0]
         for i in range(0, len(idx), SCREEN_CHUNK):
             chunk = idx[i : i + SCREEN_CHUNK]
             values[chunk] = objective_batch(starts[chunk], data, spec, obj, log_n)
@@ -281,6 +120,7 @@ def local_fit(
     box: list,
     gtol: float = 1e-10,
     maxiter: int = 10_000,
+    ftol: float = 0.0,
 ):
     """One L-BFGS-B run with tight tolerances (ftol=0: stop only when no decrease is possible)."""
     theta0 = np.clip(
@@ -295,7 +135,7 @@ def local_fit(
         jac=True,
         method="L-BFGS-B",
         bounds=box,
-        options={"ftol": 0.0, "gtol": gtol, "maxiter": maxiter, "maxcor": 20},
+        options={"ftol": ftol, "gtol": gtol, "maxiter": maxiter},
     )
 
 
@@ -344,6 +184,11 @@ def fit_law(
 ) -> FitResult:
     """Global fit: screen the start grid, optimise up to ``n_best`` best starts (stopping once ``agree`` of
     them reach the same best objective), polish the winner."""
+    with threadpool_limits(**BLAS_LIMIT):
+        return _fit_law(data, spec, obj, grid, n_best, extra_starts, agree)
+
+
+def _fit_law(data, spec, obj, grid, n_best, extra_starts, agree) -> FitResult:
     min_p = float(np.min(data.P)) if spec.precision else None
     box = bounds(spec, min_p)
     starts = start_grid(spec, grid)
@@ -386,6 +231,37 @@ def refit(theta0: np.ndarray, data: FitData, spec: LawSpec, obj: Objective) -> n
     return canonical(again.x if again.fun <= res.fun else res.x, data, spec)
 
 
+def profile_gamma(
+    theta: np.ndarray, data: FitData, spec: LawSpec, obj: Objective, n_points: int = 13
+) -> list[dict[str, list[float]]]:
+    """The objective profiled over each γ: at every grid γ, the minimum over all other parameters.
+
+    Where γ is identified the profile has an interior minimum at the fitted γ; without a high-precision anchor
+    it keeps falling towards a bound (reference/fitting.md §4.3).  The walk goes outwards from the optimum,
+    each point warm-started from its neighbour.  ftol=1e-12 is an *absolute* change of ~1e-9 of an
+    objective of 1e-3: ample for a diagnostic curve, and 3-5x cheaper than ftol=0."""
+    if not spec.precision:
+        return []
+    grid = np.geomspace(*GAMMA_BOUNDS, n_points)
+    box = bounds(spec, float(np.min(data.P)))
+    first_g = 4 + (not spec.tie)
+    out = []
+    with threadpool_limits(**BLAS_LIMIT):
+        for col in range(first_g, first_g + spec.n_gamma):
+            values = np.empty(n_points)
+            centre = int(np.searchsorted(grid, np.exp(theta[col])))
+            for order in (range(centre, n_points), range(centre - 1, -1, -1)):
+                start = np.array(theta, dtype=float)
+                for i in order:
+                    start[col] = np.log(grid[i])
+                    pinned = list(box)
+                    pinned[col] = (start[col], start[col])
+                    res = local_fit(start, data, spec, obj, pinned, gtol=1e-9, ftol=1e-12)
+                    values[i], start = res.fun, res.x
+            out.append({"gamma": grid.tolist(), "objective": values.tolist()})
+    return out
+
+
 def canonical(theta: np.ndarray, data: FitData, spec: LawSpec) -> np.ndarray:
     """Pin γ where the data cannot: with a single γ and one P value on every (weighted) row, the capacity
     factor c(P, γ) is a constant and only A·c^(−α) is identified.  Move along that exactly flat direction to
@@ -404,36 +280,3 @@ def canonical(theta: np.ndarray, data: FitData, spec: LawSpec) -> np.ndarray:
     theta[0] += theta[3] * (new_log_c - old_log_c)  # a − α·log c stays the same
     theta[g_col] = new_g
     return theta
-
-
-def named_params(theta: np.ndarray, spec: LawSpec) -> list[dict[str, float]]:
-    """θ -> one law-parameter mapping per γ group (A, B, E, alpha, beta[, gamma, offset])."""
-    c = _unpack(np.asarray(theta, dtype=float)[None, :], spec)
-    base = {
-        "A": float(np.exp(c["a"][0])),
-        "B": float(np.exp(c["b"][0])),
-        "E": float(np.exp(c["e"][0])),
-        "alpha": float(c["alpha"][0]),
-        "beta": float(c["beta"][0]),
-    }
-    if not spec.precision:
-        return [base]
-    out = []
-    for g in c["g"][0]:
-        gamma = float(np.exp(g))
-        entry = {**base, "gamma": gamma}
-        if spec.offset:
-            entry["offset"] = float(c["p0"][0]) / gamma  # Kumar's n in exp(−P/γ + n)
-        out.append(entry)
-    return out
-
-
-def log_params(theta: np.ndarray, spec: LawSpec) -> dict[str, float]:
-    """The raw optimisation variables, stored at full precision next to the derived parameters."""
-    c = _unpack(np.asarray(theta, dtype=float)[None, :], spec)
-    out = {k: float(c[k][0]) for k in ("a", "b", "e", "alpha", "beta")}
-    if spec.precision:
-        out.update({f"g{i}": float(g) for i, g in enumerate(c["g"][0])})
-        if spec.offset:
-            out["p0"] = float(c["p0"][0])
-    return out

@@ -141,6 +141,8 @@ def read_run(run_dir: Path, sweep: Path, n_convention: str, result: Gathered, in
             return
     config: dict[str, Any] = {}
     config_path = run_dir / "config.yaml"
+    if not config_path.is_file():  # a job that died before writing it: Hydra's composed copy is the next best
+        config_path = run_dir / ".hydra" / "config.yaml"
     if config_path.is_file():
         try:
             loaded = yaml.safe_load(config_path.read_text())  # safe_load: plain data only, never objects

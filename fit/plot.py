@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,10 +22,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from fit.fitfile import FitFile
-from fit.law import capacity, predict_loss
-from fit.memory import BitAccounting, Interpolation, resolve_arch
+from fit.law import predict_loss
+from fit.memory import BitAccounting, resolve_arch
 from fit.presets import LawSource
-from fit.recommend import format_bytes, recommend
+from fit.recommend import format_bytes, recommend, smooth_n_eff
 
 MARKERS = {1: "o", 2: "s", 3: "^", 4: "D", 5: "v", 6: "P", 7: "X", 8: "h", 16: "*"}
 LINESTYLES = {1: "-", 2: "--", 3: "-.", 4: ":", 16: (0, (6, 1, 1, 1))}
@@ -60,9 +59,13 @@ class PlotInputs:
 
     @property
     def primary(self) -> str:
-        return (
-            self.source.default_format if self.source.default_format in self.source.laws else self.formats[0]
-        )
+        """The format the single-format figures use (kmeans when fitted; a fit 'all' serves any format)."""
+        return self.source.default_format
+
+    @property
+    def quant_formats(self) -> list[str]:
+        """Formats to recommend for: every fitted one, with a fit 'all' standing for the primary."""
+        return [self.primary if f == "all" else f for f in self.formats]
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -174,6 +177,7 @@ def plot_isoloss(inp: PlotInputs, path: Path) -> Path:
     p_axis = np.geomspace(1.2, 16.0, 140)
     both = all(f in inp.source.laws for f in ("kmeans", "uniform"))
     main = "kmeans" if both else inp.primary
+    main_name = main if main in inp.source.laws else "all-format"
     fig = Figure(figsize=(12, 4.8), layout="constrained")
     axes = fig.subplots(1, 2)
     panels = [
@@ -212,42 +216,24 @@ def plot_isoloss(inp: PlotInputs, path: Path) -> Path:
         )
         fig.suptitle("Isoloss contours (labels: predicted k-means loss): k-means solid, uniform dashed")
     else:
-        fig.colorbar(mesh, ax=axes.tolist(), label=f"predicted loss ({main})")
-        fig.suptitle(f"Isoloss contours of the {main} fit")
+        fig.colorbar(mesh, ax=axes.tolist(), label=f"predicted loss ({main_name} fit, nats/token)")
+        fig.suptitle(f"Isoloss contours of the {main_name} fit")
     return _save(fig, path)
 
 
 # ----------------------------------------------------------------------------- 3. N_eff vs P_w
 
 
-def smooth_n_eff(inp: PlotInputs, fmt: str, budget: float, bits: list[int]) -> np.ndarray:
-    """Per bit width, N_eff of the largest un-rounded member of the arch's smooth family (NaN: none fits)."""
-    law = inp.source.law(fmt)
-    path = Interpolation(tuple(sorted(resolve_arch(inp.arch.partition(":")[0]), key=lambda s: s.n_total)))
-    out = []
-    for b in bits:
-        p_w = inp.acct.p_w(b, fmt)
-        t = path.largest_fitting(budget, p_w)
-        if math.isnan(t):
-            out.append(math.nan)
-            continue
-        n_quant, n_hp = path.counts(t)
-        n_law = {"quant": n_quant, "total": n_quant + n_hp}.get(inp.source.n_convention, n_quant)
-        out.append(
-            n_law * float(capacity(law.law_p(b, p_w), law.params["gamma"], law.params.get("offset", 0.0)))
-        )
-    return np.array(out)
-
-
 def plot_neff_vs_pw(inp: PlotInputs, path: Path) -> Path:
     fmt = inp.primary
     bits = [1, 2, 3, 4, 5, 6, 8, 16]
     p_w = np.array([inp.acct.p_w(b, fmt) for b in bits])
+    anchors = resolve_arch(inp.arch.partition(":")[0])
     fig = Figure(figsize=(7.5, 5), layout="constrained")
     ax = fig.subplots()
     cmap = matplotlib.colormaps["plasma"]
     for i, budget in enumerate(sorted(inp.budgets)):
-        n_eff = smooth_n_eff(inp, fmt, budget, bits)
+        n_eff = smooth_n_eff(inp.source, fmt, budget, anchors, bits, inp.acct)
         if np.all(np.isnan(n_eff)):
             continue
         colour = cmap(0.1 + 0.8 * i / max(1, len(inp.budgets) - 1))
@@ -263,7 +249,7 @@ def plot_neff_vs_pw(inp: PlotInputs, path: Path) -> Path:
     ax.set_xlabel(f"P_w (stored bits per weight; {fmt}, block {inp.acct.block_size})")
     ax.set_ylabel("N_eff of the largest model that fits (parameters)")
     ax.set_title(
-        f"Effective parameters under a weight-memory budget ({inp.arch.partition(':')[0]} family, "
+        f"Effective parameters under a weight-memory budget (smooth {inp.arch.partition(':')[0]} family, "
         f"γ = {gamma:.2f}); ★ = optimum",
         fontsize=10,
     )

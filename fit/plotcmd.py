@@ -25,7 +25,9 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
         "--tokens", help="fixed D for isoloss and recommendation (default: the data's largest D)"
     )
     parser.add_argument(
-        "--arch", default="llama3", help="model family for the memory figures (default llama3)"
+        "--arch",
+        default="llama3:continuous",
+        help="model family for the memory figures and tables (default llama3:continuous)",
     )
     parser.add_argument("--bits", default="1,2,3,4,16", help="bit widths to compare (default 1,2,3,4,16)")
     parser.add_argument(

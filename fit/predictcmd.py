@@ -29,26 +29,15 @@ def _positive(flag: str, text: str | None) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from fit.fitfile import load_fit
-    from fit.law import predict_loss
+    from fit.fitfile import load_fit, prediction_interval
 
     N, D, P = _positive("--N", args.N), _positive("--D", args.D), _positive("--P", args.P)
     fit = load_fit(args.fit)
     loss = float(fit.predict(N, D, P, args.format))
     line = f"{loss:.6f}"
-    samples = fit.bootstrap_samples(args.format)
-    if samples:
-        keys = list(samples)
-        draws = np.array(
-            [
-                float(predict_loss({k: samples[k][i] for k in keys}, N, D, P))
-                for i in range(len(samples[keys[0]]))
-            ]
-        )
-        draws = draws[np.isfinite(draws)]
-        lo, hi = np.percentile(draws, [2.5, 97.5])
-        line += f"  (95% CI {lo:.6f} to {hi:.6f}, {len(draws)} bootstrap resamples)"
+    interval = prediction_interval(fit, N, D, P, args.format)
+    if interval is not None:
+        lo, hi, n_draws = interval
+        line += f"  (95% CI {float(lo):.6f} to {float(hi):.6f}, {n_draws} bootstrap resamples)"
     print(line)
     return 0

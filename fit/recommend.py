@@ -18,7 +18,7 @@ import numpy as np
 from fit.errors import InputError
 from fit.fitfile import FitFile
 from fit.law import capacity
-from fit.memory import BF16_BITS, BitAccounting, Shape, check_format, shape_bytes
+from fit.memory import BF16_BITS, BitAccounting, Interpolation, Shape, check_format, shape_bytes
 from fit.presets import FormatLaw, LawSource
 
 ALLOWED_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16)
@@ -259,8 +259,9 @@ def recommend(
     largest = max(shapes, key=lambda s: (s.n_quant, -s.n_hp))
     if winner.shape == largest and budget_bytes > 1.25 * winner.memory_bytes:
         notes.append(
-            f"at {format_bytes(budget_bytes)} the winner is the family's largest shape ({largest.name}) using only "
-            f"{format_bytes(winner.memory_bytes)}; a larger family (e.g. --arch llama3:continuous) may do better"
+            f"at {format_bytes(budget_bytes)} the winner is the family's largest shape ({largest.name}), "
+            f"using only {format_bytes(winner.memory_bytes)}; a larger family "
+            "(e.g. --arch llama3:continuous) may do better"
         )
 
     n_resamples = 0
@@ -278,6 +279,34 @@ def recommend(
             lo, hi = np.percentile(column, [2.5, 97.5])
             winner.loss_ci = (float(lo), float(hi))
     return Recommendation(budget_bytes, tokens, fmt, ranked_by, rows, n_resamples, notes)
+
+
+def smooth_n_eff(
+    source: LawSource,
+    fmt: str,
+    budget_bytes: float,
+    anchors: list[Shape],
+    bits: list[int],
+    acct: BitAccounting,
+) -> np.ndarray:
+    """Per bit width, N_eff of the largest member of the smooth (un-rounded) family through ``anchors`` that
+    fits ``budget_bytes``; NaN where none does. The rounding-free view of the trade-off: on it the best bit
+    width falls monotonically as the budget grows, which the buildable ladder only follows up to its rungs.
+    """
+    law = source.law(fmt)
+    path = Interpolation(tuple(sorted(anchors, key=lambda s: s.n_total)))
+    out = []
+    for b in bits:
+        p_w = acct.p_w(b, fmt)
+        t = path.largest_fitting(budget_bytes, p_w)
+        if math.isnan(t):
+            out.append(math.nan)
+            continue
+        n_quant, n_hp = path.counts(t)
+        n_law = {"quant": n_quant, "total": n_quant + n_hp}.get(source.n_convention, n_quant)
+        f = capacity(law.law_p(b, p_w), law.params["gamma"], law.params.get("offset", 0.0))
+        out.append(n_law * float(f))
+    return np.array(out)
 
 
 # ----------------------------------------------------------------------------- output
@@ -321,7 +350,8 @@ def render_text(recs: list[Recommendation], source: LawSource, arch: str) -> str
         for row in table:
             lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         best = rec.best
-        summary = f"best: {best.bits}-bit {best.format}, {best.shape.describe() if best.shape else ''}"
+        label = "bf16" if best.bits == BF16_BITS else f"{best.bits}-bit {best.format}"
+        summary = f"best: {label}, {best.shape.describe() if best.shape else ''}"
         if best.loss is not None:
             summary += f", loss {best.loss:.4f}"
         if best.loss_ci:

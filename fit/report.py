@@ -235,7 +235,7 @@ def section_recommendation(inp: ReportInputs, plot_inputs: PlotInputs) -> list[s
         "each bit width wins.",
         "",
     ]
-    for fmt in plot_inputs.formats:
+    for fmt in plot_inputs.quant_formats:
         rows = []
         for budget in inp.budgets:
             try:

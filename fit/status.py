@@ -27,7 +27,7 @@ LEDGER = Path(".bitlaw") / "jobs.jsonl"
 STATES = ("done", "running", "pending", "failed", "cancelled", "unknown")
 _RUN_FILES = ("run.json", "summary.json", "config.yaml")
 _PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED"}
-_RUNNING = {"RUNNING", "COMPLETING", "RESIZING", "STAGE_OUT", "SIGNALING"}
+_RUNNING = {"RUNNING", "COMPLETING", "RESIZING", "STAGE_OUT", "SIGNALING"}  # COMPLETING: sacct lags
 _LOG_TAIL_LINES = 3
 
 
@@ -73,6 +73,12 @@ def sweep_status(sweep_dir: Path, query_slurm: bool = True) -> list[RunStatus]:
     """One RunStatus per run: every run dir, plus submitted runs whose dir does not exist yet."""
     ledger = _read_ledger(sweep_dir / LEDGER)
     runs = sorted(set(ledger) | set(_run_dirs(sweep_dir)))
+    for run in runs:
+        # Sweeps launched with plain `python -m sweep -m hydra/launcher=slurm` have no ledger, but each
+        # started job recorded its Slurm id in run.json.
+        job_id = (_read_json(sweep_dir / run / "run.json") or {}).get("slurm_job_id")
+        if run not in ledger and job_id:
+            ledger[run] = {"run": run, "job_id": str(job_id), "executor": "slurm", "stderr": ""}
     summaries = {run: _read_json(sweep_dir / run / "summary.json") for run in runs}
     open_jobs = [ledger[run]["job_id"] for run in runs
                  if run in ledger and ledger[run].get("executor") == "slurm"
@@ -139,6 +145,8 @@ def _read_json(path: Path) -> dict | None:
 
 def _tail(path: Path, n_lines: int) -> str:
     try:
+        if not path.is_file():
+            return "(no log)"
         lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return "(no log)"
@@ -150,14 +158,19 @@ def _pid_alive(pid: str) -> bool:
 
 
 def _slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """job id -> state: squeue for jobs still queued (exact, immediate), sacct for those that left it."""
+    """job id -> state: squeue for jobs still queued (exact, immediate), sacct for those that left it.
+
+    squeue -r prints one line per array task (123_4, as recorded), not grouped pending tasks (123_[4-9]).
+    """
     states: dict[str, str] = {}
     if shutil.which("squeue"):
-        out = subprocess.run(["squeue", "-h", "-o", "%i|%T", "-j", ",".join(job_ids)],
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(job_ids)],
                              capture_output=True, text=True, timeout=30)
         for line in out.stdout.splitlines():
             job_id, _, state = line.partition("|")
-            states[job_id.strip()] = state.strip()
+            # COMPLETING says only that the job is ending; sacct knows how (COMPLETED, CANCELLED, ...).
+            if state.strip() != "COMPLETING":
+                states[job_id.strip()] = state.strip()
     gone = [j for j in job_ids if j not in states]
     if gone and shutil.which("sacct"):
         # -X: the allocation's line only (not .batch/.0 steps); array tasks print as 123_4.

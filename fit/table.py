@@ -152,8 +152,8 @@ def prepare_table(
     bad_rows = np.zeros(len(out), dtype=bool)
     dropped: dict[str, int] = {}
     for name in NUMERIC:
-        if name not in present:
-            continue
+        if name not in present or name not in require:
+            continue  # e.g. a P column with gaps does not block a Chinchilla fit that ignores P
         numbers, not_numeric = _bad_numeric(out[name])
         values = numbers.to_numpy()
         checks = [

@@ -79,6 +79,8 @@ done
 
 # ------------------------------------------------------------------ slurm.conf
 HOST=$(hostname -s)
+# Multi-task jobs rendezvous at the node's name (SLURM_JOB_NODELIST); make sure it resolves.
+getent hosts "$HOST" >/dev/null || echo "127.0.0.1 $HOST" >> /etc/hosts
 # The node line comes from the hardware (CPUs, sockets, RealMemory), so the config fits any machine.
 NODELINE=$(slurmd -C | head -n1)
 SLURM_CONF="ClusterName=bitlaw

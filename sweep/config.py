@@ -78,7 +78,7 @@ def _build(cls: type, section: dict[str, Any] | None, prefix: str) -> Any:
     return cls(**section)
 
 
-def from_dict(cfg: dict[str, Any]) -> JobConfig:
+def from_dict(cfg: dict[str, Any], check_paths: bool = True) -> JobConfig:
     wandb_section = dict((cfg.get("logger") or {}).get("wandb") or {})
     if "tags" in wandb_section:
         wandb_section["tags"] = tuple(wandb_section["tags"] or ())
@@ -91,7 +91,7 @@ def from_dict(cfg: dict[str, Any]) -> JobConfig:
         sweep_name=str((cfg.get("sweep") or {}).get("name", "default")),
         raw=cfg,
     )
-    validate(job)
+    validate(job, check_paths)
     return job
 
 

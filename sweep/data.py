@@ -107,6 +107,9 @@ def train_batch(corpus: Corpus, seed: int, step: int, n_sequences: int, seq_len:
 
 def validation_windows(corpus: Corpus, n_sequences: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed validation set: evenly spaced windows over the validation split."""
+    if len(corpus.val) < seq_len + 1:
+        raise ValueError(f"the validation split has {len(corpus.val)} tokens, fewer than train.seq_len + 1; "
+                         "raise data.val_fraction or data.max_bytes")
     n_sequences = max(1, min(n_sequences, (len(corpus.val) - 1) // seq_len))
     offsets = np.linspace(0, len(corpus.val) - seq_len - 1, n_sequences).astype(np.int64)
     return windows(corpus.val, offsets, seq_len)

@@ -86,7 +86,8 @@ def export(model: torch.nn.Module, quantized: list[tuple[str, QuantLinear]], con
             breakdown[key] += size
     breakdown["high_precision"] = 2 * sum(t.numel() for t in high_precision.values())
     packed = sum(breakdown.values())
-    predicted = counts["N_quant"] * bits_per_weight(config.format, config.bits, config.block_size) / 8 \
+    p_w = bits_per_weight(config.format, config.bits, config.block_size, config.binary_mean)
+    predicted = counts["N_quant"] * p_w / 8 \
         + counts["N_hp"] * 2
     result = {"packed_bytes": packed, "predicted_bytes": predicted, "bytes": breakdown,
               "difference_bytes": packed - predicted, "file": None}

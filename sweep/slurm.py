@@ -40,8 +40,9 @@ def active_slurm_states(job_ids: list[str]) -> dict[str, str]:
     """job id -> squeue state, for the given jobs that are still pending or running."""
     if not job_ids or shutil.which("squeue") is None:
         return {}
-    # %i prints array tasks as 123_4 (the ids submitit records); -t all includes just-finished ones.
-    out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T", "-j", ",".join(job_ids)],
+    # -r: one line per array task, printed as 123_4 like the ids submitit records (pending tasks would
+    # otherwise be grouped as 123_[4-9]); -t all includes jobs that are just ending.
+    out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(job_ids)],
                          capture_output=True, text=True, timeout=30)
     states: dict[str, str] = {}
     for line in out.stdout.splitlines():

@@ -28,13 +28,13 @@ import runpy
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from sweep.composed import ComposedJob
 from sweep.ledger import (
     Submission,
     append_submissions,
@@ -49,61 +49,6 @@ _UNFINISHED_STATES = {"READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COM
                       "CONFIGURING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED"}
 _POLL_S = 1.0           # how often to look for result pickles (a stat per job)
 _SCHEDULER_POLL_S = 3.0  # how often to ask the scheduler (one sacct call for all jobs)
-_TRACEBACK_LINES = 12    # traceback lines kept in a failed run's summary.json
-
-
-class ComposedJob:
-    """What each submitit task runs: Hydra's `run_job` on a config composed at submission time.
-
-    Pickled once per array task. `checkpoint` makes the task requeueable: on submitit's timeout or
-    preemption signal the same config is requeued and the training code resumes from its own checkpoint.
-    """
-
-    def __init__(self, hydra_context: Any, task_function: Any, singleton_state: dict) -> None:
-        self.hydra_context = hydra_context
-        self.task_function = task_function
-        self.singleton_state = singleton_state
-
-    def __call__(self, config: Any, job_num: int) -> Any:
-        import submitit
-        from hydra.core.singleton import Singleton
-        from hydra.core.utils import JobStatus, run_job, setup_globals
-        from omegaconf import open_dict, read_write
-
-        # Restores resolvers and Hydra's runtime state exactly as the submitting process had them.
-        Singleton.set_state(self.singleton_state)
-        setup_globals()
-        with read_write(config.hydra.job), open_dict(config.hydra.job):
-            config.hydra.job.id = submitit.JobEnvironment().job_id
-            config.hydra.job.num = job_num
-        job_return = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
-                             config=config, job_dir_key="hydra.sweep.dir",
-                             job_subdir_key="hydra.sweep.subdir")
-        if job_return.status == JobStatus.FAILED:
-            # Hydra caught the task's exception. Record it in the run dir (unless the task already wrote
-            # its own failed summary) and re-raise, so Slurm and submitit also see the job as failed.
-            error = job_return._return_value
-            run_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
-            _record_failure(run_dir, error)
-            raise error
-        return job_return
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
-
-
-def _record_failure(run_dir: Path, error: BaseException) -> None:
-    """Write a failed summary.json with the traceback's tail, unless the task wrote a summary itself."""
-    path = run_dir / "summary.json"
-    existing = _read_json(path)
-    if existing and existing.get("status") in ("failed", "diverged"):
-        return
-    trace = "".join(traceback.format_exception(type(error), error, error.__traceback__)).strip()
-    tail = "\n".join(trace.splitlines()[-_TRACEBACK_LINES:])
-    summary = {"status": "failed", "reason": f"{type(error).__name__}: {error}", "traceback_tail": tail}
-    write_text_atomic(path, json.dumps(summary, indent=1) + "\n")
 
 
 @dataclass
@@ -124,6 +69,24 @@ def _read_json(path: Path) -> dict | None:
 def _completed_summary(run_dir: Path) -> dict | None:
     summary = _read_json(run_dir / "summary.json")
     return summary if summary and summary.get("status") == "completed" else None
+
+
+def _expected_run_id(config: Any) -> str | None:
+    """The run_id the job will compute for this config (sweep.rundir), or None if it cannot resolve here."""
+    import copy
+
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    from sweep.rundir import compute_run_id
+
+    # What run_job hands the task: the config without its `hydra` node, resolved.
+    task = copy.deepcopy(config)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    try:
+        return compute_run_id(OmegaConf.to_container(task, resolve=True))
+    except Exception:  # an interpolation only the job can resolve; the job checks run_id itself
+        return None
 
 
 def _tail(path: Path, n_lines: int = 5) -> str:
@@ -171,16 +134,17 @@ class SweepLauncher:
             OmegaConf.copy_cache(from_config=launcher.config, to_config=config)
             HydraConfig.instance().set_config(config)
             run = str(config.hydra.sweep.subdir)
-            skipped = self._already_handled(sweep_dir / run, run, previous.get(run), live)
-            if skipped is not None:
-                self.outcomes.append(skipped)
+            handled = self._already_handled(sweep_dir / run, run, _expected_run_id(config),
+                                            previous.get(run), live)
+            if handled is not None:
+                self.outcomes.append(handled)
+                print(f"[sweep] {'skip' if handled.state != 'failed' else 'refuse'} {run}: {handled.detail}",
+                      flush=True)
                 returns.append(JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED))
                 continue
             with read_write(config.hydra.job), open_dict(config.hydra.job):
                 config.hydra.job.num = initial_job_idx + offset
             to_submit.append((run, config, initial_job_idx + offset, list(overrides)))
-        for outcome in self.outcomes[-len(job_overrides):]:
-            print(f"[sweep] skip {outcome.run}: {outcome.detail}", flush=True)
         if not to_submit:
             return returns
 
@@ -215,7 +179,7 @@ class SweepLauncher:
                               for (run, *_), j in zip(to_submit, jobs, strict=True)]
             return returns + [JobReturn(overrides=o, status=JobStatus.COMPLETED) for *_, o in to_submit]
 
-        finished = self._wait_for(jobs)
+        finished = self._wait_for(jobs, cluster)
         for (run, _, _, overrides), j in zip(to_submit, jobs, strict=True):
             outcome = self._outcome(sweep_dir, run, j, finished[j.job_id])
             self.outcomes.append(outcome)
@@ -227,12 +191,16 @@ class SweepLauncher:
 
     # ---------------------------------------------------------------- helpers
     @staticmethod
-    def _already_handled(run_dir: Path, run: str, previous: Submission | None,
+    def _already_handled(run_dir: Path, run: str, expected_run_id: str | None, previous: Submission | None,
                          live: dict[str, str]) -> RunOutcome | None:
+        """An outcome for a run that must not be submitted now, else None."""
         summary = _completed_summary(run_dir)
         if summary is not None:
-            # The job itself re-checks run_id against its config and resumes or re-runs when they differ.
-            run_id = (_read_json(run_dir / "run.json") or {}).get("run_id", "?")
+            run_id = (_read_json(run_dir / "run.json") or {}).get("run_id")
+            if expected_run_id is not None and run_id is not None and run_id != expected_run_id:
+                # Same directory name, different experiment (conf/ changed): never overwrite a result.
+                return RunOutcome(run, "failed", detail=f"its dir holds completed run_id {run_id} but the "
+                                  f"config now gives {expected_run_id}; use a new sweep.name")
             return RunOutcome(run, "skipped", detail=f"completed (run_id {run_id}, "
                                                      f"final_val_loss {summary.get('final_val_loss')})")
         if previous is not None and previous.job_id in live:
@@ -259,21 +227,23 @@ class SweepLauncher:
         return executor
 
     @staticmethod
-    def _wait_for(jobs: list) -> dict[str, str]:
+    def _wait_for(jobs: list, cluster: str) -> dict[str, str]:
         """Block until every job has a result pickle or a final scheduler state; job_id -> final state."""
         finished: dict[str, str] = {}
         last_scheduler_poll = 0.0
         while len(finished) < len(jobs):
             ask_scheduler = time.monotonic() - last_scheduler_poll >= _SCHEDULER_POLL_S
-            if ask_scheduler:
-                jobs[0].watcher.update()  # one sacct (or process poll) for every registered job
+            if ask_scheduler and cluster == "slurm":
+                jobs[0].watcher.update()  # one sacct call for every job of this sweep
                 last_scheduler_poll = time.monotonic()
             for j in jobs:
                 if j.job_id in finished:
                     continue
                 if j.paths.result_pickle.exists():
                     finished[j.job_id] = "RESULT"
-                elif ask_scheduler:
+                elif cluster != "slurm" and j.done():  # a local process that exited without a result
+                    finished[j.job_id] = j.state
+                elif ask_scheduler and cluster == "slurm":
                     state = j.watcher.get_state(j.job_id, mode="cache")
                     if state.split()[0] not in _UNFINISHED_STATES:
                         finished[j.job_id] = state
@@ -288,7 +258,7 @@ class SweepLauncher:
         run_dir = sweep_dir / run
         if final_state != "RESULT":
             state = "cancelled" if final_state.startswith("CANCELLED") else "failed"
-            return RunOutcome(run, state, job.job_id, f"Slurm {final_state}; {_tail(job.paths.stderr, 3)}")
+            return RunOutcome(run, state, job.job_id, f"job {final_state}; {_tail(job.paths.stderr, 3)}")
         try:
             job_return = job.results()[0]
         except Exception as err:  # submitit re-raises the job's error; ComposedJob wrote its summary
@@ -351,6 +321,24 @@ def _install(tracker: SweepLauncher) -> None:
         cls.launch = launch  # type: ignore[method-assign]
 
 
+_HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
+
+
+def _split_hydra_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    """(Hydra flags with their values, overrides): Hydra's parser wants the flags before the overrides."""
+    flags: list[str] = []
+    overrides: list[str] = []
+    it = iter(args)
+    for arg in it:
+        if arg in _HYDRA_FLAGS_WITH_VALUE:
+            flags += [arg, next(it, "")]
+        elif arg.startswith("-"):
+            flags.append(arg)
+        else:
+            overrides.append(arg)
+    return flags, overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m sweep.submit",
@@ -360,8 +348,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="submit and return (needs hydra/launcher=slurm); then `bitlaw status DIR`")
     parser.add_argument("--app", default="sweep",
                         help="module whose __main__ runs the Hydra app (default: sweep)")
-    # Everything else goes to Hydra unchanged: overrides, and Hydra's own flags such as --config-path.
-    args, overrides = parser.parse_known_args(argv)
+    # Everything else goes to Hydra: overrides, and Hydra's own flags such as --config-path DIR.
+    args, rest = parser.parse_known_args(argv)
+    hydra_flags, overrides = _split_hydra_flags(rest)
 
     tracker = SweepLauncher(detach=args.detach)
     _install(tracker)
@@ -370,11 +359,24 @@ def main(argv: list[str] | None = None) -> int:
     # reaches the handler below and prints as one line.
     saved_env = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    sys.argv = [args.app, "-m", *overrides]
+    sys.argv = [args.app, "-m", *hydra_flags, *overrides]
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         runpy.run_module(args.app, run_name="__main__", alter_sys=False)
     except SubmissionError as err:
         print(f"sweep.submit: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if tracker.sweep_dir is not None and not tracker.detach:
+            print(f"\n[sweep] interrupted: submitted jobs keep running; follow with: bitlaw status "
+                  f"{tracker.sweep_dir}", file=sys.stderr)
+        return 130
+    except (HydraException, OmegaConfBaseException) as err:  # a bad override or config
+        # Hydra's messages span lines (e.g. one allowed option per line); keep them on one.
+        message = " ".join(ln.strip() for ln in str(err).splitlines() if ln.strip())
+        print(f"sweep.submit: error: {message or type(err).__name__}", file=sys.stderr)
         return 2
     except SystemExit as exit_:  # Hydra exits on bad overrides after printing its own message
         if exit_.code not in (0, None):

@@ -173,13 +173,15 @@ def forward_backward(trainable: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
 
 
 def check_run_dir(run_dir: Path, run_id: str) -> str:
-    """'skip' (completed), 'resume' (checkpoint of this run), or 'fresh'; refuse another run's dir."""
+    """'skip' (completed/diverged), 'resume' (checkpoint of this run) or 'fresh'; refuse other runs' dirs."""
     existing = read_json(run_dir / RUN)
     if existing is not None and existing.get("run_id") != run_id:
         raise ConfigError(f"run dir {run_dir} holds run_id {existing.get('run_id')} but this config is "
                           f"{run_id}; use another hydra.run.dir (never overwritten)")
     summary = read_json(run_dir / SUMMARY)
-    if existing is not None and summary is not None and summary.get("status") == "completed":
+    # completed and diverged are final (training is deterministic: a diverged run would diverge again);
+    # a failed run (an exception, a killed node) runs again, from its checkpoint when it has one
+    if existing is not None and summary is not None and summary.get("status") in ("completed", "diverged"):
         return "skip"
     if existing is not None and checkpoint.exists(run_dir / CHECKPOINT):
         return "resume"
@@ -193,14 +195,13 @@ def train(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     run_id = compute_run_id(cfg)
     mode = check_run_dir(run_dir, run_id)
     if mode == "skip":
-        log.info("skip: already completed (%s)", run_dir)
+        log.info("skip: already %s (%s)", read_json(run_dir / SUMMARY)["status"], run_dir)
         return {**read_json(run_dir / SUMMARY), "run_id": run_id, "skipped": True}
 
     device_type = resolve_device(job.train.device)
     torch.set_num_threads(job.train.threads or default_threads())
     dist_info = distributed.init(device_type)
-    device = torch.device(device_type, dist_info.local_rank if device_type == "cuda" else None) \
-        if device_type == "cuda" else torch.device("cpu")
+    device = torch.device("cuda", dist_info.local_rank) if device_type == "cuda" else torch.device("cpu")
     try:
         return _run(job, run_dir, run_id, mode, device, dist_info)
     finally:
@@ -225,6 +226,13 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
     local_sequences = n_sequences // dist_info.world_size
     micro_sequences = min(local_sequences, max(1, (t.micro_batch_tokens or t.batch_tokens) // t.seq_len))
     qat_step = steps_from(q.qat_start, total_steps) if q.format != "none" else None
+    if qat_step is not None and qat_step >= total_steps:
+        raise ConfigError(f"quant.qat_start ({q.qat_start}) is step {qat_step}, but the run has only "
+                          f"{total_steps} steps: QAT would never start; lower it or train longer")
+    try:
+        val = data.validation_windows(corpus, max(1, t.eval_tokens // t.seq_len), t.seq_len)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     warmup = max(1, steps_from(t.warmup, total_steps))
     eval_at = evaluation_steps(total_steps, t)
 
@@ -250,7 +258,7 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
     run_info = {
         "run_id": run_id, "format": q.format, "bits": q.bits,
         "quantizer": quant.quantizer_kind(q.format, q.bits),
-        "P_w": quant.bits_per_weight(q.format, q.bits, q.block_size), **counts,
+        "P_w": quant.bits_per_weight(q.format, q.bits, q.block_size, q.binary_mean), **counts,
         "D": total_steps * t.batch_tokens,
         "steps": total_steps, "qat_start_step": qat_step, "seed": t.seed, "git_sha": git_sha(),
         "corpus": corpus.description, "corpus_sha256": corpus.sha256, "torch_version": torch.__version__,
@@ -269,6 +277,7 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
         log.info("resume: %s from step %d", run_id, start_step)
     if dist_info.is_main:
         atomic_write_text(run_dir / CONFIG, OmegaConf.to_yaml(OmegaConf.create(job.raw)))
+        (run_dir / SUMMARY).unlink(missing_ok=True)  # a failed attempt's summary: this one is running
         if mode == "resume":
             metrics.truncate_after(start_step)
         else:
@@ -276,7 +285,6 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
         atomic_write_json(run_dir / RUN, run_info)
     logger = WandbLogger(job.wandb, run_dir, run_id, job.sweep_name, job.raw) if dist_info.is_main else None
 
-    val = data.validation_windows(corpus, max(1, t.eval_tokens // t.seq_len), t.seq_len)
     diverge_loss = t.diverge_loss or 1.5 * math.log(m.vocab_size)
     last_checkpoint_time, interval_train_s, interval_tokens = time.time(), 0.0, 0
     steps_this_run, status, reason = 0, "completed", None

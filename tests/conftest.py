@@ -19,7 +19,8 @@ def _slurm_ping() -> str | None:
         ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=15)
     except subprocess.TimeoutExpired:
         return "scontrol ping timed out"
-    return None if " is UP" in ping.stdout else (ping.stdout + ping.stderr).strip() or "scontrol ping failed"
+    said = (ping.stdout + ping.stderr).strip().splitlines()
+    return None if " is UP" in ping.stdout else (said[0] if said else "scontrol ping failed")
 
 
 @pytest.fixture(scope="session")

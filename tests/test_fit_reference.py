@@ -11,7 +11,8 @@ import pytest
 
 from fit import cli
 from fit.engine import FitOptions, run_fits
-from fit.fitting import FitData, LawSpec, Objective, fit_law, named_params
+from fit.fitting import fit_law
+from fit.objective import FitData, LawSpec, Objective, named_params
 from fit.table import prepare_table
 
 DATA = Path(__file__).parent / "data"
@@ -22,7 +23,9 @@ def epoch_240() -> pd.DataFrame:
     raw = pd.read_csv(DATA / "epoch_chinchilla_svg_extracted_data.csv")
     kept = raw[raw["loss"] < sorted(raw["loss"])[-5]]
     n = kept["Model Size"].to_numpy()
-    return pd.DataFrame({"N": n, "D": kept["Training FLOP"].to_numpy() / (6 * n), "loss": kept["loss"].to_numpy()})
+    return pd.DataFrame(
+        {"N": n, "D": kept["Training FLOP"].to_numpy() / (6 * n), "loss": kept["loss"].to_numpy()}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +52,14 @@ def test_scipy_default_tolerances_would_stop_early_but_ours_do_not(epoch_fit) ->
     """The trap of reference/fitting.md §4.1, kept as a test so nobody 'simplifies' the tolerances away."""
     from scipy.optimize import minimize
 
-    from fit.fitting import objective_and_grad
+    from fit.objective import objective_and_grad
 
     frame, result = epoch_fit
     data = FitData(frame["N"], frame["D"], frame["loss"])
     hoffmann = np.array([6.0073404, 6.0179186, 0.5267228, 0.33917084, 0.2849083])
-    loose = minimize(objective_and_grad, hoffmann, args=(data, LawSpec(), Objective()), jac=True, method="L-BFGS-B")
+    loose = minimize(
+        objective_and_grad, hoffmann, args=(data, LawSpec(), Objective()), jac=True, method="L-BFGS-B"
+    )
     assert loose.fun > result.objective + 1e-5  # stopped near the start
     assert result.objective < 0.0010183
 
@@ -89,7 +94,9 @@ def test_cli_fit_on_epoch_writes_a_complete_fit_json(tmp_path, capsys) -> None:
     csv = tmp_path / "epoch.csv"
     frame.to_csv(csv, index=False)
     out = tmp_path / "fit.json"
-    code = cli.main(["fit", str(csv), "-o", str(out), "--columns", "N=params,D=tokens,loss=val", "--grid", "coarse"])
+    code = cli.main(
+        ["fit", str(csv), "-o", str(out), "--columns", "N=params,D=tokens,loss=val", "--grid", "coarse"]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "objective 0.00101827" in printed and "MAPE" in printed and f"wrote {out}" in printed

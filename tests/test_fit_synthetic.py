@@ -1,4 +1,4 @@
-"""The fitter on data drawn from known parameters: gradients, recovery, bootstrap coverage, γ identifiability."""
+"""The fitter on data drawn from known parameters: gradients, recovery, bootstrap coverage, γ flags."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from fit.engine import FitOptions, run_fits
-from fit.fitting import FitData, LawSpec, Objective, fit_law, named_params, objective_and_grad
+from fit.fitting import fit_law
+from fit.objective import FitData, LawSpec, Objective, named_params, objective_and_grad
 from fit.simulate import KMEANS_TRUTH, default_grid, simulate
 from fit.table import prepare_table
 
@@ -33,8 +34,14 @@ def test_analytic_gradient_matches_finite_differences(spec: LawSpec, objective: 
     rng = np.random.default_rng(1)
     n = 60
     P = rng.choice([1.25, 2.25, 4.25, 16.0], n)
-    data = FitData(rng.uniform(1e6, 1e9, n), rng.uniform(1e8, 1e10, n), rng.uniform(2, 4, n), P,
-                   rng.integers(0, spec.n_gamma, n), rng.uniform(0.5, 2, n))
+    data = FitData(
+        rng.uniform(1e6, 1e9, n),
+        rng.uniform(1e8, 1e10, n),
+        rng.uniform(2, 4, n),
+        P,
+        rng.integers(0, spec.n_gamma, n),
+        rng.uniform(0.5, 2, n),
+    )
     theta = np.r_[5.5, 7.0, 0.4, 0.3, [] if spec.tie else [0.35]]
     if spec.precision:
         theta = np.r_[theta, np.log([2.5, 4.0][: spec.n_gamma]), [-0.5] if spec.offset else []]
@@ -43,8 +50,10 @@ def test_analytic_gradient_matches_finite_differences(spec: LawSpec, objective: 
     for i in range(len(theta)):
         step = np.zeros_like(theta)
         step[i] = 1e-6
-        numeric[i] = (objective_and_grad(theta + step, data, spec, objective)[0]
-                      - objective_and_grad(theta - step, data, spec, objective)[0]) / 2e-6
+        numeric[i] = (
+            objective_and_grad(theta + step, data, spec, objective)[0]
+            - objective_and_grad(theta - step, data, spec, objective)[0]
+        ) / 2e-6
     np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-9 * np.abs(numeric).max())
 
 
@@ -66,15 +75,21 @@ def test_bootstrap_cis_cover_the_truth_with_noise_and_an_anchor() -> None:
         assert lo < truth < hi, (key, lo, hi)
         assert len(entry["bootstrap_samples"][key]) == 150
     # the interval is a real interval, not a point: 0.5 % noise gives a γ spread of a few percent
-    assert 0.005 < (entry["bootstrap"]["gamma"][1] - entry["bootstrap"]["gamma"][0]) / KMEANS_TRUTH["gamma"] < 0.5
+    assert (
+        0.005
+        < (entry["bootstrap"]["gamma"][1] - entry["bootstrap"]["gamma"][0]) / KMEANS_TRUTH["gamma"]
+        < 0.5
+    )
 
 
 def test_bootstrap_draws_do_not_depend_on_the_worker_count() -> None:
     table = precision_table(noise=0.005, seed=3)
-    one = run_fits(table, FitOptions(law="precision", grid="coarse", bootstrap=6, seed=1, workers=1,
-                                     extrapolate=False))
-    two = run_fits(table, FitOptions(law="precision", grid="coarse", bootstrap=6, seed=1, workers=2,
-                                     extrapolate=False))
+    one = run_fits(
+        table, FitOptions(law="precision", grid="coarse", bootstrap=6, seed=1, workers=1, extrapolate=False)
+    )
+    two = run_fits(
+        table, FitOptions(law="precision", grid="coarse", bootstrap=6, seed=1, workers=2, extrapolate=False)
+    )
     a, b = one["fits"]["all"]["bootstrap_samples"], two["fits"]["all"]["bootstrap_samples"]
     np.testing.assert_allclose(a["gamma"], b["gamma"], rtol=1e-12)
     assert len(set(np.round(a["gamma"], 9))) > 1  # resamples differ from each other
@@ -92,6 +107,19 @@ def test_loss_that_depends_only_on_total_bits_sends_gamma_to_its_bound() -> None
     entry = run_fits(prepare_table(frame, require=PRECISION), FitOptions(law="precision"))["fits"]["all"]
     assert entry["gamma"] == pytest.approx(50.0, rel=1e-3)
     assert any(flag.startswith("gamma_at_bound") for flag in entry["flags"])
+    profile = np.array(entry["gamma_profile"]["objective"])
+    assert (np.diff(profile) < 0).all()  # the profile keeps falling: no γ is preferred
+
+
+def test_gamma_profile_has_its_minimum_at_the_fitted_gamma_with_an_anchor() -> None:
+    entry = run_fits(precision_table(noise=0.005), FitOptions(law="precision", extrapolate=False))["fits"][
+        "all"
+    ]
+    grid, profile = np.array(entry["gamma_profile"]["gamma"]), np.array(entry["gamma_profile"]["objective"])
+    best = int(np.argmin(profile))
+    assert 0 < best < len(grid) - 1 and grid[best - 1] < entry["gamma"] < grid[best + 1]
+    assert profile.min() >= entry["objective"] - 1e-12  # pinning γ can only cost
+    assert min(profile[0], profile[-1]) > 3 * entry["objective"]  # both ends clearly worse
 
 
 def test_by_format_uses_the_anchor_in_every_fit_and_shared_ties_five_parameters() -> None:
@@ -113,12 +141,14 @@ def test_tied_exponents_and_offset_recover_their_truth() -> None:
     N, D = default_grid()
     truth = {**KMEANS_TRUTH, "beta": KMEANS_TRUTH["alpha"]}
     tied = simulate(truth, N, D)
-    entry = run_fits(prepare_table(tied, require=PRECISION), FitOptions(law="precision", tie=True,
-                                                                         extrapolate=False))["fits"]["all"]
+    entry = run_fits(
+        prepare_table(tied, require=PRECISION), FitOptions(law="precision", tie=True, extrapolate=False)
+    )["fits"]["all"]
     assert entry["alpha"] == entry["beta"] == pytest.approx(truth["alpha"], rel=1e-4)
     shifted = simulate({**KMEANS_TRUTH, "offset": -0.3}, N, D)
-    entry = run_fits(prepare_table(shifted, require=PRECISION), FitOptions(law="precision", offset=True,
-                                                                           extrapolate=False))["fits"]["all"]
+    entry = run_fits(
+        prepare_table(shifted, require=PRECISION), FitOptions(law="precision", offset=True, extrapolate=False)
+    )["fits"]["all"]
     assert entry["offset"] == pytest.approx(-0.3, rel=1e-3)
     assert entry["gamma"] == pytest.approx(KMEANS_TRUTH["gamma"], rel=1e-3)
 
@@ -129,7 +159,9 @@ def test_asymmetric_loss_fits_the_lower_envelope() -> None:
     clean = 1.6 + 350 * N.ravel() ** -0.34 + 1800 * D.ravel() ** -0.36
     noisy = clean * np.exp(np.abs(rng.normal(0, 0.02, clean.size)))  # under-tuned runs only ever lose
     data = FitData(N.ravel(), D.ravel(), noisy)
-    results = {loss: fit_law(data, LawSpec(), Objective(loss=loss), grid="coarse") for loss in ("mse", "asymmetric")}
+    results = {
+        loss: fit_law(data, LawSpec(), Objective(loss=loss), grid="coarse") for loss in ("mse", "asymmetric")
+    }
     over = {}
     for loss, result in results.items():
         p = named_params(result.theta, LawSpec())[0]

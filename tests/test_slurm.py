@@ -19,18 +19,18 @@ import pytest
 from fit.status import sweep_status
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slurm
+slurm = pytest.mark.slurm
 
 
-def submit_cmd(sweep: Path, *overrides: str, detach: bool = False) -> list[str]:
+def submit_cmd(sweep: Path, *overrides: str, detach: bool = False, launcher: str = "slurm") -> list[str]:
     return [sys.executable, "-m", "sweep.submit", *(["--detach"] if detach else []), "--app",
-            "tests.slurm_app", "hydra/launcher=slurm", f"hydra.sweep.dir={sweep}", *overrides]
+            "tests.slurm_app", f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}", *overrides]
 
 
 def submit(sweep: Path, *overrides: str, detach: bool = False, env: dict | None = None,
-           timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(submit_cmd(sweep, *overrides, detach=detach), cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=env)
+           launcher: str = "slurm", timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(submit_cmd(sweep, *overrides, detach=detach, launcher=launcher), cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def ledger_lines(sweep: Path) -> list[dict]:
@@ -50,11 +50,26 @@ def wait_for(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.5)
 
 
+@slurm
+def test_slurm_up_is_a_quick_no_op_when_the_cluster_is_up(slurm_cluster):
+    if os.geteuid() != 0:
+        pytest.skip("scripts/slurm-up.sh needs root")
+    started = time.monotonic()
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "slurm-up.sh")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "starting" not in result.stdout and "installing" not in result.stdout, result.stdout
+    assert "cluster ready" in result.stdout and f"partition={slurm_cluster}" in result.stdout
+    print(f"slurm-up.sh no-op: {time.monotonic() - started:.2f} s")
+
+
+@slurm
 def test_failed_run_is_recorded_then_resweep_reruns_it_and_skips_completed(slurm_cluster, tmp_path):
-    sweep, markers = tmp_path / "sweep", tmp_path / "markers"
+    sweep, markers, conf = tmp_path / "sweep", tmp_path / "markers", tmp_path / "conf"
     markers.mkdir()
     (markers / "fail-2").touch()
-    grid = ("value=1,2", f"fail_marker={markers}")
+    shutil.copytree(ROOT / "tests" / "slurm_app" / "conf", conf)
+    grid = ("--config-path", str(conf), "value=1,2", f"fail_marker={markers}")
 
     first = submit(sweep, *grid)
     assert first.returncode == 1, first.stderr  # a failed run makes the sweep exit non-zero
@@ -79,7 +94,16 @@ def test_failed_run_is_recorded_then_resweep_reruns_it_and_skips_completed(slurm
     assert len(ledger_lines(sweep)) == 3
     assert states(sweep) == {"value=1": "done", "value=2": "done"}
 
+    # conf/ edited: same run dirs, different experiments (run_id). Completed results are never overwritten.
+    edited = (conf / "config.yaml").read_text().replace("offset: 0.0", "offset: 1.0")
+    (conf / "config.yaml").write_text(edited)
+    fourth = submit(sweep, *grid)
+    assert fourth.returncode == 1 and fourth.stdout.count("holds completed run_id") == 2, fourth.stdout
+    assert len(ledger_lines(sweep)) == 3
+    assert json.loads((sweep / "value=1" / "summary.json").read_text())["final_val_loss"] == 0.5
 
+
+@slurm
 def test_cancelled_job_ends_the_sweep_with_the_run_marked_cancelled(slurm_cluster, tmp_path):
     sweep = tmp_path / "sweep"
     proc = subprocess.Popen(submit_cmd(sweep, "value=7", "sleep_s=300"), cwd=ROOT, text=True,
@@ -96,11 +120,12 @@ def test_cancelled_job_ends_the_sweep_with_the_run_marked_cancelled(slurm_cluste
     assert states(sweep) == {"value=7": "cancelled"}
 
 
+@slurm
 @pytest.mark.parametrize("request_, said", [
     ("hydra.launcher.cpus_per_task=64", "More processors requested than permitted"),
     ("hydra.launcher.mem_gb=100000", "Memory specification can not be satisfied"),
 ])
-def test_request_that_can_never_fit_is_a_one_line_error_at_submission(slurm_cluster, tmp_path, request_, said):
+def test_request_that_can_never_fit_is_a_one_line_error(slurm_cluster, tmp_path, request_, said):
     sweep = tmp_path / "sweep"
     result = submit(sweep, "value=1", request_)
     assert result.returncode == 2
@@ -110,6 +135,7 @@ def test_request_that_can_never_fit_is_a_one_line_error_at_submission(slurm_clus
     assert ledger_lines(sweep) == []  # nothing was queued
 
 
+@slurm
 def test_slurm_not_running_is_a_one_line_error_naming_the_start_script(slurm_cluster, tmp_path):
     # The client's view of a stopped controller: a slurm.conf whose controller port nobody listens on.
     conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")).read_text()
@@ -125,6 +151,7 @@ def test_slurm_not_running_is_a_one_line_error_naming_the_start_script(slurm_clu
     assert result.returncode == 2 and "not installed" in result.stderr and "slurm-up.sh" in result.stderr
 
 
+@slurm
 def test_detached_sweep_runs_from_frozen_configs_and_status_follows_it(slurm_cluster, tmp_path):
     conf = tmp_path / "conf"  # a copy of the conf tree, edited after submission
     shutil.copytree(ROOT / "tests" / "slurm_app" / "conf", conf)
@@ -140,7 +167,8 @@ def test_detached_sweep_runs_from_frozen_configs_and_status_follows_it(slurm_clu
     now = states(sweep)
     assert set(now.values()) <= {"pending", "running"} and "pending" in now.values(), now
     edited_at = time.time()
-    (conf / "config.yaml").write_text((conf / "config.yaml").read_text().replace("offset: 0.0", "offset: 100.0"))
+    config_text = (conf / "config.yaml").read_text()
+    (conf / "config.yaml").write_text(config_text.replace("offset: 0.0", "offset: 100.0"))
 
     again = submit(sweep, *grid, detach=True)  # re-running while queued must not duplicate jobs
     assert again.stdout.count("already in Slurm as job") == 2, again.stdout
@@ -157,3 +185,17 @@ def test_detached_sweep_runs_from_frozen_configs_and_status_follows_it(slurm_clu
     cli = subprocess.run([sys.executable, "-m", "fit.cli", "status", str(sweep)], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert cli.returncode == 0 and cli.stdout.strip().endswith("2 runs: 2 done"), cli.stdout
+
+
+def test_local_launcher_runs_skips_and_refuses_detach(tmp_path):
+    sweep = tmp_path / "sweep"
+    first = submit(sweep, "value=1,2", launcher="local")
+    assert first.returncode == 0 and "2 run(s): 2 done" in first.stdout, first.stdout + first.stderr
+    assert [r["executor"] for r in ledger_lines(sweep)] == ["local", "local"]
+    again = submit(sweep, "value=1,2", launcher="local")
+    assert again.returncode == 0 and "2 run(s): 2 skipped" in again.stdout
+    detached = submit(sweep, "value=3", launcher="local", detach=True)
+    assert detached.returncode == 2 and detached.stderr.count("\n") == 1
+    assert "--detach needs hydra/launcher=slurm" in detached.stderr
+    typo = submit(sweep, "valeu=3", launcher="local")
+    assert typo.returncode == 2 and typo.stderr.count("\n") == 1 and "'valeu'" in typo.stderr, typo.stderr

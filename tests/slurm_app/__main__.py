@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -11,6 +10,8 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+
+from sweep.rundir import compute_run_id
 
 
 def _write(path: Path, obj: dict) -> None:
@@ -22,8 +23,7 @@ def _write(path: Path, obj: dict) -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    run_id = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
+    run_id = compute_run_id(OmegaConf.to_container(cfg, resolve=True))  # as the real job does
     _write(run_dir / "run.json", {"run_id": run_id, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
                                   "value": cfg.value, "started": time.time()})
     if cfg.mode == "raise" or (cfg.fail_marker and Path(cfg.fail_marker, f"fail-{cfg.value}").exists()):

@@ -1,0 +1,140 @@
+"""Fit speed, printed side by side (no assertions): bitlaw's fitter against the `chinchilla` 0.2.0 package.
+
+    .venv/bin/python benchmarks/fit_speed.py               # everything (chinchilla takes ~1 min)
+    .venv/bin/python benchmarks/fit_speed.py --no-chinchilla
+
+1. Epoch AI's 240 Chinchilla points (5 highest losses dropped, D = C/6N), Huber δ=1e-3 on log loss:
+   bitlaw's default fit (4500-start grid screened vectorised, best few starts by L-BFGS-B) against
+   `chinchilla.Chinchilla` with the same 4500-start grid and `log_huber(δ=1e-3)`; wall time, ratio and the
+   *summed* Huber objective of both answers, computed by the same function.
+2. Precision law on a 200-run synthetic grid: one fit, then 1000 bootstrap refits on 2 worker processes.
+The machine's load average is printed next to the figures: timings on a shared box are only comparable at
+similar load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fit.bootstrap import BootJob, run_bootstrap
+from fit.fitting import fit_law
+from fit.objective import FitData, LawSpec, Objective, named_params, objective_and_grad
+from fit.simulate import KMEANS_TRUTH, simulate
+
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "epoch_chinchilla_svg_extracted_data.csv"
+
+
+def load_average() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} cores"
+
+
+def epoch_240() -> pd.DataFrame:
+    raw = pd.read_csv(DATA)
+    kept = raw[raw["loss"] < sorted(raw["loss"])[-5]]
+    n = kept["Model Size"].to_numpy()
+    c = kept["Training FLOP"].to_numpy()
+    return pd.DataFrame({"C": c, "N": n, "D": c / (6 * n), "loss": kept["loss"].to_numpy()})
+
+
+def summed_huber(params: dict[str, float], data: FitData) -> float:
+    theta = np.log([params["A"], params["B"], params["E"]]).tolist() + [params["alpha"], params["beta"]]
+    return objective_and_grad(np.asarray(theta), data, LawSpec(), Objective())[0]
+
+
+def log_huber_1e3(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """chinchilla's own log_huber with Epoch's δ (its default δ is 1.0)."""
+    from chinchilla._metrics import log_huber
+
+    return log_huber(y_true, y_pred, delta=1e-3)
+
+
+def run_chinchilla(frame: pd.DataFrame) -> tuple[dict[str, float], float]:
+    import logging
+
+    from chinchilla import Chinchilla
+
+    grid = {  # Epoch's grid; lower-case keys mean log-space e, a, b; key order = E, A, B, alpha, beta
+        "e": np.arange(-1, 1.01, 0.5),
+        "a": np.arange(0, 25.1, 5),
+        "b": np.arange(0, 25.1, 5),
+        "alpha": np.arange(0, 2.01, 0.5),
+        "beta": np.arange(0, 2.01, 0.5),
+    }
+    with tempfile.TemporaryDirectory() as project:
+        frame[["C", "N", "D", "loss"]].to_csv(Path(project) / "df.csv", index=False)
+        model = Chinchilla(project, param_grid=grid, loss_fn=log_huber_1e3, log_level=logging.WARNING)
+        start = time.perf_counter()
+        model.fit()
+        return model.params, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-chinchilla", action="store_true", help="skip the (slow) chinchilla comparison")
+    parser.add_argument("--resamples", type=int, default=1000)
+    args = parser.parse_args()
+    print(f"start: {load_average()}")
+
+    frame = epoch_240()
+    data = FitData(frame["N"], frame["D"], frame["loss"])
+    fit_law(data, LawSpec(), Objective())  # warm-up: first-call import and allocation costs are not the fit
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        result = fit_law(data, LawSpec(), Objective())
+        times.append(time.perf_counter() - start)
+    ours = named_params(result.theta, LawSpec())[0]
+    t_ours = statistics.median(times)
+    print(f"\nEpoch 240 points, Huber delta=1e-3 on log loss, summed objective  ({load_average()})")
+    print(
+        f"  bitlaw default fit   {t_ours:8.3f} s (median of 5; min {min(times):.3f} s)  objective "
+        f"{summed_huber(ours, data):.10f}  starts screened {result.n_starts_screened}, optimised "
+        f"{result.n_starts_optimised}  A={ours['A']:.2f} B={ours['B']:.1f} E={ours['E']:.4f} "
+        f"alpha={ours['alpha']:.5f} beta={ours['beta']:.5f}"
+    )
+    if not args.no_chinchilla:
+        theirs, t_theirs = run_chinchilla(frame)
+        print(
+            f"  chinchilla 0.2.0     {t_theirs:8.3f} s (one run, {os.cpu_count()} processes)  objective "
+            f"{summed_huber(theirs, data):.10f}  A={theirs['A']:.2f} B={theirs['B']:.1f} "
+            f"E={theirs['E']:.4f} alpha={theirs['alpha']:.5f} beta={theirs['beta']:.5f}"
+        )
+        print(f"  speed-up             {t_theirs / t_ours:8.1f} x   ({load_average()})")
+
+    N, D = np.geomspace(1e6, 1e9, 8), np.geomspace(1e8, 1e10, 5)
+    runs = simulate(KMEANS_TRUTH, N, D, bits=(1, 2, 3, 4), noise=0.005, seed=0)  # 8·5·(4 + anchor) = 200 runs
+    pdata = FitData(runs["N"], runs["D"], runs["loss"], runs["P"])
+    spec = LawSpec(precision=True)
+    start = time.perf_counter()
+    presult = fit_law(pdata, spec, Objective())
+    t_fit = time.perf_counter() - start
+    print(f"\nPrecision law, {len(runs)} synthetic runs (0.5 % noise, 16-bit anchor)  ({load_average()})")
+    print(
+        f"  fit                  {t_fit:8.3f} s  ({presult.n_starts_screened} starts screened, "
+        f"{presult.n_starts_optimised} optimised, converged={presult.converged})  "
+        f"gamma={named_params(presult.theta, spec)[0]['gamma']:.4f}"
+    )
+    job = BootJob(pdata, spec, Objective(), presult.theta, np.arange(len(runs)))
+    for workers in (1, 2):
+        start = time.perf_counter()
+        draws = run_bootstrap(
+            [job], np.arange(len(runs)), args.resamples, seed=0, workers=workers, progress=False
+        )
+        t_boot = time.perf_counter() - start
+        gammas = np.exp(draws[0][:, 5])
+        print(
+            f"  bootstrap x{args.resamples} {workers} worker(s) {t_boot:7.2f} s  gamma 95% CI "
+            f"[{np.percentile(gammas, 2.5):.3f}, {np.percentile(gammas, 97.5):.3f}]  ({load_average()})"
+        )
+
+
+if __name__ == "__main__":
+    main()

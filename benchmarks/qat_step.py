@@ -1,0 +1,149 @@
+"""QAT step benchmark (figures, no assertions).
+
+    .venv/bin/python benchmarks/qat_step.py [--models tiny,small,base] [--threads 1] [--device cpu]
+
+Prints, per model rung and (format, bits): ms per training step, tokens/s, and the QAT overhead against
+the unquantized step; the k-means codebook fit time per 1M weights; and the achieved FLOP/s
+(6·N·tokens/s, N = the parameters that do matmuls) against the FLOP/s that ``torch.mm`` reaches on the
+same shapes on this machine. On CUDA it also prints MFU against a peak you pass (--peak-tflops; H100
+SXM dense bf16 ≈ 989). Targets (issue 6): QAT overhead ≤ 10 %, k-means fit ≤ 1 s per 1M weights,
+≥ 50 % of torch.mm on CPU, MFU ≥ 40 % on a GPU at ~100M parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sweep import quant  # noqa: E402
+from sweep.model import Llama, ModelConfig, param_counts  # noqa: E402
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+POINTS = [("none", 16), ("kmeans", 1), ("kmeans", 2), ("kmeans", 3), ("kmeans", 4),
+          ("uniform", 1), ("uniform", 2), ("uniform", 3), ("uniform", 4)]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def step_time(config: ModelConfig, fmt: str, bits: int, batch: int, seq_len: int, device: torch.device,
+              repeats: int) -> float:
+    torch.manual_seed(0)
+    model = Llama(config).to(device)
+    q = quant.QuantConfig(format=fmt, bits=bits)
+    quantized = quant.prepare(model, q)
+    quant.switch_on(quantized, q, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=device.type == "cuda")
+    x = torch.randint(0, config.vocab_size, (batch, seq_len), device=device)
+    y = torch.randint(0, config.vocab_size, (batch, seq_len), device=device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    times = []
+    for i in range(repeats + 3):
+        sync(device)
+        start = time.perf_counter()
+        with autocast:
+            logits = model(x)
+        F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(device)
+        if i >= 3:  # warm-up steps excluded
+            times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2]  # median: robust to other processes on a shared machine
+
+
+def matmul_flops(config: ModelConfig, tokens: int, device: torch.device, repeats: int = 10) -> float:
+    """FLOP/s that torch.mm reaches on this model's linear shapes (forward shapes, weighted by FLOPs)."""
+    kv = config.n_kv_heads * config.head_dim
+    shapes = [(config.d_model, config.d_model)] * 2 + [(config.d_model, kv)] * 2 \
+        + [(config.d_model, config.ffn_dim)] * 2 + [(config.ffn_dim, config.d_model)]
+    shapes = shapes * config.n_layers + [(config.d_model, config.vocab_size)]
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    total_flops, total_time = 0.0, 0.0
+    for d_in, d_out in set(shapes):
+        a = torch.randn(tokens, d_in, device=device, dtype=dtype)
+        b = torch.randn(d_in, d_out, device=device, dtype=dtype)
+        for _ in range(3):
+            torch.mm(a, b)
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            torch.mm(a, b)
+        sync(device)
+        seconds = (time.perf_counter() - start) / repeats
+        count = shapes.count((d_in, d_out))
+        total_flops += count * 2 * tokens * d_in * d_out
+        total_time += count * seconds
+    return total_flops / total_time
+
+
+def kmeans_fit_seconds(n_weights: int, bits: int) -> float:
+    weights = torch.randn(n_weights // 1024, 1024)
+    start = time.perf_counter()
+    quant.fit_centroids(weights, 2**bits, seed=0)
+    return time.perf_counter() - start
+
+
+def load_rung(name: str) -> ModelConfig:
+    return ModelConfig(**yaml.safe_load((CONF / f"{name}.yaml").read_text()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="tiny,small,base")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (demo jobs use 1 each)")
+    parser.add_argument("--batch-tokens", type=int, default=2048)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="GPU peak for MFU (bf16 dense)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} "
+          f"loadavg={os.getloadavg()[0]:.2f}")
+
+    print("\nk-means codebook fit (Lloyd, tol 1e-4), seconds per 1M weights:")
+    for bits in (1, 2, 3, 4):
+        print(f"  {bits} bit(s): {kmeans_fit_seconds(2**20, bits):.3f} s")
+
+    batch = args.batch_tokens // args.seq_len
+    for name in args.models.split(","):
+        config = load_rung(name)
+        config.max_seq_len = max(config.max_seq_len, args.seq_len)
+        counts = param_counts(config)
+        matmul_params = counts["N_total"] - config.vocab_size * config.d_model  # embedding is a lookup
+        attention_flops = 12 * config.n_layers * config.d_model * args.seq_len  # per token, fwd+bwd
+        flops_per_token = 6 * matmul_params + attention_flops
+        print(f"\n{name}: N_quant={counts['N_quant']:,} N_total={counts['N_total']:,} "
+              f"batch={batch}x{args.seq_len}")
+        baseline = None
+        for fmt, bits in POINTS:
+            seconds = step_time(config, fmt, bits, batch, args.seq_len, device, args.repeats)
+            baseline = baseline or seconds
+            tokens_per_s = batch * args.seq_len / seconds
+            print(f"  {fmt:>7} {bits:>2} bit: {seconds * 1e3:8.2f} ms/step {tokens_per_s:10,.0f} tok/s  "
+                  f"QAT overhead {100 * (seconds / baseline - 1):+6.1f} %  "
+                  f"{flops_per_token * tokens_per_s / 1e9:7.2f} GFLOP/s"
+                  + (f"  MFU {100 * flops_per_token * tokens_per_s / (args.peak_tflops * 1e12):5.1f} %"
+                     if device.type == "cuda" else ""))
+        mm = matmul_flops(config, batch * args.seq_len, device)
+        achieved = flops_per_token * batch * args.seq_len / baseline
+        print(f"  torch.mm on the same shapes: {mm / 1e9:.2f} GFLOP/s; unquantized step reaches "
+              f"{100 * achieved / mm:.0f} % of it")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The Hydra app: config errors as one line, the named grids, and experiment=smoke end to end."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from sweep.app import CONF_DIR
+from sweep.config import ConfigError, from_dict
+from sweep.model import ModelConfig, param_counts
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def sweep_cmd(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sweep", *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def compose_dict(overrides: list[str]) -> dict:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def grid(experiment: str, extra: tuple[str, ...] = (), scalar_keys: tuple[str, ...] = ()) -> list[dict]:
+    """Every job of a named grid, composed as the BasicSweeper would (Cartesian product of its params).
+
+    `scalar_keys` are plain values set on a copy instead of recomposing (composition is ~0.1 s a job).
+    """
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}", *extra],
+                      return_hydra_config=True)
+        params = {key: str(value).split(",") for key, value in cfg.hydra.sweeper.params.items()}
+        composed = {k: v for k, v in params.items() if k not in scalar_keys}
+        jobs = []
+        for combo in itertools.product(*composed.values()):
+            overrides = [f"experiment={experiment}", *extra,
+                         *(f"{k}={v}" for k, v in zip(composed, combo, strict=True))]
+            base = OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
+            for values in itertools.product(*(params[k] for k in scalar_keys)):
+                job = json.loads(json.dumps(base))
+                for dotted, value in zip(scalar_keys, values, strict=True):
+                    section, key = dotted.split(".")
+                    job[section][key] = float(value)
+                jobs.append(job)
+    return jobs
+
+
+@pytest.mark.parametrize("override,named", [
+    ("quant.bits=0", "quant.bits"), ("quant.bits=17", "quant.bits"), ("quant.format=int3", "quant.format"),
+    ("quant.block_size=48", "quant.block_size"), ("train.tokens=0", "train.tokens"),
+    ("train.tokens_per_param=-1", "train.tokens_per_param"), ("train.device=tpu", "train.device"),
+    ("data.corpus=wiki", "data.corpus"), ("quant.scale=rms", "quant.scale"),
+    ("logger.wandb.mode=cloud", "logger.wandb.mode"), ("train.batch_tokens=1000", "train.batch_tokens"),
+])
+def test_config_errors_name_the_key(override: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        from_dict(compose_dict([override]))
+
+
+def test_config_error_is_one_line_exit_2_before_training(tmp_path) -> None:
+    for override, key in (("quant.bits=17", "quant.bits"), ("data=tokens", "data.path")):
+        out = sweep_cmd(override, f"hydra.run.dir={tmp_path}", "logger.wandb.mode=disabled")
+        assert out.returncode == 2
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and key in lines[0] and "Traceback" not in out.stderr
+        assert not (tmp_path / "run.json").exists()
+
+
+def test_demo_grid_is_54_valid_runs_with_one_anchor_per_n_and_d() -> None:
+    jobs = grid("demo")
+    assert len(jobs) == 54
+    for job in jobs:
+        from_dict(job)
+    points = {}
+    for job in jobs:
+        n_quant = param_counts(ModelConfig(**job["model"]))["N_quant"]
+        d = job["train"]["tokens_per_param"] * n_quant
+        points.setdefault((n_quant, d), []).append((job["quant"]["format"], job["quant"]["bits"]))
+    assert len(points) == 6
+    sizes = sorted({n for n, _ in points})
+    assert len(sizes) >= 3 and sizes[-1] >= 4 * sizes[0]
+    for n in sizes:
+        assert len({d / n for m, d in points if m == n}) >= 2  # >= 2 budgets per size, different D/N
+    for pairs in points.values():
+        assert sorted(pairs) == sorted([(f, b) for f in ("kmeans", "uniform") for b in (1, 2, 3, 4)]
+                                       + [("none", 16)])
+
+
+def test_cluster_grid_composes_and_validates() -> None:
+    jobs = grid("cluster", ("data.path=/data/tokens.bin",), scalar_keys=("train.tokens",))
+    assert len(jobs) == 6 * 5 * 9
+    non_embed = set()
+    for job in jobs:
+        from_dict(job, check_paths=False)  # the token file lives on the cluster, not here
+        assert job["train"]["device"] == "cuda" and job["data"]["corpus"] == "tokens"
+        non_embed.add(param_counts(ModelConfig(**job["model"]))["N_nonembed"])
+    assert 25e6 <= min(non_embed) <= 35e6 and 0.9e9 <= max(non_embed) <= 1.1e9
+    assert {float(j["train"]["tokens"]) for j in jobs} == {1.5e9, 3e9, 6.5e9, 13e9, 26e9}
+
+
+def test_smoke_sweep_end_to_end(tmp_path) -> None:
+    sweep_dir = tmp_path / "smoke"
+    started = time.time()
+    out = sweep_cmd("-m", "experiment=smoke", f"hydra.sweep.dir={sweep_dir}", "logger.wandb.mode=disabled")
+    first_wall = time.time() - started
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dirs = sorted(p for p in sweep_dir.iterdir() if (p / "run.json").exists())
+    names = ["point=kmeans2", "point=kmeans4", "point=uniform2", "point=uniform4"]
+    assert [p.name for p in run_dirs] == names
+    for run_dir in run_dirs:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        run = json.loads((run_dir / "run.json").read_text())
+        assert summary["status"] == "completed" and 0 < summary["final_val_loss"] < 5.5
+        assert run["sweep"] == "smoke" and run["threads"] >= 1
+        assert run["export"]["packed_bytes"] >= run["export"]["predicted_bytes"]
+        steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert steps == sorted(set(steps)) and steps[-1] == summary["steps"]
+    # the same command again finds every run completed and skips it
+    started = time.time()
+    again = sweep_cmd("-m", "experiment=smoke", f"hydra.sweep.dir={sweep_dir}", "logger.wandb.mode=disabled")
+    assert again.returncode == 0
+    assert time.time() - started < first_wall
+    logs = "".join(p.read_text() for p in sweep_dir.glob("*/app.log"))
+    assert logs.count("skip: already completed") == 4
