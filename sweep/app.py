@@ -16,6 +16,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -77,6 +78,32 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         if not (run_dir / "summary.json").exists():
             write_failure(run_dir, f"{type(err).__name__}: {err}")
         raise
+
+
+class SweepSummary(Callback):
+    """After a multirun: one line of counts by status, and a non-zero exit if any run failed.
+
+    A job that fails (bad config, an exception) records ``summary.json: failed`` and returns, so the other
+    jobs of the sweep still run; this is where the sweep as a whole reports it.
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from sweep.rundir import SUMMARY, read_json
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        statuses: dict[str, int] = {}
+        first_failure = None
+        for summary_path in sorted(sweep_dir.glob(f"**/{SUMMARY}")):
+            summary = read_json(summary_path) or {}
+            status = summary.get("status", "unknown")
+            statuses[status] = statuses.get(status, 0) + 1
+            if status == "failed" and first_failure is None:
+                first_failure = f"{summary_path.parent.name}: {summary.get('reason')}"
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+        print(f"sweep {sweep_dir}: {counts or 'no finished runs'}", file=sys.stderr)
+        if first_failure:
+            print(f"sweep: error: {statuses['failed']} run(s) failed, e.g. {first_failure}", file=sys.stderr)
+            sys.exit(1)
 
 
 # An absolute path: with `python -m sweep` a relative config_path would be looked up as a Python module.

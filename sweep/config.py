@@ -56,6 +56,7 @@ class TrainConfig:
     checkpoint_every_s: float = 600.0
     max_steps_this_run: int | None = None  # stop (and checkpoint) after this many steps of this process
     save_export: bool = True  # write export.pt with the packed weights
+    keep_checkpoint: bool = False  # keep checkpoint/ (with the final state) after the run ends
 
 
 @dataclass

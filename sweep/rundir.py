@@ -31,6 +31,8 @@ VOLATILE_KEYS = (
     "train.checkpoint_every",
     "train.checkpoint_every_s",
     "train.log_every",
+    "train.keep_checkpoint",
+    "train.save_export",
     "hydra",
 )
 

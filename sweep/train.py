@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import time
@@ -369,7 +370,13 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
             export_dir = run_dir if t.save_export else None
             run_info["export"] = export.export(model, quantized, q, counts, export_dir)
             atomic_write_json(run_dir / RUN, run_info)
+        if status == "completed" and t.keep_checkpoint:
+            save_checkpoint(step + 1)  # the final latent weights and optimizer, to continue training
         atomic_write_json(run_dir / SUMMARY, summary)
+        if not t.keep_checkpoint:
+            # the run is final; a cluster-scale checkpoint (fp32 weights + Adam moments) is 16 bytes per
+            # parameter, and export.pt already holds the weights as they would be stored
+            shutil.rmtree(run_dir / CHECKPOINT, ignore_errors=True)
         if logger:
             logger.finish(summary, exit_code=0 if status == "completed" else 1)
     return {**summary, "run_id": run_id}

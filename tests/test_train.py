@@ -66,6 +66,13 @@ def test_a_run_learns_and_writes_a_complete_run_dir(reference) -> None:
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved["final_val_loss"] == pytest.approx(sum(evals[-3:]) / 3)
     assert saved["tokens_seen"] == 40960 and saved["steps"] == 40
+    assert not (run_dir / "checkpoint").exists()  # removed once the run is final (keep_checkpoint: false)
+
+
+def test_keep_checkpoint_saves_the_final_state(tmp_path) -> None:
+    train(config("point=uniform2", "train.tokens=8192", "quant.qat_start=2", "train.keep_checkpoint=true"),
+          tmp_path)
+    assert torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)["step"] == 8
 
 
 def test_stop_and_resume_gives_identical_metrics(reference, tmp_path) -> None:
