@@ -91,6 +91,26 @@ class StopSignals:
         raise Preempted(signum)
 
 
+class TrainJob:
+    """`train(cfg, run_dir)` as a checkpointable callable for plain submitit (``executor.submit(job)``).
+
+    On preemption or timeout submitit calls ``checkpoint()`` (after our SIGUSR2 handling has saved the
+    training checkpoint) and requeues the same call, which resumes from the run dir. Under Hydra the
+    hydra-submitit launcher plays this role itself.
+    """
+
+    def __init__(self, cfg: dict[str, Any], run_dir: str | Path):
+        self.cfg, self.run_dir = cfg, str(run_dir)
+
+    def __call__(self) -> dict[str, Any]:
+        return train(self.cfg, self.run_dir)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(TrainJob(self.cfg, self.run_dir))
+
+
 def steps_from(value: float, total: int) -> int:
     """A config value that is a fraction of the run (< 1) or a step count (>= 1)."""
     return int(round(value * total)) if value < 1 else int(value)

@@ -212,3 +212,27 @@ def test_sigusr2_checkpoints_then_hands_over_to_the_previous_handler(tmp_path, m
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert seen["checkpoint_step"] == 6
+
+
+@pytest.mark.slow
+def test_submitit_timeout_signal_requeues_and_resumes(reference, tmp_path) -> None:
+    """The real preemption path: submitit's LocalExecutor sends SIGUSR2 before its timeout, our loop
+    checkpoints, submitit's handler requeues, and the requeued job resumes to the uninterrupted result."""
+    import submitit
+
+    from sweep.train import TrainJob
+
+    cfg = config("point=kmeans2", "train.tokens=819200", "train.eval_every=100",
+                 "train.checkpoint_every_s=1e9")
+    uninterrupted = train(cfg, tmp_path / "uninterrupted")
+    executor = submitit.LocalExecutor(folder=tmp_path / "submitit", max_num_timeout=10)
+    # timeout 12 s, SIGUSR2 5 s before it: each attempt is stopped ~7 s in (~2.5 s of it start-up), and
+    # the 800-step run needs at least two attempts
+    executor.update_parameters(timeout_min=0.2, signal_delay_s=5)
+    job = executor.submit(TrainJob(cfg, tmp_path / "run"))
+    result = job.result()
+    log = Path(job.paths.stderr).read_text() + Path(job.paths.stdout).read_text()
+    assert "checkpointed at step" in log and "Requeued job" in log, log[-2000:]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+    assert result["final_val_loss"] == uninterrupted["final_val_loss"]
+    assert metrics(tmp_path / "run") == metrics(tmp_path / "uninterrupted")
