@@ -32,8 +32,9 @@ slurm-up:
 slurm-down:
 	scripts/slurm-down.sh
 
+# The main job: real CPU sweep -> fit -> report -> recommendation (scripts/demo.sh; ~10 min on 2 cores).
 demo: install
-	$(BIN)/python -m sweep
+	BIN=$(BIN) scripts/demo.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -25,6 +25,9 @@ from fit.table import Table
 ANCHOR_FORMATS = ("none", "bf16")
 ANCHOR_MIN_P = 8.0  # "high precision": the capacity factor is ≥ 0.93 for any γ ≤ 3 here
 EXPONENT_LIMIT, COEFFICIENT_LIMIT = 1.5, 1e10
+# E below this share of the lowest observed loss: the irreducible term went to zero, i.e. the data never
+# show the loss flattening, and E trades off against A, α, B, β (reference/fitting.md §4.3)
+E_FLOOR_SHARE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,12 @@ def flags_for(
     for name in ("A", "B"):
         if params[name] > COEFFICIENT_LIMIT:
             flags.append(f"coefficient_gt_1e10: {name}={params[name]:.4g} (likely unidentified)")
+    lowest_loss = float(np.min(data.L[rows]))
+    if params["E"] < E_FLOOR_SHARE * lowest_loss:
+        flags.append(
+            f"E_unidentified: E={params['E']:.3g} is ~0 against losses >= {lowest_loss:.3g}; the data do not "
+            "show the loss flattening (widen the N/D range); E, A, alpha, B, beta trade off"
+        )
     if precision:
         gamma = params["gamma"]
         for bound, side in zip(GAMMA_BOUNDS, ("lower", "upper"), strict=True):

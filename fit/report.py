@@ -6,7 +6,11 @@ commands that produced it. Every number is computed here from fit.json and the r
 from __future__ import annotations
 
 import math
+import os
+import platform
+import subprocess
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,7 @@ import pandas as pd
 
 from fit.errors import InputError
 from fit.fitfile import FitFile
+from fit.fitting import GAMMA_BOUNDS
 from fit.memory import resolve_arch
 from fit.plot import PlotInputs, make_plots
 from fit.recommend import format_bytes, format_count, recommend
@@ -41,6 +46,27 @@ class ReportInputs:
     arch: str
     bits: tuple[int, ...]
     command: str  # this report's own command line
+    earlier_commands: tuple[str, ...] = ()  # what produced the data (sweep, gather), in order
+
+
+def _git_sha() -> str:
+    """The working tree's commit (with '+dirty' when modified), or 'unknown' outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def section_provenance() -> list[str]:
+    """When, where and from which code this report was made: a reader must be able to redo it."""
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = f"{platform.node()} ({platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores)"
+    return [f"Made {when} on {machine}, Python {platform.python_version()}, bitlaw commit {_git_sha()}.", ""]
 
 
 def load_runs(fitfile: FitFile, path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -132,6 +158,9 @@ def section_gamma(fitfile: FitFile) -> list[str]:
         inside = (
             "–" if not band or reference is None else ("yes" if band[0] <= reference <= band[1] else "no")
         )
+        if band and (band[0] <= GAMMA_BOUNDS[0] * 1.001 or band[1] >= GAMMA_BOUNDS[1] / 1.001):
+            # a CI that runs into the fitter's γ bounds says "not identified", not "agrees"
+            inside += " (CI reaches a γ bound: not identified)"
         rows.append(
             [
                 fmt,
@@ -279,7 +308,9 @@ def build_report(inp: ReportInputs) -> Path:
     plot_inputs = PlotInputs(source, inp.fitfile, runs, tokens, None, inp.budgets, inp.arch, inp.bits)
     plots = make_plots(plot_inputs, inp.out_dir / "plots")
 
-    lines = ["# bitlaw report", "", f"Fit: `{inp.fitfile.path}`.", "", "## Commands", "", "```sh"]
+    lines = ["# bitlaw report", "", f"Fit: `{inp.fitfile.path}`.", ""]
+    lines += section_provenance()
+    lines += ["## Commands", "", "```sh", *inp.earlier_commands]
     fit_command = inp.fitfile.data.get("command")
     lines += [fit_command] if fit_command else ["# (fit.json records no command line)"]
     lines += [inp.command, "```", ""]

@@ -11,6 +11,9 @@ from fit.plotcmd import DEFAULT_BUDGETS, add_shared_arguments
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_shared_arguments(parser)
+    parser.add_argument("--preceded-by", metavar="CMD", action="append", default=[],
+                        help="a command that produced the data (e.g. the sweep, gather), listed before the "
+                        "fit's own in the report's Commands block; repeat in order")
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -55,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         arch=args.arch,
         bits=tuple(parse_bits(args.bits)),
         command=command_line(args),
+        earlier_commands=tuple(args.preceded_by),
     )
     report = build_report(inputs)
     print(f"wrote {report}")

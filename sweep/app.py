@@ -34,7 +34,11 @@ def job_threads(hydra_cfg: Any) -> int:
     if os.environ.get("SUBMITIT_EXECUTOR") == "local":
         parallel = hydra_cfg.sweeper.get("max_batch_size") or cores
         return max(1, cores // int(parallel))
-    return cores  # single run, or a Slurm task: its affinity mask is its allocation
+    if os.environ.get("SLURM_CPUS_PER_TASK"):
+        # Slurm without CPU pinning (task/none, as on the local test cluster) still shows every core;
+        # the allocation is what the task may use.
+        return max(1, min(cores, int(os.environ["SLURM_CPUS_PER_TASK"])))
+    return cores  # single run, or a pinned Slurm task: its affinity mask is its allocation
 
 
 def resolved_config(cfg: DictConfig, hydra_cfg: Any) -> dict[str, Any]:
@@ -113,3 +117,7 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
     return run_job(cfg)
+
+
+if __name__ == "__main__":  # `python -m sweep.app`: what sweep.submit runs in-process for a multirun
+    main()

@@ -104,6 +104,19 @@ class SweepLauncher:
         self.detach = detach
         self.outcomes: list[RunOutcome] = []
         self.sweep_dir: Path | None = None
+        self.total_jobs: int | None = None  # the whole sweep, all batches (set by the sweeper hook)
+        self.started = time.monotonic()
+        self.trained = 0  # runs that ended in this invocation (skipped ones excluded from the ETA)
+
+    def progress(self) -> str:
+        """'12/54 · 42 left · 2m10s elapsed · ETA 7m35s': runs accounted for so far, for the user."""
+        done = len(self.outcomes)
+        elapsed = time.monotonic() - self.started
+        if self.total_jobs is None:
+            return f"{done} run(s) · {_duration(elapsed)} elapsed"
+        left = max(self.total_jobs - done, 0)
+        eta = f" · ETA {_duration(elapsed / self.trained * left)}" if self.trained and left else ""
+        return f"{done}/{self.total_jobs} · {left} left · {_duration(elapsed)} elapsed{eta}"
 
     # ---------------------------------------------------------------- the launch hook
     def launch(self, launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
@@ -138,8 +151,8 @@ class SweepLauncher:
                                             previous.get(run), live)
             if handled is not None:
                 self.outcomes.append(handled)
-                print(f"[sweep] {'skip' if handled.state != 'failed' else 'refuse'} {run}: {handled.detail}",
-                      flush=True)
+                print(f"[sweep] {'skip' if handled.state != 'failed' else 'refuse'} {run}: {handled.detail}"
+                      f"  [{self.progress()}]", flush=True)
                 returns.append(JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED))
                 continue
             with read_write(config.hydra.job), open_dict(config.hydra.job):
@@ -174,20 +187,26 @@ class SweepLauncher:
         ])
         print(f"[sweep] submitted {len(jobs)} job(s) to {cluster}: {jobs[0].job_id}"
               + ("" if len(jobs) == 1 else f" … {jobs[-1].job_id}"), flush=True)
+        if cluster != "slurm":
+            print(f"[sweep] running: {', '.join(run for run, *_ in to_submit)}", flush=True)
         if self.detach:
             self.outcomes += [RunOutcome(run, "submitted", j.job_id)
                               for (run, *_), j in zip(to_submit, jobs, strict=True)]
             return returns + [JobReturn(overrides=o, status=JobStatus.COMPLETED) for *_, o in to_submit]
 
-        finished = self._wait_for(jobs, cluster)
-        for (run, _, _, overrides), j in zip(to_submit, jobs, strict=True):
-            outcome = self._outcome(sweep_dir, run, j, finished[j.job_id])
+        run_of_job = {j.job_id: run for (run, *_), j in zip(to_submit, jobs, strict=True)}
+
+        def report(job: Any, final_state: str) -> None:
+            outcome = self._outcome(sweep_dir, run_of_job[job.job_id], job, final_state)
             self.outcomes.append(outcome)
-            print(f"[sweep] {outcome.state:9s} {run}  {outcome.detail}", flush=True)
-            # The sweeper raises on a FAILED return and would stop before later batches; the failure is
-            # reported in the outcome lines and main()'s exit status instead.
-            returns.append(JobReturn(overrides=overrides, status=JobStatus.COMPLETED))
-        return returns
+            self.trained += 1
+            print(f"[sweep] {outcome.state:9s} {outcome.run}  {outcome.detail}  [{self.progress()}]",
+                  flush=True)
+
+        self._wait_for(jobs, cluster, report)
+        # The sweeper raises on a FAILED return and would stop before later batches; the failure is
+        # reported in the outcome lines and main()'s exit status instead.
+        return returns + [JobReturn(overrides=o, status=JobStatus.COMPLETED) for *_, o in to_submit]
 
     # ---------------------------------------------------------------- helpers
     @staticmethod
@@ -202,7 +221,7 @@ class SweepLauncher:
                 return RunOutcome(run, "failed", detail=f"its dir holds completed run_id {run_id} but the "
                                   f"config now gives {expected_run_id}; use a new sweep.name")
             return RunOutcome(run, "skipped", detail=f"completed (run_id {run_id}, "
-                                                     f"final_val_loss {summary.get('final_val_loss')})")
+                                                     f"final_val_loss {_loss(summary)})")
         if previous is not None and previous.job_id in live:
             return RunOutcome(run, "queued", previous.job_id,
                               f"already in Slurm as job {previous.job_id} ({live[previous.job_id]})")
@@ -227,8 +246,9 @@ class SweepLauncher:
         return executor
 
     @staticmethod
-    def _wait_for(jobs: list, cluster: str) -> dict[str, str]:
-        """Block until every job has a result pickle or a final scheduler state; job_id -> final state."""
+    def _wait_for(jobs: list, cluster: str, on_finish: Any) -> dict[str, str]:
+        """Block until every job has a result pickle or a final scheduler state; job_id -> final state.
+        ``on_finish(job, final_state)`` is called once per job as soon as it ends."""
         finished: dict[str, str] = {}
         last_scheduler_poll = 0.0
         while len(finished) < len(jobs):
@@ -247,6 +267,8 @@ class SweepLauncher:
                     state = j.watcher.get_state(j.job_id, mode="cache")
                     if state.split()[0] not in _UNFINISHED_STATES:
                         finished[j.job_id] = state
+                if j.job_id in finished:
+                    on_finish(j, finished[j.job_id])
             if len(finished) < len(jobs):
                 time.sleep(_POLL_S)
         return finished
@@ -268,7 +290,7 @@ class SweepLauncher:
             return RunOutcome(run, "failed", job.job_id, repr(job_return._return_value))
         summary = _read_json(run_dir / "summary.json") or {}
         if summary.get("status") == "completed":
-            return RunOutcome(run, "done", job.job_id, f"final_val_loss {summary.get('final_val_loss')}")
+            return RunOutcome(run, "done", job.job_id, f"final_val_loss {_loss(summary)}")
         if summary:
             return RunOutcome(run, "failed", job.job_id, f"{summary.get('status')}: {summary.get('reason')}")
         return RunOutcome(run, "done", job.job_id, "job returned (no summary.json)")
@@ -290,6 +312,16 @@ def _captured_stderr() -> Iterator[list[str]]:
             os.close(saved)
             sink.seek(0)
             captured.append(sink.read().decode(errors="replace"))
+
+
+def _loss(summary: dict) -> str:
+    loss = summary.get("final_val_loss")
+    return f"{loss:.4f}" if isinstance(loss, float) else str(loss)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def _error_line(message: str) -> str:
@@ -320,6 +352,18 @@ def _install(tracker: SweepLauncher) -> None:
     for cls in {BaseSubmititLauncher, *[c for c in registered if c.__name__ == "BaseSubmititLauncher"]}:
         cls.launch = launch  # type: ignore[method-assign]
 
+    # The launcher sees one batch at a time; the sweeper's batching tells the total, for progress lines.
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    split_arguments = BasicSweeper.split_arguments
+
+    def counting_split(overrides: Any, max_batch_size: Any) -> Any:
+        batches = split_arguments(overrides, max_batch_size)
+        tracker.total_jobs = sum(len(batch) for batch in batches)
+        return batches
+
+    BasicSweeper.split_arguments = staticmethod(counting_split)  # type: ignore[method-assign]
+
 
 _HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
 
@@ -346,8 +390,8 @@ def main(argv: list[str] | None = None) -> int:
                     "--detach submits to Slurm and returns.")
     parser.add_argument("--detach", action="store_true",
                         help="submit and return (needs hydra/launcher=slurm); then `bitlaw status DIR`")
-    parser.add_argument("--app", default="sweep",
-                        help="module whose __main__ runs the Hydra app (default: sweep)")
+    parser.add_argument("--app", default="sweep.app",
+                        help="module whose __main__ runs the Hydra app (default: sweep.app)")
     # Everything else goes to Hydra: overrides, and Hydra's own flags such as --config-path DIR.
     args, rest = parser.parse_known_args(argv)
     hydra_flags, overrides = _split_hydra_flags(rest)

@@ -100,6 +100,16 @@ def test_without_a_16_bit_anchor_the_anchor_flag_fires() -> None:
     assert any(flag.startswith("no_16bit_anchor") for flag in entry["flags"])
 
 
+def test_a_pure_power_law_raises_the_E_flag_and_a_saturating_one_does_not() -> None:
+    """Data that never flatten (E = 0, as on a narrow grid of tiny models) leave E unidentified."""
+    N, D = default_grid()
+    frame = simulate({**KMEANS_TRUTH, "E": 0.0}, N, D, noise=0.002, seed=1)
+    entry = run_fits(prepare_table(frame, require=PRECISION), FitOptions(law="precision"))["fits"]["all"]
+    assert any(flag.startswith("E_unidentified") for flag in entry["flags"])
+    saturating = run_fits(precision_table(noise=0.002, seed=1), FitOptions(law="precision"))["fits"]["all"]
+    assert not any(flag.startswith("E_unidentified") for flag in saturating["flags"])
+
+
 def test_loss_that_depends_only_on_total_bits_sends_gamma_to_its_bound() -> None:
     """γ → ∞ makes N_eff ∝ N·P: the law degenerates; the fit must say so rather than report a number."""
     N, D = default_grid()

@@ -86,10 +86,17 @@ def test_plot_from_a_preset_draws_the_memory_figures(tmp_path: Path, capsys) -> 
 def test_report_links_resolve_and_numbers_come_from_the_inputs(study: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "results"
     code, stdout, err = run_cli(capsys, "report", study / "fit.json", "--data", study / "runs.csv", "-o", out,
-                                "--memory", "1GB,8GB,64GB", "--tokens", "3e10")  # fmt: skip
+                                "--memory", "1GB,8GB,64GB", "--tokens", "3e10",
+                                "--preceded-by", "python -m sweep -m experiment=demo",
+                                "--preceded-by", "bitlaw gather sweeps/demo -o runs.csv")  # fmt: skip
     assert code == 0, err
     report = (out / "report.md").read_text()
     assert stdout.strip() == f"wrote {out / 'report.md'}"
+    # Provenance: date, machine and code version, then every command in the order they ran.
+    assert re.search(r"Made \d{4}-\d\d-\d\d \d\d:\d\d UTC on .+ CPU cores\), Python 3\.\d+", report)
+    block = report.split("```sh\n")[1].split("```")[0].splitlines()
+    assert block[:3] == ["python -m sweep -m experiment=demo", "bitlaw gather sweeps/demo -o runs.csv",
+                         "bitlaw fit runs.csv -o fit.json --law precision --by format --bootstrap 60"]
 
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert len(links) == 5
