@@ -18,7 +18,7 @@ start=$(date +%s)
 step() { printf '\n== [%s, %ss] %s\n' "$(date +%T)" "$(( $(date +%s) - start ))" "$*"; }
 mkdir -p "$OUT"
 
-step "1/5 sweep: experiment=demo on the local launcher (72 runs; completed ones are skipped)"
+step "1/5 sweep: experiment=demo on the local launcher (108 runs; completed ones are skipped)"
 # W&B is off here only to keep the demo inside 10 minutes (offline logging adds ~1.4 s per run).
 "$BIN/python" -m sweep -m experiment=demo hydra.sweep.dir="$SWEEP" logger.wandb.mode=disabled
 

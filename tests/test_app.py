@@ -78,9 +78,9 @@ def test_config_error_is_one_line_exit_2_before_training(tmp_path) -> None:
         assert not (tmp_path / "run.json").exists()
 
 
-def test_demo_grid_is_72_valid_runs_with_one_anchor_per_n_and_d() -> None:
+def test_demo_grid_is_108_valid_runs_with_one_anchor_per_n_and_d() -> None:
     jobs = grid("demo")
-    assert len(jobs) == 72
+    assert len(jobs) == 108
     for job in jobs:
         from_dict(job)
     points = {}
@@ -88,7 +88,7 @@ def test_demo_grid_is_72_valid_runs_with_one_anchor_per_n_and_d() -> None:
         n_quant = param_counts(ModelConfig(**job["model"]))["N_quant"]
         d = job["train"]["tokens"] or job["train"]["tokens_per_param"] * n_quant
         points.setdefault((n_quant, d), []).append((job["quant"]["format"], job["quant"]["bits"]))
-    assert len(points) == 8
+    assert len(points) == 12
     sizes = sorted({n for n, _ in points})
     # four sizes: the leave-largest-N-out extrapolation check needs three left to fit
     assert len(sizes) >= 4 and sizes[-1] >= 4 * sizes[0]
