@@ -25,9 +25,10 @@ from fit.table import Table
 ANCHOR_FORMATS = ("none", "bf16")
 ANCHOR_MIN_P = 8.0  # "high precision": the capacity factor is ≥ 0.93 for any γ ≤ 3 here
 EXPONENT_LIMIT, COEFFICIENT_LIMIT = 1.5, 1e10
+EXPONENT_FLOOR = 1e-3  # an exponent at its lower bound 0: the variable has no effect on the fitted loss
 # E below this share of the lowest observed loss: the irreducible term went to zero, i.e. the data never
 # show the loss flattening, and E trades off against A, α, B, β (reference/fitting.md §4.3)
-E_FLOOR_SHARE = 1e-3
+E_FLOOR_SHARE = 0.01
 
 
 @dataclass(frozen=True)
@@ -99,10 +100,15 @@ def flags_for(
 ) -> list[str]:
     """Warnings a reader must see; a flagged fit is still written."""
     flags = []
-    for name in ("alpha", "beta"):
+    for name, variable in (("alpha", "N"), ("beta", "D")):
         if params[name] > EXPONENT_LIMIT:
             flags.append(
                 f"exponent_gt_1.5: {name}={params[name]:.4g} (likely unidentified; widen the N/D range)"
+            )
+        elif params[name] < EXPONENT_FLOOR:
+            flags.append(
+                f"exponent_at_zero: {name}={params[name]:.3g}: in these data loss does not fall with "
+                f"{variable}, so the {variable} term (and gamma, if it multiplies N) is not identified"
             )
     for name in ("A", "B"):
         if params[name] > COEFFICIENT_LIMIT:

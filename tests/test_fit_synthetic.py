@@ -110,6 +110,15 @@ def test_a_pure_power_law_raises_the_E_flag_and_a_saturating_one_does_not() -> N
     assert not any(flag.startswith("E_unidentified") for flag in saturating["flags"])
 
 
+def test_loss_that_does_not_fall_with_n_raises_the_exponent_at_zero_flag() -> None:
+    """Under-trained tiny models can get no better with N at fixed D; the fit must not hide it."""
+    N, D = default_grid()
+    frame = simulate({**KMEANS_TRUTH, "alpha": 0.0}, N, D, noise=0.002, seed=2)
+    entry = run_fits(prepare_table(frame, require=PRECISION), FitOptions(law="precision"))["fits"]["all"]
+    assert entry["alpha"] < 1e-3
+    assert any(flag.startswith("exponent_at_zero: alpha") for flag in entry["flags"])
+
+
 def test_loss_that_depends_only_on_total_bits_sends_gamma_to_its_bound() -> None:
     """γ → ∞ makes N_eff ∝ N·P: the law degenerates; the fit must say so rather than report a number."""
     N, D = default_grid()
