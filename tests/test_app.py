@@ -134,8 +134,10 @@ def test_smoke_sweep_end_to_end(tmp_path) -> None:
     again = sweep_cmd("-m", "experiment=smoke", f"hydra.sweep.dir={sweep_dir}", "logger.wandb.mode=disabled")
     assert again.returncode == 0
     assert time.time() - started < first_wall
-    logs = "".join(p.read_text() for p in sweep_dir.glob("*/app.log"))
-    assert logs.count("skip: already completed") == 4
+    # skipped at submission (sweep.submit): no job is started for a completed run
+    skipped = [line for line in again.stdout.splitlines() if line.startswith("[sweep] skip point=")]
+    assert len(skipped) == 4 and all("completed (run_id" in line for line in skipped)
+    assert "[sweep] 4 run(s): 4 skipped" in again.stdout
 
 
 def test_bad_config_in_a_sweep_fails_that_run_and_the_sweep_exit_code(tmp_path) -> None:
