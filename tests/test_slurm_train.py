@@ -58,9 +58,10 @@ def wait_for_summaries(runs: list[tuple[Path, dict]], timeout_s: float) -> list[
 def test_run_longer_than_its_time_limit_requeues_resumes_and_matches_an_uninterrupted_run(
         slurm_cluster, tmp_path):
     # A 1-minute limit with USR2 due 58 s before it. slurmctld checks time limits only every ~30 s, so
-    # the signal lands 2-32 s into each attempt; 600 steps (~40 s of training on one idle core) therefore
-    # never fit in one attempt: the job must checkpoint, be requeued and resume, possibly more than once.
-    overrides = (*TRAIN, "train.tokens=2457600")
+    # the signal lands 2-32 s into each attempt; 1800 steps (~80 s of training on one idle core; 600 steps
+    # took only 27 s on an idle machine, inside that window) therefore never fit in one attempt: the job
+    # must checkpoint, be requeued and resume, possibly more than once.
+    overrides = (*TRAIN, "train.tokens=7372800")
     limited = submit_detached(tmp_path / "limited", *overrides, "hydra.launcher.timeout_min=1",
                               "hydra.launcher.signal_delay_s=58", "hydra.launcher.max_num_timeout=20")
     reference = submit_detached(tmp_path / "reference", *overrides)
