@@ -84,6 +84,11 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(t.item())
 
 
-def shutdown(info: DistInfo) -> None:
+def shutdown(info: DistInfo, wait_for_peers: bool = True) -> None:
+    """Tear down the process group. After a normal run every rank first waits for the others: rank 0
+    exports and writes the run dir after the last step, and a rank that destroyed its gloo pairs meanwhile
+    was seen to abort ("terminate called without an active exception")."""
     if info.enabled and dist.is_initialized():
+        if wait_for_peers:
+            dist.barrier()
         dist.destroy_process_group()

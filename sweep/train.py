@@ -224,9 +224,12 @@ def train(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     dist_info = distributed.init(device_type)
     device = torch.device("cuda", dist_info.local_rank) if device_type == "cuda" else torch.device("cpu")
     try:
-        return _run(job, run_dir, run_id, mode, device, dist_info)
-    finally:
-        distributed.shutdown(dist_info)
+        result = _run(job, run_dir, run_id, mode, device, dist_info)
+    except BaseException:
+        distributed.shutdown(dist_info, wait_for_peers=False)  # a peer may never reach a barrier now
+        raise
+    distributed.shutdown(dist_info)
+    return result
 
 
 def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.device,
