@@ -13,15 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from sweep.ledger import write_text_atomic
+from sweep.rundir import read_json
 
 _TRACEBACK_LINES = 12  # traceback lines kept in a failed run's summary.json
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 class ComposedJob:
@@ -71,7 +65,7 @@ def _record_failure(run_dir: Path, error: BaseException) -> None:
     A failed summary the task wrote itself keeps its fields (its reason wins); only the traceback is added.
     """
     path = run_dir / "summary.json"
-    existing = _read_json(path) or {}
+    existing = read_json(path) or {}
     if existing.get("status") != "failed":
         existing = {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
     trace = "".join(traceback.format_exception(type(error), error, error.__traceback__)).strip()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import runpy
 import sys
@@ -42,6 +41,7 @@ from sweep.ledger import (
     latest_submissions,
     write_text_atomic,
 )
+from sweep.rundir import read_json
 from sweep.slurm import SubmissionError, active_slurm_states, check_slurm_reachable, sbatch_error_line
 
 # Slurm states after which a job without a result pickle will never produce one.
@@ -59,15 +59,8 @@ class RunOutcome:
     detail: str = ""
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _completed_summary(run_dir: Path) -> dict | None:
-    summary = _read_json(run_dir / "summary.json")
+    summary = read_json(run_dir / "summary.json")
     return summary if summary and summary.get("status") == "completed" else None
 
 
@@ -239,7 +232,7 @@ class SweepLauncher:
         """An outcome for a run that must not be submitted now, else None."""
         summary = _completed_summary(run_dir)
         if summary is not None:
-            run_id = (_read_json(run_dir / "run.json") or {}).get("run_id")
+            run_id = (read_json(run_dir / "run.json") or {}).get("run_id")
             if expected_run_id is not None and run_id is not None and run_id != expected_run_id:
                 # Same directory name, different experiment (conf/ changed): never overwrite a result.
                 return RunOutcome(run, "failed", detail=f"its dir holds completed run_id {run_id} but the "
@@ -308,11 +301,11 @@ class SweepLauncher:
         try:
             job_return = job.results()[0]
         except Exception as err:  # submitit re-raises the job's error; ComposedJob wrote its summary
-            summary = _read_json(run_dir / "summary.json") or {}
+            summary = read_json(run_dir / "summary.json") or {}
             return RunOutcome(run, "failed", job.job_id, summary.get("reason") or _error_line(str(err)))
         if job_return.status == JobStatus.FAILED:
             return RunOutcome(run, "failed", job.job_id, repr(job_return._return_value))
-        summary = _read_json(run_dir / "summary.json") or {}
+        summary = read_json(run_dir / "summary.json") or {}
         if summary.get("status") == "completed":
             return RunOutcome(run, "done", job.job_id, f"final_val_loss {_loss(summary)}")
         if summary:
