@@ -216,11 +216,8 @@ class SweepLauncher:
                 running[submitted.job_id] = (run, submitted)
             time.sleep(_POLL_S)
             for job_id, (run, submitted) in list(running.items()):
-                if submitted.paths.result_pickle.exists():
-                    final_state = "RESULT"
-                elif submitted.done():  # a process that exited without a result
-                    final_state = submitted.state
-                else:
+                final_state = _local_final_state(submitted)
+                if final_state is None:
                     continue
                 del running[job_id]
                 self._record(sweep_dir, run, submitted, final_state)
@@ -263,9 +260,9 @@ class SweepLauncher:
         return executor
 
     @staticmethod
-    def _wait_for(jobs: list, cluster: str, on_finish: Any) -> dict[str, str]:
-        """Block until every job has a result pickle or a final scheduler state; job_id -> final state.
-        ``on_finish(job, final_state)`` is called once per job as soon as it ends."""
+    def _wait_for(jobs: list, cluster: str, on_finish: Any) -> None:
+        """Block until every job has a result pickle or a final scheduler state; ``on_finish(job,
+        final_state)`` is called once per job as soon as it ends."""
         finished: dict[str, str] = {}
         last_scheduler_poll = 0.0
         while len(finished) < len(jobs):
@@ -276,11 +273,13 @@ class SweepLauncher:
             for j in jobs:
                 if j.job_id in finished:
                     continue
-                if j.paths.result_pickle.exists():
+                if cluster != "slurm":
+                    local_state = _local_final_state(j)
+                    if local_state is not None:
+                        finished[j.job_id] = local_state
+                elif j.paths.result_pickle.exists():
                     finished[j.job_id] = "RESULT"
-                elif cluster != "slurm" and j.done():  # a local process that exited without a result
-                    finished[j.job_id] = j.state
-                elif ask_scheduler and cluster == "slurm":
+                elif ask_scheduler:
                     state = j.watcher.get_state(j.job_id, mode="cache")
                     if state.split()[0] not in _UNFINISHED_STATES:
                         finished[j.job_id] = state
@@ -288,7 +287,6 @@ class SweepLauncher:
                     on_finish(j, finished[j.job_id])
             if len(finished) < len(jobs):
                 time.sleep(_POLL_S)
-        return finished
 
     @staticmethod
     def _outcome(sweep_dir: Path, run: str, job: Any, final_state: str) -> RunOutcome:
@@ -329,6 +327,14 @@ def _captured_stderr() -> Iterator[list[str]]:
             os.close(saved)
             sink.seek(0)
             captured.append(sink.read().decode(errors="replace"))
+
+
+def _local_final_state(job: Any) -> str | None:
+    """'RESULT' once a local job left its result pickle, its submitit state if the process exited without
+    one, None while it runs."""
+    if job.paths.result_pickle.exists():
+        return "RESULT"
+    return job.state if job.done() else None
 
 
 def _submission(sweep_dir: Path, run: str, job: Any, cluster: str, overrides: list[str]) -> Submission:
