@@ -1,4 +1,4 @@
-"""Reading fit.json (design §2, a contract) back: parameters, predictions and bootstrap draws.
+"""fit.json (design §2, a contract): its writer, and its reader (parameters, predictions, bootstrap draws).
 
 Layout: ``{"law", "loss", "delta", "columns", "fits": {FORMAT|"all": {A, B, E, alpha, beta[, gamma, offset],
 objective, ..., "flags", "bootstrap": {param: [lo, hi]}, "bootstrap_samples": {param: [K values]}}},
@@ -7,7 +7,9 @@ objective, ..., "flags", "bootstrap": {param: [lo, hi]}, "bootstrap_samples": {p
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import numpy as np
 
 from fit.errors import InputError
 from fit.law import CHINCHILLA_PARAMS, predict_loss
+from sweep import contract
 
 LAW_PARAM_KEYS = (*CHINCHILLA_PARAMS, "gamma", "offset")
 
@@ -99,3 +102,37 @@ def load_fit(path: str | Path) -> FitFile:
         if missing:
             raise InputError(f"fit file {path}: fit {name!r} lacks parameters {', '.join(missing)}")
     return FitFile(path=path, data=data)
+
+
+# ----------------------------------------------------------------------------- writing
+def write_fit(path: str | Path, document: dict[str, Any]) -> None:
+    """Write fit.json atomically (contract.atomic_write_json) as strict JSON: NaN/inf become null, since
+    jq, JavaScript and other readers reject NaN."""
+    contract.atomic_write_json(path, finite_or_null(document), indent=1, allow_nan=False)
+
+
+def finite_or_null(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def sha256_of(path: str | Path) -> str:
+    """The data file's digest, recorded in fit.json so a fit names exactly what it was fitted to."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def infer_n_convention(frame: Any) -> str | None:
+    """Which count column N equals (a `bitlaw gather` table writes N = N_quant by default), else None."""
+    for name, column in (("quant", "N_quant"), ("nonembed", "N_nonembed"), ("total", "N_total")):
+        if column in frame and (frame[column].to_numpy(dtype=float) == frame["N"].to_numpy()).all():
+            return name
+    return None

@@ -1,16 +1,16 @@
 """Run dirs -> one runs table (design §3, a contract).
 
-A run dir is any directory holding ``run.json`` under a sweep dir (walked recursively; ``.submitit``,
-``wandb`` and ``checkpoint`` trees are skipped).  One row per run; only runs whose ``summary.json`` says
-``completed`` become rows unless ``include_all``.  Files are read as JSON and YAML (``yaml.safe_load``)
-only; nothing is ever unpickled, so a run dir from an untrusted cluster cannot execute code here.
+A run dir is any directory holding ``run.json`` under a sweep dir (walked recursively by the run-dir
+contract, sweep/contract.py: hidden, ``wandb`` and ``checkpoint`` trees are skipped). One row per run; only
+runs whose ``summary.json`` says ``completed`` become rows unless ``include_all``. Files are read as JSON
+and YAML (``yaml.safe_load``) only; nothing is ever unpickled, so a run dir from an untrusted cluster cannot
+execute code here.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 
 from fit.errors import InputError
+from sweep import contract
 
-SKIP_DIRS = {".submitit", "wandb", "checkpoint", "__pycache__", ".git"}
 N_COLUMNS = {"quant": "N_quant", "nonembed": "N_nonembed", "total": "N_total"}
 LEADING = [
     "run",
@@ -55,12 +55,7 @@ class Gathered:
 
 def find_run_dirs(root: Path) -> list[Path]:
     """Every directory under ``root`` (itself included) that holds a run.json, in sorted order."""
-    found = []
-    for current, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
-        if "run.json" in files:
-            found.append(Path(current))
-    return found
+    return contract.walk_run_dirs(root, (contract.RUN,))
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -79,31 +74,9 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    return data
-
-
 def read_metrics(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
     """metrics.jsonl, tolerating a torn last line or junk lines (a job killed mid-write): warn, keep rest."""
-    if not path.is_file():
-        return []
-    records, bad = [], 0
-    with path.open("r", errors="replace") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-            else:
-                bad += 1
+    records, bad = contract.read_jsonl(path)
     if bad:
         warnings.append(f"{path}: skipped {bad} unreadable line(s) of metrics.jsonl; kept {len(records)}")
     return records
@@ -119,30 +92,30 @@ def _last_val_loss(records: list[dict[str, Any]]) -> float | None:
 
 def read_run(run_dir: Path, sweep: Path, n_convention: str, result: Gathered, include_all: bool) -> None:
     """Append the run's row to ``result.rows``, or record why it is skipped."""
-    try:
-        meta = _read_json(run_dir / "run.json")
-    except (OSError, ValueError) as err:
-        result.skipped.append(Skipped(run_dir, "unreadable", f"run.json: {err}"))
+    meta = contract.read_json(run_dir / contract.RUN)
+    if meta is None:
+        result.skipped.append(Skipped(run_dir, "unreadable",
+                                      "run.json: unreadable, torn or not a JSON object"))
         return
-    summary_path = run_dir / "summary.json"
+    summary_path = run_dir / contract.SUMMARY
     if summary_path.is_file():
-        try:
-            summary = _read_json(summary_path)
-        except (OSError, ValueError) as err:
-            result.skipped.append(Skipped(run_dir, "unreadable", f"summary.json: {err}"))
+        summary = contract.read_json(summary_path)
+        if summary is None:
+            result.skipped.append(Skipped(run_dir, "unreadable",
+                                          "summary.json: unreadable, torn or not a JSON object"))
             return
     else:
         summary = {"status": "running", "reason": "no summary.json yet (running, pending or killed)"}
     status = str(summary.get("status", "unknown"))
-    records = read_metrics(run_dir / "metrics.jsonl", result.warnings)
-    if status != "completed":
+    records = read_metrics(run_dir / contract.METRICS, result.warnings)
+    if status != contract.COMPLETED:
         result.skipped.append(Skipped(run_dir, status, str(summary.get("reason") or "no reason recorded")))
         if not include_all:
             return
     config: dict[str, Any] = {}
-    config_path = run_dir / "config.yaml"
+    config_path = run_dir / contract.CONFIG
     if not config_path.is_file():  # a job that died before writing it: Hydra's composed copy is the next best
-        config_path = run_dir / ".hydra" / "config.yaml"
+        config_path = run_dir / contract.HYDRA_CONFIG
     if config_path.is_file():
         try:
             loaded = yaml.safe_load(config_path.read_text())  # safe_load: plain data only, never objects

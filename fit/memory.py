@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from fit.errors import InputError
+from sweep import contract
 
 BF16_BITS = 16
 QUANT_FORMATS = ("kmeans", "uniform", "binary", "ternary")
@@ -48,8 +49,7 @@ class BitAccounting:
         if bits == BF16_BITS or fmt == "none":
             return float(BF16_BITS)
         check_format(fmt)
-        index_bits = 2 if fmt == "ternary" else bits
-        return index_bits + self.scale_bits / self.block_size
+        return contract.bits_per_weight(fmt, bits, self.block_size, scale_bits=self.scale_bits)
 
 
 def check_format(fmt: str) -> str:
@@ -93,34 +93,29 @@ class Shape:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    def counts(self) -> dict[str, int]:
+        """N_quant, N_hp, N_total, N_nonembed: the contract's closed form (sweep/contract.py), the same
+        formula the training job records in run.json."""
+        return contract.param_counts(self.d_model, self.n_layers, self.n_heads, self.n_kv_heads, self.ffn_dim,
+                                     self.vocab_size)
+
     @property
     def n_quant(self) -> int:
-        """Block linears: wq, wo (d×d), wk, wv (d×kv·head_dim), w1, w3 (d×ffn), w2 (ffn×d); no biases."""
-        d, kv = self.d_model, self.n_kv_heads * self.head_dim
-        per_layer = 2 * d * d + 2 * d * kv + 3 * d * self.ffn_dim
-        return self.n_layers * per_layer
-
-    @property
-    def n_embed(self) -> int:
-        """Token embedding plus the untied output head."""
-        return 2 * self.vocab_size * self.d_model
-
-    @property
-    def n_norm(self) -> int:
-        """RMSNorm weights: two per layer (attention, ffn) and the final one."""
-        return (2 * self.n_layers + 1) * self.d_model
+        """Block linears (what QAT quantizes)."""
+        return self.counts()["N_quant"]
 
     @property
     def n_hp(self) -> int:
-        return self.n_embed + self.n_norm
+        """Token embedding, untied output head and RMSNorm weights (kept in bf16)."""
+        return self.counts()["N_hp"]
 
     @property
     def n_total(self) -> int:
-        return self.n_quant + self.n_hp
+        return self.counts()["N_total"]
 
     @property
     def n_nonembed(self) -> int:
-        return self.n_quant + self.n_norm
+        return self.counts()["N_nonembed"]
 
     def n_for(self, convention: str) -> int:
         """The count a fit's N means (fit.json's ``columns.N``): quant (default), nonembed or total."""

@@ -53,7 +53,7 @@ def resolved_config(cfg: DictConfig, hydra_cfg: Any) -> dict[str, Any]:
 
 
 def write_failure(run_dir: Path, reason: str) -> None:
-    from sweep.rundir import SUMMARY, atomic_write_json
+    from sweep.contract import SUMMARY, atomic_write_json
 
     atomic_write_json(run_dir / SUMMARY, {"status": "failed", "final_val_loss": None, "tokens_seen": 0,
                                           "wall_s": 0.0, "reason": reason, "steps": 0})
@@ -92,7 +92,7 @@ class SweepSummary(Callback):
     """
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from sweep.rundir import SUMMARY, read_json
+        from sweep.contract import SUMMARY, read_json
 
         sweep_dir = Path(config.hydra.sweep.dir)
         statuses: dict[str, int] = {}

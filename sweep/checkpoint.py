@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sweep.rundir import atomic_write_bytes
+from sweep.contract import atomic_write_bytes
 
 STATE_FILE = "state.pt"
 

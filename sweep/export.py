@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
+from sweep.contract import atomic_write_bytes
 from sweep.quant import Encoded, QuantConfig, QuantLinear, bits_per_weight, decode
-from sweep.rundir import atomic_write_bytes
 
 EXPORT_FILE = "export.pt"
 

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sweep import contract
+
 
 @dataclass
 class ModelConfig:
@@ -37,24 +39,10 @@ class ModelConfig:
 
 
 def param_counts(config: ModelConfig) -> dict[str, int]:
-    """Exact parameter counts by role (closed form; a test checks it against the module).
-
-    N_quant: every linear inside the blocks (what QAT quantizes).
-    N_hp:    token embedding + output head + all RMSNorm weights (kept in bf16).
-    """
-    d, kv_dim = config.d_model, config.n_kv_heads * config.head_dim
-    per_layer_linear = d * d + 2 * d * kv_dim + d * d + 3 * d * config.ffn_dim  # wq, wk+wv, wo, w1+w2+w3
-    per_layer_norm = 2 * d
-    embedding = head = config.vocab_size * d
-    n_quant = config.n_layers * per_layer_linear
-    norms = config.n_layers * per_layer_norm + d
-    n_hp = embedding + head + norms
-    return {
-        "N_total": n_quant + n_hp,
-        "N_nonembed": n_quant + norms,
-        "N_quant": n_quant,
-        "N_hp": n_hp,
-    }
+    """Exact parameter counts by role: the contract's closed form (sweep/contract.py), which fit/memory
+    shares; tests/test_model.py checks it against the module's own parameters."""
+    return contract.param_counts(config.d_model, config.n_layers, config.n_heads, config.n_kv_heads,
+                                 config.ffn_dim, config.vocab_size)
 
 
 class RMSNorm(nn.Module):

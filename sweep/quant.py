@@ -24,9 +24,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sweep import contract
+
 FORMATS = ("none", "uniform", "kmeans", "binary", "ternary")
 SCALES = ("auto", "absmax", "absmean")
-SCALE_BITS = 16  # block scales (and binary's block means) are stored as bf16
+SCALE_BITS = contract.SCALE_BITS  # block scales (and binary means) are stored as bf16
 KMEANS_INIT_SAMPLES = 2**20
 BLOCK_LINEARS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 
@@ -59,18 +61,8 @@ def scale_mode(config: QuantConfig) -> str:
 
 
 def bits_per_weight(format: str, bits: int, block_size: int = 64, binary_mean: bool = False) -> float:
-    """P_w: storage bits per quantized weight = code bits + bf16 block metadata / block size.
-
-    Per-tensor centroid tables (2^n values per linear) are not amortised here; the export counts them.
-    """
-    kind = quantizer_kind(format, bits)
-    if kind == "none":
-        return 16.0
-    if kind == "binary":  # one scale (and with binary_mean one mean) per block
-        return 1.0 + (2 if binary_mean else 1) * SCALE_BITS / block_size
-    if kind == "ternary":  # codes in {0, 1, 2} stored in 2 bits
-        return 2.0 + SCALE_BITS / block_size
-    return float(bits) + SCALE_BITS / block_size
+    """P_w of (format, bits): the contract's rule (sweep/contract.py), shared with fit/memory."""
+    return contract.bits_per_weight(format, bits, block_size, binary_mean, SCALE_BITS)
 
 
 def to_bf16_precision(x: torch.Tensor) -> torch.Tensor:

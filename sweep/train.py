@@ -26,19 +26,19 @@ from omegaconf import OmegaConf
 
 from sweep import checkpoint, data, distributed, export, quant
 from sweep.config import ConfigError, JobConfig, default_threads, from_dict, resolve_device
-from sweep.model import Llama, param_counts
-from sweep.rundir import (
+from sweep.contract import (
     CHECKPOINT,
     CONFIG,
     METRICS,
     RUN,
     SUMMARY,
-    MetricsLog,
     atomic_write_json,
     atomic_write_text,
     compute_run_id,
     read_json,
 )
+from sweep.model import Llama, param_counts
+from sweep.rundir import MetricsLog
 from sweep.wandb_logger import WandbLogger
 
 log = logging.getLogger("sweep.train")

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fit import cli
+from bitlaw import cli
 
 BITLAW = Path(sys.executable).with_name("bitlaw")
 
@@ -32,7 +32,7 @@ def test_unknown_command_is_one_line_error(capsys) -> None:
 def test_every_registered_command_has_help() -> None:
     for name in cli.COMMANDS:
         out = subprocess.run(
-            [sys.executable, "-m", "fit.cli", name, "--help"], capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "bitlaw", name, "--help"], capture_output=True, text=True, timeout=60
         )
         assert out.returncode == 0, (name, out.stderr)
         assert f"usage: bitlaw {name}" in out.stdout

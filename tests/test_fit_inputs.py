@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fit import cli
+from bitlaw import cli
 from fit.simulate import KMEANS_TRUTH, simulate
 
 
@@ -179,7 +179,7 @@ def test_predict_prints_loss_and_ci_and_rejects_bad_input(capsys, tmp_path, runs
 
 def test_fit_help_is_fast_and_does_not_import_scipy() -> None:
     code = (
-        "import sys, time; t = time.perf_counter(); from fit import cli\n"
+        "import sys, time; t = time.perf_counter(); from bitlaw import cli\n"
         "try:\n    cli.main(['fit', '--help'])\nexcept SystemExit:\n    pass\n"
         "assert 'scipy' not in sys.modules and 'pandas' not in sys.modules, 'heavy import'\n"
         "print(time.perf_counter() - t, file=sys.stderr)"

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fit import cli
+from bitlaw import cli
 from fit.engine import FitOptions, run_fits
 from fit.fitting import fit_law
 from fit.objective import FitData, LawSpec, Objective, named_params

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fit import cli
+from bitlaw import cli
 from fit.law import predict_loss
 from fit.simulate import KMEANS_TRUTH
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fit.cli import main
+from bitlaw.cli import main
 from fit.simulate import simulate
 
 TRUE = {"A": 400.0, "B": 2000.0, "E": 1.8, "alpha": 0.34, "beta": 0.37}
@@ -156,7 +156,7 @@ def test_bad_input_is_one_line(study: Path, tmp_path: Path, monkeypatch, capsys,
 
 def test_recommend_does_not_import_matplotlib_or_pandas() -> None:
     code = (
-        "import sys\nfrom fit.cli import main\n"
+        "import sys\nfrom bitlaw.cli import main\n"
         "main(['recommend', '--preset', '1bw-kmeans', '--memory', '8GB'])\n"
         "assert 'matplotlib' not in sys.modules and 'pandas' not in sys.modules, 'heavy import'\n"
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fit.cli import main
+from bitlaw.cli import main
 from fit.errors import InputError
 from fit.fitfile import load_fit
 from fit.law import capacity

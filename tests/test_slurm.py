@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fit.status import sweep_status
+from sweep.status import sweep_status
 
 ROOT = Path(__file__).resolve().parents[1]
 slurm = pytest.mark.slurm
@@ -182,7 +182,7 @@ def test_detached_sweep_runs_from_frozen_configs_and_status_follows_it(slurm_clu
     assert loss == pytest.approx(1 / 3)  # ... and still ran the config as it was at submission
     assert "offset: 0.0" in (sweep / ".bitlaw" / "configs" / "value=2.yaml").read_text()
 
-    cli = subprocess.run([sys.executable, "-m", "fit.cli", "status", str(sweep)], cwd=ROOT,
+    cli = subprocess.run([sys.executable, "-m", "bitlaw", "status", str(sweep)], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert cli.returncode == 0 and cli.stdout.strip().endswith("2 runs: 2 done"), cli.stdout
 

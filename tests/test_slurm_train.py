@@ -101,6 +101,6 @@ def test_smoke_grid_through_slurm_then_a_rerun_skips_every_run(slurm_cluster, tm
 
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "4 run(s): 4 skipped" in again.stdout, again.stdout
-    status = subprocess.run([sys.executable, "-m", "fit.cli", "status", str(sweep)], cwd=ROOT,
+    status = subprocess.run([sys.executable, "-m", "bitlaw", "status", str(sweep)], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert status.stdout.strip().endswith("4 runs: 4 done"), status.stdout

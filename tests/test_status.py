@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fit.cli import main as bitlaw
-from fit.status import sweep_status
+from bitlaw.cli import main as bitlaw
+from sweep.status import sweep_status
 
 
 def write_json(path: Path, obj: dict) -> None:

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from sweep import export
 from sweep.app import CONF_DIR
 from sweep.config import ConfigError
-from sweep.rundir import compute_run_id
+from sweep.contract import compute_run_id
 from sweep.train import EXIT_PREEMPTED, train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from sweep.rundir import compute_run_id
+from sweep.contract import compute_run_id
 
 
 def _write(path: Path, obj: dict) -> None:

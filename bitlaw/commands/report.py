@@ -6,7 +6,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from fit.plotcmd import DEFAULT_BUDGETS, add_shared_arguments
+from bitlaw.commands.plot import DEFAULT_BUDGETS, add_shared_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,11 +36,11 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bitlaw.commands.recommend import accounting
     from fit.errors import InputError
     from fit.fitfile import load_fit
     from fit.memory import resolve_arch
     from fit.recommend import parse_bits, parse_memory, parse_tokens, source_from_fit
-    from fit.recommendcmd import accounting
     from fit.report import ReportInputs, build_report
 
     if not args.fit:

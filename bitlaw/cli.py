@@ -1,4 +1,4 @@
-"""The ``bitlaw`` console script: a thin router to one module per subcommand.
+"""The ``bitlaw`` console script: a thin router to one module per subcommand (bitlaw/commands/).
 
 Subcommand modules are imported only when their command runs, so ``bitlaw --help`` and
 ``bitlaw fit --help`` stay fast (no pandas/scipy/matplotlib import for the top-level help).
@@ -15,13 +15,16 @@ from fit.errors import InputError
 
 # name -> (module, one-line help). Add a line when a subcommand is implemented, never before.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "gather": ("fit.gathercmd", "collect run dirs into one runs table (CSV or Parquet)"),
-    "fit": ("fit.fitcmd", "fit a Chinchilla or precision-aware law to a table; writes fit.json"),
-    "predict": ("fit.predictcmd", "predicted loss at (N, D[, P]) from a fit.json"),
-    "recommend": ("fit.recommendcmd", "best bit width and model for a weight-memory budget"),
-    "plot": ("fit.plotcmd", "PNG figures: loss vs N, isoloss, N_eff vs P_w, pred. vs observed, best bits"),
-    "report": ("fit.reportcmd", "Markdown report with figures: data, fits, extrapolation, recommendation"),
-    "status": ("fit.status", "per-run state of a sweep dir (done/running/pending/failed/cancelled), totals"),
+    "gather": ("bitlaw.commands.gather", "collect run dirs into one runs table (CSV or Parquet)"),
+    "fit": ("bitlaw.commands.fit", "fit a Chinchilla or precision-aware law to a table; writes fit.json"),
+    "predict": ("bitlaw.commands.predict", "predicted loss at (N, D[, P]) from a fit.json"),
+    "recommend": ("bitlaw.commands.recommend", "best bit width and model for a weight-memory budget"),
+    "plot": ("bitlaw.commands.plot",
+             "PNG figures: loss vs N, isoloss, N_eff vs P_w, pred. vs observed, best bits"),
+    "report": ("bitlaw.commands.report",
+               "Markdown report with figures: data, fits, extrapolation, recommendation"),
+    "status": ("bitlaw.commands.status",
+               "per-run state of a sweep dir (done/running/pending/failed/cancelled), totals"),
 }
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bitlaw.commands.recommend import accounting, load_source
 from fit.errors import InputError
 from fit.fitfile import load_fit
 from fit.recommend import parse_bits, parse_memory, parse_tokens
-from fit.recommendcmd import accounting, load_source
 
 DEFAULT_BUDGETS = "1GB,2GB,4GB,8GB,16GB,32GB,64GB"
 

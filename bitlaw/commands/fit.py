@@ -6,13 +6,9 @@ The heavy imports (pandas, scipy) happen inside :func:`run`, so ``bitlaw fit --h
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import math
-import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -116,40 +112,9 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise InputError(f"-o/--output: directory {output.parent} does not exist")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
-    """Write via a temp file + rename: a crash never leaves half a fit.json behind."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(_finite_or_null(document), handle, indent=1, allow_nan=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _finite_or_null(value: Any) -> Any:
-    """NaN/inf -> null, so fit.json is strict JSON (jq, JavaScript and other readers reject NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite_or_null(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_null(v) for v in value]
-    return value
-
-
 def run(args: argparse.Namespace) -> int:
     from fit.engine import FitOptions, run_fits
+    from fit.fitfile import infer_n_convention, sha256_of, write_fit
     from fit.objective import Objective
     from fit.table import load_table, parse_columns
 
@@ -208,22 +173,17 @@ def run(args: argparse.Namespace) -> int:
         else shlex.join(sys.argv),
         **result,
     }
-    write_json_atomic(Path(args.output), document)
+    write_fit(Path(args.output), document)
     print(format_summary(document))
     print(f"wrote {args.output}")
     return 0
 
 
-def infer_n_convention(frame: Any) -> str | None:
-    """Which count column N equals (a `bitlaw gather` table writes N = N_quant by default), else None."""
-    for name, column in (("quant", "N_quant"), ("nonembed", "N_nonembed"), ("total", "N_total")):
-        if column in frame and (frame[column].to_numpy(dtype=float) == frame["N"].to_numpy()).all():
-            return name
-    return None
+_ROUTER_NAMES = ("bitlaw", "cli.py", "__main__.py")  # the console script, and python -m bitlaw[.cli]
 
 
 def _invoked_as_fit() -> bool:
-    return len(sys.argv) > 1 and sys.argv[1] == "fit" and Path(sys.argv[0]).name in ("bitlaw", "cli.py")
+    return len(sys.argv) > 1 and sys.argv[1] == "fit" and Path(sys.argv[0]).name in _ROUTER_NAMES
 
 
 def _num(value: float | None) -> str:

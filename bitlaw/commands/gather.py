@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from fit.errors import InputError
+from sweep.contract import atomic_path
 
 SUFFIXES = (".csv", ".parquet")
 
@@ -60,17 +59,11 @@ def run(args: argparse.Namespace) -> int:
             f"({len(result.skipped)} not completed; --all writes them anyway)"
         )
     frame = to_frame(result.rows)
-    fd, tmp = tempfile.mkstemp(dir=output.parent if str(output.parent) else ".", prefix=f".{output.name}.")
-    os.close(fd)
-    try:
+    with atomic_path(output) as tmp:
         if output.suffix.lower() == ".csv":
             frame.to_csv(tmp, index=False)
         else:
             _parquet_safe(frame).to_parquet(tmp, index=False)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     completed = int((frame["status"] == "completed").sum())
     print(f"wrote {output}: {len(frame)} rows ({completed} completed, {len(result.skipped)} not completed)")
     return 0
