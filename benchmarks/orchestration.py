@@ -32,7 +32,7 @@ TINY = ("model=tiny", "logger.wandb.mode=disabled", "train.threads=1")
 
 
 def submit(launcher: str, sweep: Path, *overrides: str, app: str = "sweep") -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "sweep.submit", "--app", app, f"hydra/launcher={launcher}",
+    cmd = [sys.executable, "-m", "bitlaw.submit", "--app", app, f"hydra/launcher={launcher}",
            f"hydra.sweep.dir={sweep}", *overrides]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

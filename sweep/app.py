@@ -1,9 +1,10 @@
 """The Hydra app (``python -m sweep``): compose the config, resolve the job's thread count, train.
 
-Kept thin on purpose: the launcher pickles this module's task function and the job re-imports
-``sweep.train`` by reference (hydra-submitit pitfall: heavy or unpicklable objects belong inside the job).
-Requeue after preemption is the hydra-submitit launcher's own ``checkpoint()`` (it resubmits the same
-arguments); the job finds its checkpoint in its output dir and resumes.
+Kept thin on purpose: the launcher pickles the task function ``train_task``, a plain module-level function
+of this importable module, so cloudpickle pickles it *by reference* (a job's tracebacks then name real files)
+and the job imports ``sweep.train`` itself (hydra-submitit pitfall: heavy or unpicklable objects belong
+inside the job). Requeue after preemption is the launcher's ``ComposedJob.checkpoint()`` (it resubmits the
+same composed config); the job finds its checkpoint in its output dir and resumes.
 """
 
 from __future__ import annotations
@@ -16,24 +17,27 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from sweep import contract
 from sweep.config import ConfigError, default_threads
 
 log = logging.getLogger("sweep")
 
 # Resolvers must be registered at import, before @hydra.main runs, so they reach submitit jobs too.
 OmegaConf.register_new_resolver("cpu_count", default_threads, replace=True)
+# hydra.job.config.override_dirname.exclude_keys: the contract's volatile keys among a job's overrides.
+OmegaConf.register_new_resolver("bitlaw_volatile_overrides", contract.volatile_overrides, replace=True)
 
 
 def job_threads(hydra_cfg: Any) -> int:
     """CPU threads for this job: its share of the cores when several local jobs run at once."""
     cores = default_threads()
     if os.environ.get("SUBMITIT_EXECUTOR") == "local":
-        parallel = hydra_cfg.sweeper.get("max_batch_size") or cores
-        return max(1, cores // int(parallel))
+        # at most `hydra.launcher.parallel` jobs at once, and never more than a sweeper batch
+        widths = (hydra_cfg.launcher.get("parallel"), hydra_cfg.sweeper.get("max_batch_size"))
+        return max(1, cores // min(int(w or cores) for w in widths))
     if os.environ.get("SLURM_CPUS_PER_TASK"):
         # Slurm without CPU pinning (task/none, as on the local test cluster) still shows every core;
         # the allocation is what the task may use.
@@ -84,40 +88,34 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         raise
 
 
-class SweepSummary(Callback):
-    """After a multirun: one line of counts by status, and a non-zero exit if any run failed.
-
-    A job that fails (bad config, an exception) records ``summary.json: failed`` and returns, so the other
-    jobs of the sweep still run; this is where the sweep as a whole reports it.
-    """
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from sweep.contract import SUMMARY, read_json
-
-        sweep_dir = Path(config.hydra.sweep.dir)
-        statuses: dict[str, int] = {}
-        first_failure = None
-        for summary_path in sorted(sweep_dir.glob(f"**/{SUMMARY}")):
-            summary = read_json(summary_path) or {}
-            status = summary.get("status", "unknown")
-            statuses[status] = statuses.get(status, 0) + 1
-            if status == "failed" and first_failure is None:
-                first_failure = f"{summary_path.parent.name}: {summary.get('reason')}"
-        counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
-        print(f"sweep {sweep_dir}: {counts or 'no finished runs'}", file=sys.stderr)
-        if first_failure:
-            print(f"sweep: error: {statuses['failed']} run(s) failed, e.g. {first_failure}", file=sys.stderr)
-            sys.exit(1)
-
-
 # An absolute path: with `python -m sweep` a relative config_path would be looked up as a Python module.
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> dict[str, Any]:
+def train_task(cfg: DictConfig) -> dict[str, Any]:
+    """The task function Hydra runs per job (importable, so pickled by reference)."""
     return run_job(cfg)
 
 
-if __name__ == "__main__":  # `python -m sweep.app`: what sweep.submit runs in-process for a multirun
-    main()
+main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(train_task)
+
+
+def run_cli(hydra_main: Any = None) -> int:
+    """``python -m sweep``: Hydra's own entry (``main``, reading sys.argv), except that a bad override or
+    config prints one line naming it and exits 2 instead of Hydra's multi-line report and exit 1."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    # Hydra re-raises instead of printing its own report when HYDRA_FULL_ERROR=1; a user's setting wins.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        (hydra_main or main)()
+    except (HydraException, OmegaConfBaseException) as err:
+        message = " ".join(ln.strip() for ln in str(err).splitlines() if ln.strip())
+        print(f"sweep: error: {message or type(err).__name__}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # `python -m sweep.app`, same as `python -m sweep`
+    raise SystemExit(run_cli())

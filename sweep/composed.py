@@ -12,8 +12,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from sweep.ledger import write_text_atomic
-from sweep.rundir import read_json
+from sweep.contract import atomic_write_text, read_json
 
 _TRACEBACK_LINES = 12  # traceback lines kept in a failed run's summary.json
 
@@ -70,4 +69,4 @@ def _record_failure(run_dir: Path, error: BaseException) -> None:
         existing = {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
     trace = "".join(traceback.format_exception(type(error), error, error.__traceback__)).strip()
     existing["traceback_tail"] = "\n".join(trace.splitlines()[-_TRACEBACK_LINES:])
-    write_text_atomic(path, json.dumps(existing, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(existing, indent=1, sort_keys=True) + "\n")

@@ -142,8 +142,8 @@ def volatile_overrides(overrides: Iterable[str]) -> list[str]:
     ones and the experiment selection. Feeds `hydra.job.config.override_dirname.exclude_keys`."""
     keys = []
     for override in overrides:
-        key = str(override).split("=", 1)[0]
-        if is_volatile(key) or key.lstrip("+~") in DIRNAME_ONLY_KEYS:
+        key = str(override).split("=", 1)[0].lstrip("+~")  # Hydra matches the key without its +/~ prefix
+        if is_volatile(key) or key in DIRNAME_ONLY_KEYS:
             keys.append(key)
     return keys
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+from sweep.contract import SLURM_LIVE
+
 SLURM_UP_HINT = "start a local cluster with `sudo scripts/slurm-up.sh`, or use hydra/launcher=local"
-# squeue states in which a job still holds or waits for resources: re-submitting its run would duplicate it.
-_LIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "RESIZING",
-                "SUSPENDED"}
 
 
 class SubmissionError(Exception):
@@ -47,7 +46,7 @@ def active_slurm_states(job_ids: list[str]) -> dict[str, str]:
     states: dict[str, str] = {}
     for line in out.stdout.splitlines():
         job_id, _, state = line.partition("|")
-        if state in _LIVE_STATES:
+        if state in SLURM_LIVE:
             states[job_id.strip()] = state
     return states
 

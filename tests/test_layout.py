@@ -1,4 +1,12 @@
-"""The house rules that keep data flowing one way: conf -> sweep -> run dir -> fit."""
+"""The house rules that keep data flowing one way: conf -> sweep -> run dir -> fit, with the CLI on top.
+
+- sweep/contract.py is the run-dir contract: the only module of sweep/ that fit/ may import, and it imports
+  the standard library only;
+- fit/ never imports torch, and nothing of sweep/ but the contract;
+- sweep/ never imports fit/ or the CLI package bitlaw/;
+- nothing imports bitlaw/ (the CLI sits above both halves), and only bitlaw/ imports both halves;
+- the launcher plugin (hydra_plugins/) reaches sweep/ only lazily, so Hydra's plugin scan stays cheap.
+"""
 
 from __future__ import annotations
 
@@ -10,34 +18,75 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("sweep", "fit", "bitlaw", "hydra_plugins")
 
 
-def _imported_top_level_modules(package: str) -> dict[str, set[str]]:
-    """Top-level module names each file of `package` imports (static, including lazy imports)."""
-    found: dict[str, set[str]] = {}
-    for path in sorted((ROOT / package).rglob("*.py")):
-        names: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.Import):
-                names.update(alias.name.split(".")[0] for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names.add(node.module.split(".")[0])
-            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-                # importlib.import_module("sweep.x") style strings count as imports too
-                if node.value.startswith(("sweep.", "fit.")) and " " not in node.value:
-                    names.add(node.value.split(".")[0])
-        found[str(path.relative_to(ROOT))] = names
-    return found
+def _imports(path: Path) -> tuple[set[str], set[str]]:
+    """(dotted modules imported at module level, dotted modules imported anywhere) by one file."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    top: set[str] = set()
+    anywhere: set[str] = set()
+
+    def names(node: ast.AST) -> set[str]:
+        if isinstance(node, ast.Import):
+            return {alias.name for alias in node.names}
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            return {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            # importlib.import_module("sweep.x") and COMMANDS tables of module names count too
+            if node.value.startswith(tuple(f"{p}." for p in PACKAGES)) and " " not in node.value:
+                return {node.value}
+        return set()
+
+    for node in ast.walk(tree):
+        anywhere |= names(node)
+    for node in tree.body:
+        top |= names(node)
+    return top, anywhere
 
 
-@pytest.mark.parametrize("package,forbidden", [("fit", {"sweep", "torch"}), ("sweep", {"fit"})])
-def test_no_back_edges(package: str, forbidden: set[str]) -> None:
-    offenders = {
-        file: sorted(names & forbidden)
-        for file, names in _imported_top_level_modules(package).items()
-        if names & forbidden
-    }
-    assert offenders == {}, f"{package}/ must not import {sorted(forbidden)}: {offenders}"
+def _files(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def _roots(modules: set[str]) -> set[str]:
+    return {m.split(".")[0] for m in modules}
+
+
+def test_fit_imports_only_the_contract_from_sweep_and_never_torch() -> None:
+    offenders = {}
+    for path in _files("fit"):
+        _, modules = _imports(path)
+        bad = {m for m in modules if m.split(".")[0] in ("torch", "bitlaw")}
+        bad |= {m for m in modules if m.split(".")[0] == "sweep" and m not in ("sweep", "sweep.contract")
+                and not m.startswith("sweep.contract.")}
+        if bad:
+            offenders[str(path.relative_to(ROOT))] = sorted(bad)
+    assert offenders == {}, f"fit/ may import only sweep.contract of sweep/, not torch/bitlaw: {offenders}"
+
+
+def test_sweep_never_imports_fit_or_the_cli() -> None:
+    offenders = {str(p.relative_to(ROOT)): sorted(_roots(_imports(p)[1]) & {"fit", "bitlaw"})
+                 for p in _files("sweep") if _roots(_imports(p)[1]) & {"fit", "bitlaw"}}
+    assert offenders == {}, f"sweep/ must not import fit/ or bitlaw/: {offenders}"
+
+
+def test_nothing_imports_the_cli_package() -> None:
+    outside = [p for pkg in ("sweep", "fit", "hydra_plugins") for p in _files(pkg)]
+    offenders = [str(p.relative_to(ROOT)) for p in outside if "bitlaw" in _roots(_imports(p)[1])]
+    assert offenders == [], f"only bitlaw/ (and tests) may import bitlaw: {offenders}"
+
+
+def test_the_contract_is_standard_library_only() -> None:
+    top, anywhere = _imports(ROOT / "sweep" / "contract.py")
+    third_party = {m for m in _roots(anywhere) if m not in sys.stdlib_module_names and m != "__future__"}
+    assert third_party == set(), f"sweep/contract.py must import the standard library only: {third_party}"
+
+
+def test_the_plugin_reaches_sweep_only_lazily() -> None:
+    for path in _files("hydra_plugins"):
+        top, _ = _imports(path)
+        assert not _roots(top) & {"sweep", "fit", "bitlaw", "torch", "submitit"}, (path, top)
 
 
 def test_fit_imports_without_torch() -> None:
@@ -48,7 +97,8 @@ def test_fit_imports_without_torch() -> None:
         "import importlib, sys\n"
         f"for m in {modules!r}: importlib.import_module(m)\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
-        "assert 'sweep' not in sys.modules, 'sweep was imported'\n"
+        "leaked = sorted(m for m in sys.modules if m.startswith('sweep.') and m != 'sweep.contract')\n"
+        "assert not leaked, leaked\n"
         "print('ok', len(sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -56,7 +106,33 @@ def test_fit_imports_without_torch() -> None:
     assert out.stdout.startswith("ok")
 
 
-def test_sweep_package_import_is_cheap() -> None:
-    code = "import sys, sweep; assert 'torch' not in sys.modules; print('ok')"
+@pytest.mark.parametrize("module", ["sweep", "sweep.contract", "sweep.status", "sweep.launcher",
+                                    "hydra_plugins.bitlaw_launcher.bitlaw_launcher"])
+def test_orchestration_modules_import_without_torch(module: str) -> None:
+    code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch was imported'; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
+
+
+def test_no_code_assigns_to_an_attribute_of_an_imported_third_party_name() -> None:
+    """No monkeypatching: `SomeClass.method = ...` on a name imported from another package."""
+    offenders = []
+    for path in [p for pkg in PACKAGES for p in _files(pkg)]:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                    and node.module.split(".")[0] not in PACKAGES:
+                imported |= {alias.asname or alias.name for alias in node.names}
+            elif isinstance(node, ast.Import):
+                imported |= {(alias.asname or alias.name).split(".")[0] for alias in node.names
+                             if alias.name.split(".")[0] not in PACKAGES}
+        for node in ast.walk(tree):
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+            for target in targets:
+                while isinstance(target, ast.Attribute):
+                    if isinstance(target.value, ast.Name) and target.value.id in imported:
+                        offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+                    target = target.value
+    assert offenders == [], f"assignments to third-party attributes: {offenders}"

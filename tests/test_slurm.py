@@ -23,7 +23,7 @@ slurm = pytest.mark.slurm
 
 
 def submit_cmd(sweep: Path, *overrides: str, detach: bool = False, launcher: str = "slurm") -> list[str]:
-    return [sys.executable, "-m", "sweep.submit", *(["--detach"] if detach else []), "--app",
+    return [sys.executable, "-m", "bitlaw.submit", *(["--detach"] if detach else []), "--app",
             "tests.slurm_app", f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}", *overrides]
 
 

@@ -22,7 +22,7 @@ TRAIN = ("model=tiny", "train.threads=1", "logger.wandb.mode=disabled")
 
 def submit_detached(sweep: Path, *overrides: str) -> dict:
     """Submit a one-run sweep and return its ledger record (job id, log paths)."""
-    result = subprocess.run([sys.executable, "-m", "sweep.submit", "--detach", "hydra/launcher=slurm",
+    result = subprocess.run([sys.executable, "-m", "bitlaw.submit", "--detach", "hydra/launcher=slurm",
                              f"hydra.sweep.dir={sweep}", *overrides], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -90,7 +90,7 @@ def test_two_task_ddp_job_matches_the_one_task_job_at_the_same_global_batch(slur
 
 def test_smoke_grid_through_slurm_then_a_rerun_skips_every_run(slurm_cluster, tmp_path):
     sweep = tmp_path / "smoke"
-    cmd = [sys.executable, "-m", "sweep.submit", "experiment=smoke", "hydra/launcher=slurm",
+    cmd = [sys.executable, "-m", "bitlaw.submit", "experiment=smoke", "hydra/launcher=slurm",
            f"hydra.sweep.dir={sweep}", "logger.wandb.mode=disabled", "train.threads=1"]
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0 and "4 run(s): 4 done" in first.stdout, first.stdout + first.stderr

@@ -1,9 +1,7 @@
-"""Launch a sweep through submitit with frozen configs, idempotent re-runs and a detached mode.
+"""What the bitlaw launcher plugin does (hydra_plugins/bitlaw_launcher): launch a sweep through submitit with
+frozen configs, idempotent re-runs, an outcome for every run, and a detached mode.
 
-    python -m sweep.submit [--detach] [--app MODULE] [OVERRIDES...]
-
-runs the Hydra app (`python -m sweep -m OVERRIDES`) with the submitit launchers' `launch` replaced by
-`SweepLauncher.launch`, which differs from hydra-submitit-launcher 1.2.0 in four ways:
+It differs from hydra-submitit-launcher 1.2.0 in five ways:
 
 - Frozen configs. The stock launcher re-composes each job's config from conf/ when the job *starts*, so
   editing conf/ while jobs are queued changes them. Here every job's config is composed at submission,
@@ -11,42 +9,48 @@ runs the Hydra app (`python -m sweep -m OVERRIDES`) with the submitit launchers'
 - Idempotent re-sweeps. A run whose summary says completed is skipped, and so is one whose Slurm job from
   an earlier submission is still pending or running; failed and cancelled runs are submitted again.
 - Every run ends with an outcome. The stock launcher raises at the first failed job and hangs on none;
-  here the launcher waits for all jobs, then prints one line per run (done / failed / cancelled).
-- `--detach` submits, records the job ids in `SWEEP_DIR/.bitlaw/jobs.jsonl` and returns: no process stays
-  alive until the jobs end. `bitlaw status SWEEP_DIR` then works from the sweep dir alone.
+  here the launcher waits for all jobs, then prints one line per run (done / failed / cancelled), and
+  records each in `SWEEP_DIR/.bitlaw/outcomes.jsonl` (the sweep's closing summary reads them).
+- One Slurm array per batch and a rolling local pool: Slurm gets the whole batch as one job array
+  (`array_parallelism` bounds it); local jobs run `hydra.launcher.parallel` at a time, the next starting as
+  soon as any ends (the stock launcher starts a whole batch at once).
+- `hydra.launcher.detach=true` submits, records the job ids in `SWEEP_DIR/.bitlaw/jobs.jsonl` and returns:
+  no process stays alive until the jobs end. `bitlaw status SWEEP_DIR` then works from the sweep dir alone.
 
-User errors (Slurm down, a request that can never fit, --detach without Slurm) print one line, exit 2.
+User errors (Slurm down, a request that can never fit, detach without Slurm) print one line, exit 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import json
 import os
-import runpy
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
+
 from sweep.composed import ComposedJob
-from sweep.ledger import (
+from sweep.contract import (
+    SLURM_UNFINISHED,
     Submission,
     append_submissions,
+    atomic_write_text,
     config_snapshot_path,
     latest_submissions,
-    write_text_atomic,
+    ledger_dir,
+    read_json,
+    slurm_state_word,
 )
-from sweep.rundir import read_json
 from sweep.slurm import SubmissionError, active_slurm_states, check_slurm_reachable, sbatch_error_line
 
-# Slurm states after which a job without a result pickle will never produce one.
-_UNFINISHED_STATES = {"READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING", "PREEMPTED",
-                      "CONFIGURING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED"}
+OUTCOMES_FILE = "outcomes.jsonl"  # SWEEP_DIR/.bitlaw/: one line per run outcome, appended as runs end
 _POLL_S = 1.0           # how often to look for result pickles (a stat per job)
 _SCHEDULER_POLL_S = 3.0  # how often to ask the scheduler (one sacct call for all jobs)
 
@@ -57,6 +61,7 @@ class RunOutcome:
     state: str  # done | failed | cancelled | skipped | queued | submitted
     job_id: str = ""
     detail: str = ""
+    value: Any = None  # what the task returned (done runs), handed back to the sweeper
 
 
 def _completed_summary(run_dir: Path) -> dict | None:
@@ -65,12 +70,12 @@ def _completed_summary(run_dir: Path) -> dict | None:
 
 
 def _expected_run_id(config: Any) -> str | None:
-    """The run_id the job will compute for this config (sweep.rundir), or None if it cannot resolve here."""
+    """The run_id the job will compute for this config (the contract), or None if it cannot resolve here."""
     import copy
 
     from omegaconf import OmegaConf, open_dict, read_write
 
-    from sweep.rundir import compute_run_id
+    from sweep.contract import compute_run_id
 
     # What run_job hands the task: the config without its `hydra` node, resolved.
     task = copy.deepcopy(config)
@@ -91,16 +96,25 @@ def _tail(path: Path, n_lines: int = 5) -> str:
 
 
 class SweepLauncher:
-    """Replaces the submitit launchers' `launch`; collects every batch's outcomes for the final report."""
+    """One `launch` call of the plugin: the batch's runs, submitted or skipped, each with an outcome.
 
-    def __init__(self, detach: bool) -> None:
-        self.detach = detach
+    `params` are the `hydra.launcher` keys (resolved), `config` the multirun config, `hydra_context` and
+    `task_function` what Hydra handed the plugin's `setup`.
+    """
+
+    def __init__(self, cluster: str, params: dict[str, Any], config: Any, hydra_context: Any,
+                 task_function: Any) -> None:
+        self.cluster = cluster
+        self.params = dict(params)
+        self.detach = bool(self.params.pop("detach", False))
+        parallel = self.params.pop("parallel", None)
+        self.parallel = int(parallel) if parallel else (os.cpu_count() or 1)
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
         self.outcomes: list[RunOutcome] = []
-        self.sweep_dir: Path | None = None
-        self.total_jobs: int | None = None  # the whole sweep (set by the sweeper hook)
-        # Local jobs at once: the sweeper's max_batch_size, which the hook turns from a batch size (each
-        # batch waiting for its slowest job) into the width of a rolling pool.
-        self.parallel: int | None = None
+        self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        self.total_jobs: int | None = None
         self.started = time.monotonic()
         self.trained = 0  # runs that ended in this invocation (skipped ones excluded from the ETA)
 
@@ -114,20 +128,18 @@ class SweepLauncher:
         eta = f" · ETA {_duration(elapsed / self.trained * left)}" if self.trained and left else ""
         return f"{done}/{self.total_jobs} · {left} left · {_duration(elapsed)} elapsed{eta}"
 
-    # ---------------------------------------------------------------- the launch hook
-    def launch(self, launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+    # ---------------------------------------------------------------- the launch
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
         import submitit
         from hydra.core.hydra_config import HydraConfig
         from hydra.core.singleton import Singleton
-        from hydra.core.utils import JobReturn, JobStatus
         from omegaconf import OmegaConf, open_dict, read_write
 
-        cluster = launcher._EXECUTOR
-        sweep_dir = Path(str(launcher.config.hydra.sweep.dir)).resolve()
-        self.sweep_dir = sweep_dir
+        cluster, sweep_dir = self.cluster, self.sweep_dir
+        self.total_jobs = len(job_overrides)
         if self.detach and cluster != "slurm":
-            raise SubmissionError("--detach needs hydra/launcher=slurm: local jobs are children of this "
-                                  "process and would die with it")
+            raise SubmissionError("--detach needs hydra/launcher=slurm (hydra.launcher.detach=true): local "
+                                  "jobs are children of this process and would die with it")
         if cluster == "slurm":
             check_slurm_reachable()
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -136,20 +148,20 @@ class SweepLauncher:
 
         to_submit: list[tuple[str, Any, int, list[str]]] = []  # (run, composed config, job_num, overrides)
         returns: list = []
-        loader = launcher.hydra_context.config_loader
+        loader = self.hydra_context.config_loader
         for offset, overrides in enumerate(job_overrides):
-            config = loader.load_sweep_config(launcher.config, list(overrides))
+            config = loader.load_sweep_config(self.config, list(overrides))
             # Same resolver-cache copy as Hydra's own launcher: ${now:} etc. agree across jobs.
-            OmegaConf.copy_cache(from_config=launcher.config, to_config=config)
+            OmegaConf.copy_cache(from_config=self.config, to_config=config)
             HydraConfig.instance().set_config(config)
             run = str(config.hydra.sweep.subdir)
             handled = self._already_handled(sweep_dir / run, run, _expected_run_id(config),
                                             previous.get(run), live)
             if handled is not None:
-                self.outcomes.append(handled)
+                self._keep(handled)
                 print(f"[sweep] {'skip' if handled.state != 'failed' else 'refuse'} {run}: {handled.detail}"
                       f"  [{self.progress()}]", flush=True)
-                returns.append(JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED))
+                returns.append(_job_return(list(overrides), handled))
                 continue
             with read_write(config.hydra.job), open_dict(config.hydra.job):
                 config.hydra.job.num = initial_job_idx + offset
@@ -158,14 +170,12 @@ class SweepLauncher:
             return returns
 
         for run, config, _, _ in to_submit:
-            write_text_atomic(config_snapshot_path(sweep_dir, run), OmegaConf.to_yaml(config))
-        executor = self._make_executor(launcher, cluster)
-        job = ComposedJob(launcher.hydra_context, launcher.task_function, Singleton.get_state())
-        finished_returns = returns + [JobReturn(overrides=o, status=JobStatus.COMPLETED)
-                                      for *_, o in to_submit]
-        if cluster != "slurm" and self.parallel and len(to_submit) > self.parallel:
+            atomic_write_text(config_snapshot_path(sweep_dir, run), OmegaConf.to_yaml(config))
+        executor = _make_executor(self.params, cluster)
+        job = ComposedJob(self.hydra_context, self.task_function, Singleton.get_state())
+        if cluster != "slurm" and len(to_submit) > self.parallel:
             self._run_rolling(executor, job, to_submit, sweep_dir, cluster)
-            return finished_returns
+            return returns + self._returns_of(to_submit)
         try:
             # sbatch writes its rejection to the inherited stderr as well as into the exception; keep
             # it off the terminal so the user sees one line, and keep it in the error if it's not there.
@@ -174,7 +184,7 @@ class SweepLauncher:
                                           [n for _, _, n, _ in to_submit])
         except submitit.core.utils.FailedJobError as err:
             said = str(err) if "error:" in str(err) else "".join(sbatch_stderr)
-            raise SubmissionError(_describe_rejection(launcher.params, said)) from None
+            raise SubmissionError(_describe_rejection(self.params, said)) from None
         else:
             sys.stderr.write("".join(sbatch_stderr))
 
@@ -185,21 +195,35 @@ class SweepLauncher:
         if cluster != "slurm":
             print(f"[sweep] running: {', '.join(run for run, *_ in to_submit)}", flush=True)
         if self.detach:
-            self.outcomes += [RunOutcome(run, "submitted", j.job_id)
-                              for (run, *_), j in zip(to_submit, jobs, strict=True)]
-            return returns + [JobReturn(overrides=o, status=JobStatus.COMPLETED) for *_, o in to_submit]
+            for (run, *_), j in zip(to_submit, jobs, strict=True):
+                self._keep(RunOutcome(run, "submitted", j.job_id))
+            return returns + self._returns_of(to_submit)
 
         run_of_job = {j.job_id: run for (run, *_), j in zip(to_submit, jobs, strict=True)}
         self._wait_for(jobs, cluster,
                        lambda j, state: self._record(sweep_dir, run_of_job[j.job_id], j, state))
-        # The sweeper raises on a FAILED return and would stop the sweep; the failure is reported in the
-        # outcome lines and main()'s exit status instead.
-        return finished_returns
+        return returns + self._returns_of(to_submit)
+
+    def _returns_of(self, submitted: list) -> list:
+        """A JobReturn per submitted run, in order, carrying the task's return value where it has one.
+
+        A failed run gets status COMPLETED with no value: Hydra's sweepers raise on a FAILED return and would
+        stop the sweep; the failure is reported in the outcome lines and the sweep's exit status instead."""
+        by_run = {o.run: o for o in self.outcomes}
+        return [_job_return(overrides, by_run.get(run)) for run, _, _, overrides in submitted]
+
+    def _keep(self, outcome: RunOutcome) -> None:
+        self.outcomes.append(outcome)
+        record = {k: v for k, v in asdict(outcome).items() if k != "value"}
+        path = ledger_dir(self.sweep_dir) / OUTCOMES_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
 
     def _record(self, sweep_dir: Path, run: str, job: Any, final_state: str) -> None:
         """One finished job: its outcome, printed with the sweep's progress."""
         outcome = self._outcome(sweep_dir, run, job, final_state)
-        self.outcomes.append(outcome)
+        self._keep(outcome)
         self.trained += 1
         print(f"[sweep] {outcome.state:9s} {outcome.run}  {outcome.detail}  [{self.progress()}]", flush=True)
 
@@ -208,7 +232,7 @@ class SweepLauncher:
         pending = list(to_submit)
         running: dict[str, tuple[str, Any]] = {}  # job_id -> (run, job)
         while pending or running:
-            while pending and len(running) < (self.parallel or 1):
+            while pending and len(running) < self.parallel:
                 run, config, job_num, overrides = pending.pop(0)
                 submitted = executor.submit(job, config, job_num)
                 append_submissions(sweep_dir, [_submission(sweep_dir, run, submitted, cluster, overrides)])
@@ -242,24 +266,6 @@ class SweepLauncher:
         return None
 
     @staticmethod
-    def _make_executor(launcher: Any, cluster: str) -> Any:
-        """The executor hydra-submitit-launcher would build from the same `hydra.launcher` keys."""
-        import submitit
-        from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-        from omegaconf import OmegaConf
-
-        params = dict(launcher.params)
-        folder = params.pop("submitit_folder")
-        init = {f"{cluster}_{k}": params.pop(k) for k in ["max_num_timeout"] if k in params}
-        params.pop("_target_", None)
-        executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **init)
-        # Keys shared by all executors go unprefixed; everything else (partition, account, qos, setup,
-        # signal_delay_s, additional_parameters, site keys added with `+hydra.launcher.KEY=`) is slurm_KEY.
-        shared = set(OmegaConf.structured(BaseQueueConf).keys())
-        executor.update_parameters(**{k if k in shared else f"{cluster}_{k}": v for k, v in params.items()})
-        return executor
-
-    @staticmethod
     def _wait_for(jobs: list, cluster: str, on_finish: Any) -> None:
         """Block until every job has a result pickle or a final scheduler state; ``on_finish(job,
         final_state)`` is called once per job as soon as it ends."""
@@ -281,7 +287,7 @@ class SweepLauncher:
                     finished[j.job_id] = "RESULT"
                 elif ask_scheduler:
                     state = j.watcher.get_state(j.job_id, mode="cache")
-                    if state.split()[0] not in _UNFINISHED_STATES:
+                    if slurm_state_word(state) not in SLURM_UNFINISHED:
                         finished[j.job_id] = state
                 if j.job_id in finished:
                     on_finish(j, finished[j.job_id])
@@ -302,10 +308,11 @@ class SweepLauncher:
             summary = read_json(run_dir / "summary.json") or {}
             return RunOutcome(run, "failed", job.job_id, summary.get("reason") or _error_line(str(err)))
         if job_return.status == JobStatus.FAILED:
-            return RunOutcome(run, "failed", job.job_id, repr(job_return._return_value))
+            return RunOutcome(run, "failed", job.job_id, "the task failed")
         summary = read_json(run_dir / "summary.json") or {}
         if summary.get("status") == "completed":
-            return RunOutcome(run, "done", job.job_id, f"final_val_loss {_loss(summary)}")
+            return RunOutcome(run, "done", job.job_id, f"final_val_loss {_loss(summary)}",
+                              job_return.return_value)
         if summary:
             return RunOutcome(run, "failed", job.job_id, f"{summary.get('status')}: {summary.get('reason')}")
         return RunOutcome(run, "done", job.job_id, "job returned (no summary.json)")
@@ -370,116 +377,98 @@ def _describe_rejection(params: dict, message: str) -> str:
             "lower it to what a node offers (see `sinfo -o '%P %c %m %G %l'`)")
 
 
-def _install(tracker: SweepLauncher) -> None:
-    """Route the submitit launchers' `launch` to `tracker` in this process (the submitter only)."""
-    from hydra.core.plugins import Plugins
-    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
-
-    def launch(self: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
-        return tracker.launch(self, job_overrides, initial_job_idx)
-
-    # Hydra's plugin scan re-executes plugin modules (new class objects), so patch the classes Hydra
-    # will instantiate, after forcing that scan. Jobs unpickle ComposedJob and never run `launch`.
-    registered = Plugins.instance().class_name_to_class.values()
-    for cls in {BaseSubmititLauncher, *[c for c in registered if c.__name__ == "BaseSubmititLauncher"]}:
-        cls.launch = launch  # type: ignore[method-assign]
-
-    # The launcher sees one batch at a time; the sweeper's batching tells the total, for progress lines.
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    split_arguments = BasicSweeper.split_arguments
-
-    def counting_split(overrides: Any, max_batch_size: Any) -> Any:
-        # One batch for the whole sweep: Slurm gets a single job array (array_parallelism bounds it) and
-        # local jobs a rolling pool of max_batch_size slots, instead of batches that each wait for their
-        # slowest job (on the demo grid that barrier cost ~27 % of the wall time).
-        batches = split_arguments(overrides, None)
-        tracker.total_jobs = sum(len(batch) for batch in batches)
-        tracker.parallel = max_batch_size
-        return batches
-
-    BasicSweeper.split_arguments = staticmethod(counting_split)  # type: ignore[method-assign]
-
-
-_HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
-
-
-def _split_hydra_flags(args: list[str]) -> tuple[list[str], list[str]]:
-    """(Hydra flags with their values, overrides): Hydra's parser wants the flags before the overrides."""
-    flags: list[str] = []
-    overrides: list[str] = []
-    it = iter(args)
-    for arg in it:
-        if arg in _HYDRA_FLAGS_WITH_VALUE:
-            flags += [arg, next(it, "")]
-        elif arg.startswith("-"):
-            flags.append(arg)
-        else:
-            overrides.append(arg)
-    return flags, overrides
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m sweep.submit",
-        description="Run a Hydra multirun with frozen configs, skipping completed runs; "
-                    "--detach submits to Slurm and returns.")
-    parser.add_argument("--detach", action="store_true",
-                        help="submit and return (needs hydra/launcher=slurm); then `bitlaw status DIR`")
-    parser.add_argument("--app", default="sweep.app",
-                        help="module whose __main__ runs the Hydra app (default: sweep.app)")
-    # Everything else goes to Hydra: overrides, and Hydra's own flags such as --config-path DIR.
-    args, rest = parser.parse_known_args(argv)
-    hydra_flags, overrides = _split_hydra_flags(rest)
-
-    tracker = SweepLauncher(detach=args.detach)
-    _install(tracker)
-    saved_argv = sys.argv
-    # HYDRA_FULL_ERROR makes Hydra re-raise instead of printing a stack trace, so a SubmissionError
-    # reaches the handler below and prints as one line.
-    saved_env = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    sys.argv = [args.app, "-m", *hydra_flags, *overrides]
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
+@contextlib.contextmanager
+def report_and_exit_on_user_error() -> Iterator[None]:
+    """A SubmissionError (the user must change something) becomes one line on stderr and exit status 2,
+    instead of Hydra's multi-line error report."""
     try:
-        runpy.run_module(args.app, run_name="__main__", alter_sys=False)
+        yield
     except SubmissionError as err:
-        print(f"sweep.submit: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        if tracker.sweep_dir is not None and not tracker.detach:
-            print(f"\n[sweep] interrupted: submitted jobs keep running; follow with: bitlaw status "
-                  f"{tracker.sweep_dir}", file=sys.stderr)
-        return 130
-    except (HydraException, OmegaConfBaseException) as err:  # a bad override or config
-        # Hydra's messages span lines (e.g. one allowed option per line); keep them on one.
-        message = " ".join(ln.strip() for ln in str(err).splitlines() if ln.strip())
-        print(f"sweep.submit: error: {message or type(err).__name__}", file=sys.stderr)
-        return 2
-    except SystemExit as exit_:  # Hydra exits on bad overrides after printing its own message
-        if exit_.code not in (0, None):
-            return int(exit_.code) if isinstance(exit_.code, int) else 2
-    finally:
-        sys.argv = saved_argv
-        if saved_env is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = saved_env
-    return _report(tracker)
+        print(f"sweep: error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
-def _report(tracker: SweepLauncher) -> int:
+def _make_executor(params: dict[str, Any], cluster: str) -> Any:
+    """The executor hydra-submitit-launcher would build from the same `hydra.launcher` keys."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    params = dict(params)
+    folder = params.pop("submitit_folder")
+    init = {f"{cluster}_{k}": params.pop(k) for k in ["max_num_timeout"] if k in params}
+    params.pop("_target_", None)
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **init)
+    # Keys shared by all executors go unprefixed; everything else (partition, account, qos, setup,
+    # signal_delay_s, additional_parameters, site keys added with `+hydra.launcher.KEY=`) is slurm_KEY.
+    shared = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in shared else f"{cluster}_{k}": v for k, v in params.items()})
+    return executor
+
+
+def _job_return(overrides: list[str], outcome: RunOutcome | None) -> Any:
+    from hydra.core.utils import JobReturn, JobStatus
+
+    value = outcome.value if outcome is not None else None
+    return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=value)
+
+
+def outcomes_since(sweep_dir: Path, offset: int) -> list[RunOutcome]:
+    """The outcomes recorded in SWEEP_DIR/.bitlaw/outcomes.jsonl after byte `offset` (this invocation's)."""
+    try:
+        with open(ledger_dir(sweep_dir) / OUTCOMES_FILE, "rb") as f:
+            f.seek(offset)
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    outcomes = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line torn by a killed submitter
+            continue
+        fields = {k: str(record.get(k, "")) for k in ("run", "state", "job_id", "detail")}
+        outcomes.append(RunOutcome(**fields))
+    return outcomes
+
+
+def outcomes_offset(sweep_dir: Path) -> int:
+    """Where this invocation's outcomes will start in SWEEP_DIR/.bitlaw/outcomes.jsonl."""
+    try:
+        return (ledger_dir(sweep_dir) / OUTCOMES_FILE).stat().st_size
+    except OSError:
+        return 0
+
+
+def closing_summary(outcomes: list[RunOutcome], sweep_dir: Path) -> tuple[str, int]:
+    """(the sweep's one closing line, its exit status: 1 if any run failed or was cancelled)."""
     counts: dict[str, int] = {}
-    for outcome in tracker.outcomes:
+    for outcome in outcomes:
         counts[outcome.state] = counts.get(outcome.state, 0) + 1
     totals = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-    print(f"[sweep] {len(tracker.outcomes)} run(s): {totals or 'none'}  (sweep dir {tracker.sweep_dir})")
-    if tracker.detach and tracker.sweep_dir is not None:
-        print(f"[sweep] detached; follow with: bitlaw status {tracker.sweep_dir}")
-    return 1 if counts.get("failed") or counts.get("cancelled") else 0
+    line = f"[sweep] {len(outcomes)} run(s): {totals or 'none'}  (sweep dir {sweep_dir})"
+    if counts.get("submitted"):
+        line += f"\n[sweep] detached; follow with: bitlaw status {sweep_dir}"
+    return line, 1 if counts.get("failed") or counts.get("cancelled") else 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+class SweepSummary(Callback):
+    """After a multirun: the sweep's one closing line (counts of this invocation's run outcomes, as the
+    launcher recorded them), and exit status 1 if any run failed or was cancelled.
+
+    A job that fails (bad config, an exception) records ``summary.json: failed`` and returns, so the other
+    jobs of the sweep still run; this is where the sweep as a whole reports it.
+    """
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        self.offset = outcomes_offset(Path(str(config.hydra.sweep.dir)).resolve())
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        line, status = closing_summary(outcomes_since(sweep_dir, self.offset), sweep_dir)
+        print(line, flush=True)
+        if status:
+            sys.exit(status)
