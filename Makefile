@@ -3,14 +3,20 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.bitlaw-installed
+LOCK   := requirements.lock
+PIP    := --disable-pip-version-check --no-input
 
-.PHONY: install test lint demo clean slurm-up slurm-down
+.PHONY: install test test-fast lint lock demo clean slurm-up slurm-down
 
-# torch==2.13.0 first: it resolves to the CPU wheel on disk; an unpinned torch would pull CUDA packages.
-$(STAMP): pyproject.toml
+# The environment is locked: requirements.lock pins every package, transitive ones included, and is applied
+# as constraints, so a new machine installs what the suite last passed with (an unpinned transitive update,
+# e.g. cloudpickle 3.1.3, once broke a fresh machine's `make test`). torch==2.13.0 first: it resolves to the
+# CPU wheel on disk; an unpinned torch would pull several GB of CUDA packages.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	$(BIN)/pip install -q $(PIP) -c $(LOCK) torch==2.13.0
+	$(BIN)/pip install -q $(PIP) -c $(LOCK) -e '.[dev,bench]'
+	$(BIN)/pip check
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -18,8 +24,23 @@ install: $(STAMP)
 lint: install
 	$(BIN)/ruff check .
 
+# The full suite (~N min on 2 cores, README), with its 15 slowest tests listed.
 test: lint slurm-up
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
+
+# Fast feedback while editing: no slow and no Slurm tests (<= 2 min on 2 cores).
+test-fast: lint
+	$(BIN)/pytest -q -m "not slow and not slurm" --durations=5
+
+# Refresh the lock: the newest versions pyproject.toml admits, resolved in a fresh venv, then the full suite
+# in the project venv rebuilt from the new lock. Commit requirements.lock only if `make test` passed.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q $(PIP) torch==2.13.0
+	.lock-venv/bin/pip install -q $(PIP) -e '.[dev,bench]'
+	{ sed -n '/^#/p' $(LOCK); .lock-venv/bin/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK) && rm -rf .lock-venv $(STAMP)
+	$(MAKE) test
 
 # The Slurm tests run against a real single-node cluster on this machine (scripts/slurm-up.sh: apt
 # packages + daemons, idempotent, ~1 s when already up). Starting it needs root, as in CI; elsewhere
@@ -37,4 +58,4 @@ demo: install
 	BIN=$(BIN) scripts/demo.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .lock-venv .pytest_cache .ruff_cache
