@@ -100,6 +100,20 @@ class Shape:
                                      self.vocab_size)
 
     @property
+    def n_embed(self) -> int:
+        """Token embedding plus the untied output head."""
+        return self._roles()["embed"]
+
+    @property
+    def n_norm(self) -> int:
+        """RMSNorm weights: two per layer (attention, ffn) and the final one."""
+        return self._roles()["norm"]
+
+    def _roles(self) -> dict[str, int]:
+        return contract.parameter_roles(self.d_model, self.n_layers, self.n_heads, self.n_kv_heads,
+                                        self.ffn_dim, self.vocab_size)
+
+    @property
     def n_quant(self) -> int:
         """Block linears (what QAT quantizes)."""
         return self.counts()["N_quant"]

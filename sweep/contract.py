@@ -284,9 +284,16 @@ def param_counts(d_model: int, n_layers: int, n_heads: int, n_kv_heads: int, ffn
     N_quant: the block linears wq, wo (d×d), wk, wv (d×kv·head_dim), w1, w3 (d×ffn), w2 (ffn×d): what QAT
     quantizes. N_hp: token embedding + output head + every RMSNorm weight (kept in bf16).
     """
+    roles = parameter_roles(d_model, n_layers, n_heads, n_kv_heads, ffn_dim, vocab_size)
+    n_quant, n_hp = roles["quant"], roles["embed"] + roles["norm"]
+    return {"N_total": n_quant + n_hp, "N_nonembed": n_quant + roles["norm"], "N_quant": n_quant,
+            "N_hp": n_hp}
+
+
+def parameter_roles(d_model: int, n_layers: int, n_heads: int, n_kv_heads: int, ffn_dim: int,
+                    vocab_size: int) -> dict[str, int]:
+    """The three disjoint roles: quant (block linears), embed (token embedding + untied output head) and
+    norm (two RMSNorm weights per layer and the final one)."""
     kv_dim = n_kv_heads * (d_model // n_heads)
-    n_quant = n_layers * (2 * d_model * d_model + 2 * d_model * kv_dim + 3 * d_model * ffn_dim)
-    n_embed = 2 * vocab_size * d_model
-    n_norm = (2 * n_layers + 1) * d_model
-    return {"N_total": n_quant + n_embed + n_norm, "N_nonembed": n_quant + n_norm, "N_quant": n_quant,
-            "N_hp": n_embed + n_norm}
+    return {"quant": n_layers * (2 * d_model * d_model + 2 * d_model * kv_dim + 3 * d_model * ffn_dim),
+            "embed": 2 * vocab_size * d_model, "norm": (2 * n_layers + 1) * d_model}

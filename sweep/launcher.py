@@ -468,7 +468,11 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-        line, status = closing_summary(outcomes_since(sweep_dir, self.offset), sweep_dir)
+        outcomes = outcomes_since(sweep_dir, self.offset)
+        line, status = closing_summary(outcomes, sweep_dir)
         print(line, flush=True)
         if status:
+            bad = [o for o in outcomes if o.state in ("failed", "cancelled")]
+            print(f"sweep: error: {len(bad)} run(s) failed or were cancelled, e.g. {bad[0].run}: "
+                  f"{bad[0].detail}", file=sys.stderr, flush=True)
             sys.exit(status)

@@ -117,7 +117,7 @@ def test_smoke_sweep_end_to_end(tmp_path) -> None:
     out = sweep_cmd("-m", "experiment=smoke", f"hydra.sweep.dir={sweep_dir}", "logger.wandb.mode=disabled")
     first_wall = time.time() - started
     assert out.returncode == 0, out.stderr[-3000:]
-    assert f"sweep {sweep_dir}: 4 completed" in out.stderr
+    assert f"[sweep] 4 run(s): 4 done  (sweep dir {sweep_dir})" in out.stdout
     run_dirs = sorted(p for p in sweep_dir.iterdir() if (p / "run.json").exists())
     names = ["point=kmeans2", "point=kmeans4", "point=uniform2", "point=uniform4"]
     assert [p.name for p in run_dirs] == names
@@ -143,7 +143,7 @@ def test_smoke_sweep_end_to_end(tmp_path) -> None:
 def test_bad_config_in_a_sweep_fails_that_run_and_the_sweep_exit_code(tmp_path) -> None:
     out = sweep_cmd("-m", "quant.bits=0,17", f"hydra.sweep.dir={tmp_path}", "logger.wandb.mode=disabled")
     assert out.returncode == 1
-    assert "2 run(s) failed" in out.stderr and "Traceback" not in out.stderr
+    assert "2 run(s) failed" in out.stderr and "Traceback" not in out.stderr, out.stderr
     for name in ("quant.bits=0", "quant.bits=17"):
         summary = json.loads((tmp_path / name / "summary.json").read_text())
         assert summary["status"] == "failed" and "quant.bits must be one of" in summary["reason"]

@@ -35,23 +35,29 @@ def summary(sweep: Path, record: dict) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def release_requeued(job_id: str) -> None:
+def release_requeued(job_id: str, held_since: dict[str, float]) -> None:
     """Slurm holds a requeued job for ~2 minutes (Reason=BeginTime); let it start now, as an idle
-    cluster eventually would, to keep the test short."""
+    cluster eventually would, to keep the test short. Not at once: released within ~20 ms of the requeue,
+    the job was started while its old credential was still being revoked and Slurm killed it ("Killing
+    non-startable batch JobId=8: Job credential revoked", then FAILED); a few seconds' hold avoids that."""
     out = subprocess.run(["squeue", "-h", "-o", "%r", "-j", job_id], capture_output=True, text=True)
-    if out.stdout.strip() == "BeginTime":
+    if out.stdout.strip() != "BeginTime":
+        held_since.pop(job_id, None)
+        return
+    if time.monotonic() - held_since.setdefault(job_id, time.monotonic()) >= 3:
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
 
 
 def wait_for_summaries(runs: list[tuple[Path, dict]], timeout_s: float) -> list[dict]:
     deadline = time.monotonic() + timeout_s
+    held_since: dict[str, float] = {}
     while True:
         found = [summary(sweep, record) for sweep, record in runs]
         if all(found):
             return found
         assert time.monotonic() < deadline, f"runs not finished after {timeout_s:.0f} s: {found}"
         for _, record in runs:
-            release_requeued(record["job_id"])
+            release_requeued(record["job_id"], held_since)
         time.sleep(1)
 
 
