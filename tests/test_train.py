@@ -225,7 +225,8 @@ def test_submitit_timeout_signal_requeues_and_resumes(reference, tmp_path) -> No
     cfg = config("point=kmeans2", "train.tokens=819200", "train.eval_every=100",
                  "train.checkpoint_every_s=1e9")
     uninterrupted = train(cfg, tmp_path / "uninterrupted")
-    executor = submitit.LocalExecutor(folder=tmp_path / "submitit", max_num_timeout=10)
+    # a generous requeue budget: on a loaded machine an attempt makes ~90 steps, not ~400
+    executor = submitit.LocalExecutor(folder=tmp_path / "submitit", max_num_timeout=40)
     # timeout 12 s, SIGUSR2 5 s before it: each attempt is stopped ~7 s in (~2.5 s of it start-up), and
     # the 800-step run needs at least two attempts
     executor.update_parameters(timeout_min=0.2, signal_delay_s=5)
