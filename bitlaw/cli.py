@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "PNG figures: loss vs N, isoloss, N_eff vs P_w, pred. vs observed, best bits"),
     "report": ("bitlaw.commands.report",
                "Markdown report with figures: data, fits, extrapolation, recommendation"),
+    "plan": ("bitlaw.commands.plan", "before any compute: will a grid identify the law, and at what cost"),
     "status": ("bitlaw.commands.status",
                "per-run state of a sweep dir (done/running/pending/failed/cancelled), totals"),
 }

@@ -1,0 +1,320 @@
+"""``bitlaw plan (TABLE | experiment=NAME [overrides…]) (--law FIT.json | --preset NAME)``: before any
+compute, will this grid identify the law, and what will it cost (fit/plan.py does the work)?
+
+An experiment is expanded here, in the CLI layer, because fit/ must not depend on Hydra or sweep/: its
+``hydra.sweeper.params`` and any swept command-line overrides make the Cartesian product BasicSweeper would
+launch, and every job is composed from /conf as ``python -m sweep -m`` would compose it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fit.errors import InputError
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+FIT_GRIDS = ("coarse", "default", "fine")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "grid",
+        nargs="+",
+        metavar="TABLE | experiment=NAME [overrides...]",
+        help="a table of planned runs (N, D, P, format[, bits, trunk, seed]) or a Hydra experiment",
+    )
+    parser.add_argument("--law", metavar="FIT.json", help="a precision-law fit.json to simulate from")
+    parser.add_argument("--preset", help="published constants instead of a fit (see `bitlaw recommend`)")
+    parser.add_argument(
+        "--noise", type=float, help="relative loss noise sigma (default: the fit's seed spread, else 0.005)"
+    )
+    parser.add_argument("--simulations", type=int, default=40, metavar="K", help="replicas (default 40)")
+    parser.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
+    parser.add_argument("--workers", type=int, default=2, help="fit worker processes (default 2)")
+    parser.add_argument(
+        "--grid-starts", choices=FIT_GRIDS, help="fit start grid (default: the fit.json's, else default)"
+    )
+    parser.add_argument("--memory", default="8GB", help="budget for the best-bit-width check (default 8GB)")
+    parser.add_argument("--arch", default="llama3", help="model family for that check (default llama3)")
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument(
+        "--flops-per-s", type=float, help="throughput for hours (default 4e14: one H100 at ~40%% MFU)"
+    )
+    rate.add_argument(
+        "--tokens-per-s", type=float, help="throughput for hours, in training tokens per second"
+    )
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+# ----------------------------------------------------------------------------- the grid
+
+
+def experiment_grid(overrides: list[str]) -> Any:
+    """One row per job of the experiment: N (N_quant), D (tokens seen), P (P_w), format, bits, shape."""
+    import pandas as pd
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sweep import contract
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:
+        raise InputError(f"overrides: {str(err).splitlines()[0]}") from None
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    if not OmegaConf.has_resolver("bitlaw_volatile_overrides"):  # conf/config.yaml's hydra.job node uses it
+        OmegaConf.register_new_resolver("bitlaw_volatile_overrides", contract.volatile_overrides)
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base=None):
+            base = compose("config", overrides=fixed, return_hydra_config=True)
+            params = dict(OmegaConf.to_container(base.hydra.sweeper.params) or {})
+            # BasicSweeper: the experiment's params, then the command line's, a later key replacing an earlier
+            lines = [f"{k}={v}" for k, v in params.items()] + [o.input_line for o in parsed]
+            axes: dict[str, list[Any]] = {}
+            for o in OverridesParser.create().parse_overrides(lines):
+                key = o.get_key_element()
+                values = (
+                    list(o.sweep_string_iterator())
+                    if o.is_sweep_override()
+                    else [o.get_value_element_as_str()]
+                )
+                axes[key] = [OverridesParser.create().parse_override(f"{key}={v}") for v in values]
+            rows = _compose_jobs(axes, compose, OmegaConf, contract)
+    except (HydraException, OmegaConfBaseException) as err:
+        allowed = ", ".join(sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+        reason = (str(err).strip() or str(err.__cause__ or "") or type(err).__name__).splitlines()[0]
+        raise InputError(
+            f"experiment: cannot compose {' '.join(overrides)} ({reason}); experiments: {allowed}"
+        ) from None
+    return pd.DataFrame(rows)
+
+
+def _is_value_key(key: str) -> bool:
+    """A plain dotted key (train.tokens), as opposed to a config group selection (model, point) or a +/~ edit:
+    Hydra applies such an override by setting the key on the composed config, so we may do the same."""
+    return not key.startswith(("+", "~")) and not (CONF_DIR / key.split("@")[0]).is_dir()
+
+
+def _compose_jobs(axes: dict[str, list[Any]], compose: Any, omegaconf: Any, contract: Any) -> list[dict]:
+    """Every job of the product, composing once per combination of the group axes (a compose costs ~0.2 s:
+    Hydra re-reads the defaults tree) and setting the plain keys on a copy, which is what Hydra does too."""
+    group_keys = [k for k in axes if not _is_value_key(k)]
+    composed: dict[tuple[str, ...], Any] = {}
+    rows = []
+    for job in itertools.product(*axes.values()):
+        chosen = dict(zip(axes, job, strict=True))
+        groups = tuple(chosen[k].input_line for k in group_keys)
+        if groups not in composed:
+            composed[groups] = compose("config", overrides=list(groups))
+        cfg = composed[groups].copy()
+        for key in axes:
+            if key not in group_keys:
+                omegaconf.update(cfg, key, chosen[key].value(), merge=True)
+        rows.append(_job_row(cfg, contract))
+    return rows
+
+
+def _job_row(cfg: Any, contract: Any) -> dict[str, Any]:
+    m, q, t = cfg.model, cfg.quant, cfg.train
+    counts = contract.param_counts(m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_dim, m.vocab_size)
+    # as sweep/train.py: the target tokens, rounded up to whole batches (D = tokens seen, gather's D)
+    target = int(float(t.tokens)) if t.tokens is not None else int(t.tokens_per_param * counts["N_quant"])
+    tokens = max(1, math.ceil(target / t.batch_tokens)) * t.batch_tokens
+    return {
+        "format": str(q.format),
+        "bits": int(q.bits) if q.format != "none" else 16,
+        "P": contract.bits_per_weight(q.format, int(q.bits), int(q.block_size), bool(q.binary_mean)),
+        "N": float(counts["N_quant"]),
+        "D": float(tokens),
+        "seed": int(t.seed),
+        "model.d_model": m.d_model,
+        "model.n_layers": m.n_layers,
+        "model.vocab_size": m.vocab_size,
+        "train.seq_len": t.seq_len,
+    }
+
+
+def load_grid(items: list[str]) -> tuple[Any, str]:
+    from fit.plan import grid_table
+    from fit.table import read_frame
+
+    if items[0].startswith("experiment="):
+        return grid_table(experiment_grid(items)), " ".join(items)
+    if len(items) > 1 or "=" in items[0]:
+        raise InputError(
+            f"TABLE | experiment=NAME: got {' '.join(items)!r}; give one table file, or experiment=NAME "
+            "first followed by Hydra overrides"
+        )
+    return grid_table(read_frame(items[0])), items[0]
+
+
+# ----------------------------------------------------------------------------- the law and its noise
+
+
+def default_noise(fit: Any) -> tuple[float, str]:
+    """The fit's recorded seed spread, else the spread across seeds in its data table, else 0.5 %."""
+    from fit.plan import DEFAULT_NOISE, seed_spread
+    from fit.table import read_frame
+
+    recorded = fit.data.get("seed_spread")
+    if isinstance(recorded, int | float) and recorded > 0:
+        return float(recorded), f"the seed spread recorded in {fit.path}"
+    data = fit.data.get("data") or {}
+    path = Path(str(data.get("path", "")))
+    if path.is_file():
+        try:
+            frame = read_frame(path)
+        except InputError:
+            frame = None
+        if frame is not None:
+            names = {k: v for k, v in (fit.data.get("columns") or {}).items() if v in frame}
+            frame = frame.rename(columns={v: k for k, v in names.items()})
+            spread = seed_spread(frame)
+            if spread:
+                return spread, f"the seed spread of {path}"
+    return DEFAULT_NOISE, "default; the fit records no seed spread"
+
+
+def fit_options(fit: Any, source: Any, grid: str | None) -> Any:
+    """Replicas are fitted as `bitlaw fit --law precision --by format` fitted the source (its objective)."""
+    from fit.engine import FitOptions
+    from fit.objective import Objective
+
+    common = {"law": "precision", "by": "format", "extrapolate": False, "profile": False, "progress": False}
+    # extrapolation and the γ profile are extra fits that change neither the parameters nor the flags
+    if fit is None:
+        tie = all(law.params.get("alpha") == law.params.get("beta") for law in source.laws.values())
+        return FitOptions(tie=tie, grid=grid or "default", **common)
+    d, options = fit.data, fit.data.get("options") or {}
+    objective = Objective(
+        str(d.get("loss", "huber")),
+        float(d.get("delta", 1e-3)),
+        str(d.get("space", "log")),
+        float(d.get("asym_weight") or 10.0),
+    )
+    return FitOptions(
+        tie=bool(options.get("tie_exponents")),
+        offset=bool(options.get("offset")),
+        objective=objective,
+        grid=grid or str(options.get("grid", "default")),
+        **common,
+    )
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.noise is not None and not (math.isfinite(args.noise) and args.noise >= 0):
+        raise InputError(f"--noise: {args.noise} is not allowed; use a relative noise >= 0, e.g. 0.005")
+    if args.simulations < 2:
+        raise InputError(f"--simulations: {args.simulations} is not allowed; use 2 or more (e.g. 40)")
+    if args.workers < 1:
+        raise InputError(f"--workers: {args.workers} is not allowed; use 1 or more")
+    for name in ("flops_per_s", "tokens_per_s"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise InputError(f"--{name.replace('_', '-')}: {value} is not allowed; use a positive rate")
+
+
+def run(args: argparse.Namespace) -> int:
+    from bitlaw.commands.recommend import load_source
+    from fit.fitfile import load_fit
+    from fit.memory import resolve_arch
+    from fit.plan import DEFAULT_FLOPS_PER_S, plan
+    from fit.recommend import parse_memory
+
+    _check(args)
+    if bool(args.law) == bool(args.preset):
+        raise InputError("--law/--preset: give exactly one (a fit.json, or a preset such as 1bw-kmeans)")
+    started = time.perf_counter()
+    source = load_source(args.law, args.preset)
+    fit = load_fit(args.law) if args.law else None
+    noise, noise_from = (
+        (args.noise, "--noise")
+        if args.noise is not None
+        else (default_noise(fit) if fit else (0.005, "default"))
+    )
+    budget = parse_memory(args.memory)
+    if len(budget) != 1:
+        raise InputError(f"--memory: {args.memory!r} is a list; plan checks one budget (e.g. 8GB)")
+    shapes = resolve_arch(args.arch)
+    grid, label = load_grid(args.grid)
+    report = plan(
+        grid,
+        source,
+        fit_options(fit, source, args.grid_starts),
+        noise,
+        args.simulations,
+        args.seed,
+        budget[0],
+        shapes,
+        args.flops_per_s or DEFAULT_FLOPS_PER_S,
+        args.tokens_per_s,
+        args.workers,
+        progress=None if args.json or not sys.stderr.isatty() else lambda m: print(m, file=sys.stderr),
+    )
+    report.update(grid=label, noise_from=noise_from, arch=args.arch, seconds=time.perf_counter() - started)
+    print(json.dumps(report, indent=2, allow_nan=False, default=str) if args.json else render(report))
+    return 0
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def _compute_line(c: dict[str, Any]) -> str:
+    from fit.recommend import format_count
+
+    return (
+        f"{c['runs']} runs, {c['trunks']} trunks, {format_count(c['tokens'])} tokens, "
+        f"{c['flops']:.3g} FLOPs, "
+        f"{c['hours']:.3g} h at {c['throughput']}"
+    )
+
+
+def render(report: dict[str, Any]) -> str:
+    from fit.recommend import format_bytes
+
+    lines = [
+        f"plan: {report['grid']}; law {report['source']}; noise {100 * report['noise']:.3g} % "
+        f"({report['noise_from']}); {report['simulations']} simulated replicas, each fitted as `bitlaw fit "
+        "--law precision --by format`"
+    ]
+    for fmt, f in report["formats"].items():
+        lines += ["", f"format {fmt}: {f['n_rows']} runs with the {f['n_anchor_rows']} 16-bit anchors"]
+        lines.append(f"  {'param':<7} {'truth':>11}  {'expected 95% interval':<27} identified")
+        for name, p in f["parameters"].items():
+            lo, hi = p["interval"]
+            truth = "" if p["truth"] is None else f"{p['truth']:.4g}"
+            mark = "yes" if p["identified"] else "NO"
+            miss = "" if p["covers_truth"] in (None, True) else "  (misses the truth)"
+            lines.append(f"  {name:<7} {truth:>11}  [{lo:<11.4g}, {hi:<11.4g}]  {mark}{miss}")
+        for flag in f["flags"]:
+            lines.append(
+                f"  flag {flag['name']} in {100 * flag['share']:.0f} % of replicas ({flag['example']})"
+            )
+        if not f["flags"]:
+            lines.append("  flags: none fired")
+        b = f["best_bits"]
+        if b.get("share") is None:
+            lines.append(f"  best bit width: not checked ({b.get('reason')})")
+        else:
+            spread = ", ".join(f"{k}-bit {100 * v:.0f} %" for k, v in b["replica_bits"].items())
+            lines.append(
+                f"  best bit width at {format_bytes(b['memory_bytes'])} ({report['arch']}): "
+                f"truth {b['truth_bits']}-bit;"
+                f" {100 * b['share']:.0f} % of replicas agree ({spread})"
+            )
+        lines.append(f"  compute of these runs: {_compute_line(f['compute'])}")
+    c = report["compute"]
+    lines += ["", f"compute, whole grid: {_compute_line(c)}", f"  FLOPs = {c['flops_formula']}"]
+    lines += [f"note: {n}" for n in report["notes"]]
+    lines.append(f"({report['seconds']:.1f} s)")
+    return "\n".join(lines)
