@@ -183,9 +183,18 @@ def summarise_parameters(truth: dict[str, float], entries: list[dict[str, Any]])
             limit = RATIO_LIMIT.get(name, DEFAULT_RATIO_LIMIT)
             narrow = bool(lo > 0 and hi / lo <= limit)
         value = truth.get(name)
+        reasons = []
+        if finite.size != values.size:
+            reasons.append("non-finite estimates")
+        if unflagged < UNFLAGGED_SHARE:
+            flagged = sorted({flag_name(f) for e in entries for f in e["flags"] if name in flagged_params(f)})
+            reasons.append(f"flagged in {100 * (1 - unflagged):.0f} % of replicas ({', '.join(flagged)})")
+        if not narrow:
+            reasons.append("interval too wide")
         out[name] = {
+            "why_not": "; ".join(reasons) or None,
             "interval": [float(lo), float(hi)],
-            "identified": bool(finite.size == values.size and unflagged >= UNFLAGGED_SHARE and narrow),
+            "identified": not reasons,
             "truth": value,
             "covers_truth": None if value is None else bool(lo <= value <= hi),
             "unflagged_share": float(unflagged),

@@ -36,10 +36,11 @@ def test_gamma_unidentified_without_anchor_identified_with_it():
     assert gamma_without["identified"] is False
     fired = {f["name"]: f["share"] for f in without["formats"]["kmeans"]["flags"]}
     assert fired.get("no_16bit_anchor") == 1.0
+    assert "no_16bit_anchor" in gamma_without["why_not"]
 
     kmeans = with_anchor["formats"]["kmeans"]
     gamma = kmeans["parameters"]["gamma"]
-    assert gamma["identified"] is True
+    assert gamma["identified"] is True and gamma["why_not"] is None
     lo, hi = gamma["interval"]
     assert lo <= KMEANS_TRUTH["gamma"] <= hi and hi / lo < 1.5
     assert "no_16bit_anchor" not in {f["name"] for f in kmeans["flags"]}

@@ -293,7 +293,7 @@ def render(report: dict[str, Any]) -> str:
         for name, p in f["parameters"].items():
             lo, hi = p["interval"]
             truth = "" if p["truth"] is None else f"{p['truth']:.4g}"
-            mark = "yes" if p["identified"] else "NO"
+            mark = "yes" if p["identified"] else f"NO: {p['why_not']}"
             miss = "" if p["covers_truth"] in (None, True) else "  (misses the truth)"
             lines.append(f"  {name:<7} {truth:>11}  [{lo:<11.4g}, {hi:<11.4g}]  {mark}{miss}")
         for flag in f["flags"]:
