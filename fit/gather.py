@@ -20,6 +20,7 @@ import yaml
 from fit.errors import InputError
 from sweep import contract
 
+MISMATCHED = "mismatched"  # Skipped.status of a run dir whose run.json is another run's
 N_COLUMNS = {"quant": "N_quant", "nonembed": "N_nonembed", "total": "N_total"}
 LEADING = [
     "run",
@@ -42,7 +43,7 @@ LEADING = [
 @dataclass
 class Skipped:
     run_dir: Path
-    status: str  # diverged | failed | running | unreadable
+    status: str  # diverged | failed | running | unreadable | mismatched
     reason: str
 
 
@@ -90,6 +91,19 @@ def _last_val_loss(records: list[dict[str, Any]]) -> float | None:
     return None
 
 
+def _identity_mismatch(meta: dict[str, Any], config: dict[str, Any] | None) -> str | None:
+    """Why run.json does not belong to this run dir's config.yaml (the resolved config its job wrote), or
+    None. A copied or stale run.json would otherwise put this run's loss under another run's identity."""
+    run_id = meta.get("run_id")
+    if not config or not isinstance(run_id, str):
+        return None  # nothing to check against (a job that died before writing config.yaml)
+    expected = contract.compute_run_id(config)
+    if run_id == expected:
+        return None
+    return (f"run.json says run_id {run_id} but config.yaml gives {expected}: run.json belongs to another "
+            "run; move this dir aside and re-run its sweep to train it again")
+
+
 def read_run(run_dir: Path, sweep: Path, n_convention: str, result: Gathered, include_all: bool) -> None:
     """Append the run's row to ``result.rows``, or record why it is skipped."""
     meta = contract.read_json(run_dir / contract.RUN)
@@ -124,6 +138,11 @@ def read_run(run_dir: Path, sweep: Path, n_convention: str, result: Gathered, in
             result.warnings.append(
                 f"{config_path}: unreadable ({str(err).splitlines()[0]}); config columns empty"
             )
+    mismatch = _identity_mismatch(meta, config if config_path.name == contract.CONFIG else None)
+    if mismatch:
+        # never a row, even with --all: its numbers would be filed under another run's id, format and bits
+        result.skipped.append(Skipped(run_dir, MISMATCHED, mismatch))
+        return
     loss = summary.get("final_val_loss")
     if status == "completed" and not isinstance(loss, (int, float)):
         loss = _last_val_loss(records)

@@ -63,10 +63,37 @@ def write_failure(run_dir: Path, reason: str) -> None:
                                           "wall_s": 0.0, "reason": reason, "steps": 0})
 
 
+def _is_main_rank() -> bool:
+    """Whether this process is rank 0 of its job (before torch.distributed is set up): the rank that writes
+    the run dir, and so the one that holds its lock."""
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        import submitit
+
+        return submitit.JobEnvironment().global_rank == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def run_job(cfg: DictConfig) -> dict[str, Any]:
+    import contextlib
+
+    from sweep.status import RunDirBusy, hold_run_dir
+
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        # held for the job's life, so a second submitter's job on this dir stops before reading or writing it
+        with hold_run_dir(run_dir) if _is_main_rank() else contextlib.nullcontext():
+            return _train_in(cfg, hydra_cfg, run_dir, multirun)
+    except RunDirBusy as err:
+        # the dir belongs to the job that holds it: write nothing there (no failed summary)
+        print(f"sweep: error: {err}", file=sys.stderr)
+        if not multirun:
+            sys.exit(2)
+        return {"status": "busy", "reason": str(err)}
+
+
+def _train_in(cfg: DictConfig, hydra_cfg: Any, run_dir: Path, multirun: bool) -> dict[str, Any]:
     from sweep.train import EXIT_PREEMPTED, Preempted, train
 
     try:

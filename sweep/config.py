@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sweep.data import CORPORA, TOKEN_DTYPES, DataConfig
-from sweep.model import ModelConfig
+from sweep.model import ModelConfig, param_counts
 from sweep.quant import FORMATS, SCALES, QuantConfig
 from sweep.wandb_logger import MODES, WandbConfig
 
@@ -39,12 +41,14 @@ class TrainConfig:
     warmup: float = 0.05  # < 1: fraction of steps; >= 1: steps
     schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay)
     decay_fraction: float = 0.2  # wsd: the last share of steps that decays
+    branches: list = field(default_factory=list)  # wsd: token budgets D_i < tokens, each a cooldown branch
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
     eval_every: float = 0.1  # < 1: fraction of steps; >= 1: steps
-    eval_tokens: int = 8192
+    eval_tokens: int = 8192  # the fixed validation set of the final evaluations
+    mid_eval_tokens: int | None = None  # the curve's evaluations use its first this-many tokens (null: all)
     final_evals: int = 3  # final_val_loss = mean of the last k evaluations
     final_eval_spacing: float = 0.01  # the last k evaluations are this far apart (fraction or steps)
     diverge_loss: float | None = None  # train loss above this = diverged (default 1.5·ln(vocab))
@@ -76,7 +80,27 @@ def _build(cls: type, section: dict[str, Any] | None, prefix: str) -> Any:
     unknown = sorted(set(section) - known)
     if unknown:
         raise ConfigError(f"{prefix}.{unknown[0]}: unknown key; allowed: {', '.join(sorted(known))}")
+    hints = typing.get_type_hints(cls)
+    for key, value in section.items():
+        _check_type(value, hints[key], f"{prefix}.{key}")
     return cls(**section)
+
+
+def _check_type(value: Any, hint: Any, key: str) -> None:
+    """Numbers and switches must be numbers and switches: a value such as `train.lr=abc` reaches the
+    dataclass as a string and would otherwise fail later with a bare TypeError or ValueError."""
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    args = typing.get_args(hint) if union else (hint,)
+    optional = type(None) in args
+    if value is None:
+        _require(optional, f"{key} must be set (null is not allowed)")
+        return
+    if bool in args:
+        _require(isinstance(value, bool), f"{key} must be true or false, got {value!r}")
+    elif int in args or float in args:
+        # int fields take floats too: token counts are written 1.5e9 and validated as numbers below
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool),
+                 f"{key} must be a number{' or null' if optional else ''}, got {value!r}")
 
 
 def from_dict(cfg: dict[str, Any], check_paths: bool = True) -> JobConfig:
@@ -138,6 +162,15 @@ def validate(job: JobConfig, check_paths: bool = True) -> None:
         _require(t.tokens_per_param > 0, f"train.tokens_per_param must be > 0, got {t.tokens_per_param!r}")
     _positive_int(t.seq_len, "train.seq_len")
     _positive_int(t.batch_tokens, "train.batch_tokens")
+    # a step trains a whole batch: a target below one batch would silently train batch_tokens instead
+    if t.tokens is not None:
+        _require(float(t.tokens) >= t.batch_tokens, f"train.tokens ({t.tokens}) must be >= "
+                 f"train.batch_tokens ({t.batch_tokens}), the tokens of one step; raise it or lower "
+                 "train.batch_tokens")
+    elif t.tokens_per_param is not None:
+        target = t.tokens_per_param * param_counts(m)["N_quant"]
+        _require(target >= t.batch_tokens, f"train.tokens_per_param ({t.tokens_per_param}) × N_quant gives "
+                 f"{target:.0f} tokens, less than train.batch_tokens ({t.batch_tokens}), one step")
     _require(t.seq_len <= m.max_seq_len, f"train.seq_len ({t.seq_len}) must be <= model.max_seq_len "
              f"({m.max_seq_len})")
     _require(t.batch_tokens % t.seq_len == 0, f"train.batch_tokens ({t.batch_tokens}) must be a multiple of "

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -49,16 +50,18 @@ from sweep.contract import (
     slurm_state_word,
 )
 from sweep.slurm import SubmissionError, active_slurm_states, check_slurm_reachable, sbatch_error_line
+from sweep.status import lock_holder
 
 OUTCOMES_FILE = "outcomes.jsonl"  # SWEEP_DIR/.bitlaw/: one line per run outcome, appended as runs end
 _POLL_S = 1.0           # how often to look for result pickles (a stat per job)
 _SCHEDULER_POLL_S = 3.0  # how often to ask the scheduler (one sacct call for all jobs)
+_CANCEL_WAIT_S = 10.0    # after ^C/SIGTERM: how long to wait for cancelled local jobs to exit
 
 
 @dataclass
 class RunOutcome:
     run: str
-    state: str  # done | failed | cancelled | skipped | queued | submitted
+    state: str  # done | failed | cancelled | skipped | queued | busy | submitted
     job_id: str = ""
     detail: str = ""
     value: Any = None  # what the task returned (done runs), handed back to the sweeper
@@ -69,22 +72,47 @@ def _completed_summary(run_dir: Path) -> dict | None:
     return summary if summary and summary.get("status") == "completed" else None
 
 
-def _expected_run_id(config: Any) -> str | None:
-    """The run_id the job will compute for this config (the contract), or None if it cannot resolve here."""
+def _task_config(config: Any) -> dict | None:
+    """What run_job hands the task: the config without its `hydra` node, resolved; None if an interpolation
+    only the job can resolve (an environment variable of the cluster, say) stops it here.
+    A mandatory value left unset (???) is a SubmissionError: no job could run."""
     import copy
 
     from omegaconf import OmegaConf, open_dict, read_write
+    from omegaconf.errors import MissingMandatoryValue
 
-    from sweep.contract import compute_run_id
-
-    # What run_job hands the task: the config without its `hydra` node, resolved.
     task = copy.deepcopy(config)
     with read_write(task), open_dict(task):
         del task["hydra"]
     try:
-        return compute_run_id(OmegaConf.to_container(task, resolve=True))
-    except Exception:  # an interpolation only the job can resolve; the job checks run_id itself
+        return OmegaConf.to_container(task, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        raise SubmissionError(f"{err.full_key}: a mandatory value is not set (???); set it with "
+                              f"{err.full_key}=VALUE") from None
+    except Exception:  # the job resolves it and checks the config and its run_id itself
         return None
+
+
+def _expected_run_id(task: dict | None) -> str | None:
+    """The run_id the job will compute for this config (the contract), or None if it cannot resolve here."""
+    from sweep.contract import compute_run_id
+
+    return compute_run_id(task) if task is not None else None
+
+
+def _validate(task: dict | None, overrides: Sequence[str], cluster: str) -> None:
+    """The job's own config checks (sweep/config.py), run at submission so that a bad job of a grid stops
+    the whole submission with one line before anything is queued, instead of failing once it runs."""
+    from sweep.config import ConfigError, from_dict
+
+    if task is None or not {"model", "quant", "train"} <= set(task):
+        return  # not bitlaw's training job (another Hydra app on this launcher): its job checks itself
+    try:
+        # a Slurm job's token file lives on the cluster's file system, which this host may not see
+        from_dict(task, check_paths=cluster != "slurm")
+    except ConfigError as err:
+        job = " ".join(overrides) or "(no overrides)"
+        raise SubmissionError(f"{err} (job: {job}); nothing was submitted") from None
 
 
 def _tail(path: Path, n_lines: int = 5) -> str:
@@ -117,6 +145,7 @@ class SweepLauncher:
         self.total_jobs: int | None = None
         self.started = time.monotonic()
         self.trained = 0  # runs that ended in this invocation (skipped ones excluded from the ETA)
+        self.running: dict[str, tuple[str, Any]] = {}  # job_id -> (run, job): local jobs not yet ended
 
     def progress(self) -> str:
         """'12/54 · 42 left · 2m10s elapsed · ETA 7m35s': runs accounted for so far, for the user."""
@@ -149,14 +178,19 @@ class SweepLauncher:
         to_submit: list[tuple[str, Any, int, list[str]]] = []  # (run, composed config, job_num, overrides)
         returns: list = []
         loader = self.hydra_context.config_loader
-        for offset, overrides in enumerate(job_overrides):
+        composed = []  # every job composed and checked before any is skipped, queued or printed
+        for overrides in job_overrides:
             config = loader.load_sweep_config(self.config, list(overrides))
             # Same resolver-cache copy as Hydra's own launcher: ${now:} etc. agree across jobs.
             OmegaConf.copy_cache(from_config=self.config, to_config=config)
             HydraConfig.instance().set_config(config)
+            task = _task_config(config)
+            _validate(task, overrides, cluster)
+            composed.append((config, _expected_run_id(task)))
+        for offset, (overrides, (config, run_id)) in enumerate(zip(job_overrides, composed, strict=True)):
+            HydraConfig.instance().set_config(config)
             run = str(config.hydra.sweep.subdir)
-            handled = self._already_handled(sweep_dir / run, run, _expected_run_id(config),
-                                            previous.get(run), live)
+            handled = self._already_handled(sweep_dir / run, run, run_id, previous.get(run), live)
             if handled is not None:
                 self._keep(handled)
                 print(f"[sweep] {'skip' if handled.state != 'failed' else 'refuse'} {run}: {handled.detail}"
@@ -174,7 +208,8 @@ class SweepLauncher:
         executor = _make_executor(self.params, cluster)
         job = ComposedJob(self.hydra_context, self.task_function, Singleton.get_state())
         if cluster != "slurm" and len(to_submit) > self.parallel:
-            self._run_rolling(executor, job, to_submit, sweep_dir, cluster)
+            with self._cancel_local_jobs_on_signal():
+                self._run_rolling(executor, job, to_submit, sweep_dir, cluster)
             return returns + self._returns_of(to_submit)
         try:
             # sbatch writes its rejection to the inherited stderr as well as into the exception; keep
@@ -200,8 +235,12 @@ class SweepLauncher:
             return returns + self._returns_of(to_submit)
 
         run_of_job = {j.job_id: run for (run, *_), j in zip(to_submit, jobs, strict=True)}
-        self._wait_for(jobs, cluster,
-                       lambda j, state: self._record(sweep_dir, run_of_job[j.job_id], j, state))
+        if cluster != "slurm":
+            self.running.update({j.job_id: (run_of_job[j.job_id], j) for j in jobs})
+        # Slurm jobs outlive this process by design (a ^C here leaves them queued; `bitlaw status` follows)
+        with self._cancel_local_jobs_on_signal() if cluster != "slurm" else contextlib.nullcontext():
+            self._wait_for(jobs, cluster,
+                           lambda j, state: self._record(sweep_dir, run_of_job[j.job_id], j, state))
         return returns + self._returns_of(to_submit)
 
     def _returns_of(self, submitted: list) -> list:
@@ -223,6 +262,7 @@ class SweepLauncher:
     def _record(self, sweep_dir: Path, run: str, job: Any, final_state: str) -> None:
         """One finished job: its outcome, printed with the sweep's progress."""
         outcome = self._outcome(sweep_dir, run, job, final_state)
+        self.running.pop(job.job_id, None)
         self._keep(outcome)
         self.trained += 1
         print(f"[sweep] {outcome.state:9s} {outcome.run}  {outcome.detail}  [{self.progress()}]", flush=True)
@@ -230,7 +270,7 @@ class SweepLauncher:
     def _run_rolling(self, executor: Any, job: Any, to_submit: list, sweep_dir: Path, cluster: str) -> None:
         """Local jobs through a pool of `parallel` slots: the next run starts as soon as any run ends."""
         pending = list(to_submit)
-        running: dict[str, tuple[str, Any]] = {}  # job_id -> (run, job)
+        running = self.running  # job_id -> (run, job); _record drops a job once it ends
         while pending or running:
             while pending and len(running) < self.parallel:
                 run, config, job_num, overrides = pending.pop(0)
@@ -239,27 +279,77 @@ class SweepLauncher:
                 print(f"[sweep] started   {run}  (job {submitted.job_id})", flush=True)
                 running[submitted.job_id] = (run, submitted)
             time.sleep(_POLL_S)
-            for job_id, (run, submitted) in list(running.items()):
+            for run, submitted in list(running.values()):
                 final_state = _local_final_state(submitted)
                 if final_state is None:
                     continue
-                del running[job_id]
                 self._record(sweep_dir, run, submitted, final_state)
+
+    @contextlib.contextmanager
+    def _cancel_local_jobs_on_signal(self) -> Iterator[None]:
+        """SIGINT or SIGTERM to this submitter ends its local jobs too, and says so. They are its children
+        but not in the way of a `kill PID` (only ^C reaches the whole process group): left running, they
+        would train on unwatched, and the next sweep would start second copies beside them."""
+        signals = (signal.SIGINT, signal.SIGTERM)
+
+        def stop(signum: int, frame: Any) -> None:
+            for sig in signals:  # one clean-up: a second ^C must not interrupt the cancelling
+                signal.signal(sig, signal.SIG_IGN)
+            raise _Interrupted(signum)
+
+        try:
+            previous = {sig: signal.signal(sig, stop) for sig in signals}
+        except ValueError:  # not the main thread: signals cannot be caught here
+            yield
+            return
+        try:
+            yield
+        except _Interrupted as interrupted:
+            self._cancel_running(interrupted.signum)
+            raise SystemExit(128 + interrupted.signum) from None
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _cancel_running(self, signum: int) -> None:
+        jobs = list(self.running.values())
+        for _, job in jobs:
+            job.cancel(check=False)  # SIGINT to submitit's controller, which kills the training process
+        deadline = time.monotonic() + _CANCEL_WAIT_S
+        while time.monotonic() < deadline and not all(job.done() for _, job in jobs):
+            time.sleep(0.1)
+        for run, job in jobs:
+            self._keep(RunOutcome(run, "cancelled", job.job_id, f"submitter stopped by "
+                                  f"{signal.Signals(signum).name}"))
+        self.running.clear()
+        runs = ", ".join(run for run, _ in jobs) or "none were running"
+        print(f"[sweep] stopped by {signal.Signals(signum).name}: cancelled {len(jobs)} local job(s) "
+              f"({runs}); run the same command again to train them (completed runs are skipped)",
+              file=sys.stderr, flush=True)
 
     # ---------------------------------------------------------------- helpers
     @staticmethod
     def _already_handled(run_dir: Path, run: str, expected_run_id: str | None, previous: Submission | None,
                          live: dict[str, str]) -> RunOutcome | None:
         """An outcome for a run that must not be submitted now, else None."""
+        run_id = (read_json(run_dir / "run.json") or {}).get("run_id")
+        if expected_run_id is not None and run_id is not None and run_id != expected_run_id:
+            # Same directory, different experiment (conf/ changed, or a run.json copied from another run):
+            # never overwrite it, and never let its numbers pass for this run's (gather refuses it too).
+            return RunOutcome(run, "failed", detail=f"its run.json holds run_id {run_id} but this job's "
+                              f"config "
+                              f"gives {expected_run_id}; to train it, move the dir aside (mv '{run_dir}' "
+                              f"'{run_dir}.old') and run the same command again, or use a new sweep.name")
         summary = _completed_summary(run_dir)
         if summary is not None:
-            run_id = (read_json(run_dir / "run.json") or {}).get("run_id")
-            if expected_run_id is not None and run_id is not None and run_id != expected_run_id:
-                # Same directory name, different experiment (conf/ changed): never overwrite a result.
-                return RunOutcome(run, "failed", detail=f"its dir holds completed run_id {run_id} but the "
-                                  f"config now gives {expected_run_id}; use a new sweep.name")
             return RunOutcome(run, "skipped", detail=f"completed (run_id {run_id}, "
                                                      f"final_val_loss {_loss(summary)})")
+        holder = lock_holder(run_dir)
+        if holder is not None:
+            # another submitter's job (or a single run) is training this dir now: a second copy would
+            # interleave its metrics and checkpoint; it fails fast on the lock anyway
+            return RunOutcome(run, "busy", detail=f"being trained by {holder} (another submitter?); not "
+                              "submitted again: wait for it, or stop it and run the same command again")
         if previous is not None and previous.job_id in live:
             return RunOutcome(run, "queued", previous.job_id,
                               f"already in Slurm as job {previous.job_id} ({live[previous.job_id]})")
@@ -309,6 +399,9 @@ class SweepLauncher:
             return RunOutcome(run, "failed", job.job_id, summary.get("reason") or _error_line(str(err)))
         if job_return.status == JobStatus.FAILED:
             return RunOutcome(run, "failed", job.job_id, "the task failed")
+        value = job_return.return_value
+        if isinstance(value, dict) and value.get("status") == "busy":  # lost the run dir's lock (app.run_job)
+            return RunOutcome(run, "busy", job.job_id, str(value.get("reason")))
         summary = read_json(run_dir / "summary.json") or {}
         if summary.get("status") == "completed":
             return RunOutcome(run, "done", job.job_id, f"final_val_loss {_loss(summary)}",
@@ -316,6 +409,12 @@ class SweepLauncher:
         if summary:
             return RunOutcome(run, "failed", job.job_id, f"{summary.get('status')}: {summary.get('reason')}")
         return RunOutcome(run, "done", job.job_id, "job returned (no summary.json)")
+
+
+class _Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 @contextlib.contextmanager

@@ -10,8 +10,13 @@ cancelled · running · pending · unknown (no summary and no scheduler record, 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import shutil
+import socket
 import subprocess
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +26,54 @@ from sweep.contract import SLURM_PENDING, SLURM_RUNNING, Submission
 STATES = ("done", "running", "pending", "failed", "cancelled", "unknown")
 _RUN_MARKERS = (contract.RUN, contract.SUMMARY, contract.CONFIG)
 _LOG_TAIL_LINES = 3
+
+
+# The training job holds an flock on this file of its run dir for its whole life (the lock goes with the
+# process, however it dies), so a second job on the same dir (two submitters, a re-run while the first still
+# trains) fails fast instead of interleaving metrics.jsonl and the checkpoint. The file says who holds it.
+LOCK_FILE = ".train.lock"
+
+
+class RunDirBusy(Exception):
+    """Another live process holds the run dir's lock: one line naming the dir and the holder."""
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """'pid 123 on host' while a live job holds `run_dir`'s lock, else None (torch-free: the launcher and
+    `bitlaw status` ask too)."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "an unknown process"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def hold_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir`'s lock while the block runs, or raise RunDirBusy at once if another process holds it."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "an unknown process"
+            raise RunDirBusy(f"run dir {run_dir} is being trained by {holder}; nothing was changed: wait for "
+                             "that job to end (or stop it), then run the same command again") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (unlinking it would race with the next holder)
 
 
 @dataclass
@@ -40,6 +93,8 @@ def sweep_status(sweep_dir: Path, query_slurm: bool = True) -> list[RunStatus]:
     ledger = contract.latest_submissions(sweep_dir)
     run_dirs = contract.walk_run_dirs(sweep_dir, _RUN_MARKERS, include_root=False)
     runs = sorted(set(ledger) | {str(d.relative_to(sweep_dir)) for d in run_dirs})
+    if not runs and (sweep_dir / contract.RUN).is_file():
+        runs = ["."]  # a single run's dir (python -m sweep, hydra.run.dir): the dir is the run
     for run in runs:
         # Sweeps launched with plain `python -m sweep -m hydra/launcher=slurm` have no ledger, but each
         # started job recorded its Slurm id in run.json.
@@ -64,6 +119,9 @@ def _run_status(sweep_dir: Path, run: str, summary: dict | None, submission: Sub
     if status in (contract.FAILED, contract.DIVERGED):
         log = f"; log: {_tail(sweep_dir / submission.stderr, _LOG_TAIL_LINES)}" if submission else ""
         return RunStatus(run, "failed", f"{status}: {summary.get('reason')}{log}", job_id)
+    holder = lock_holder(sweep_dir / run)
+    if holder is not None:  # a live job holds the run dir, whoever submitted it
+        return RunStatus(run, "running", f"training: {holder}", job_id)
     if not submission:
         return RunStatus(run, "unknown", "no summary.json and no recorded job (interrupted local run?)")
     if submission.executor == "local":

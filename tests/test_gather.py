@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from bitlaw import cli
 from fit.law import predict_loss
 from fit.simulate import KMEANS_TRUTH
+from sweep.contract import compute_run_id
 
 SIZES = {"tiny": (48, 2), "small": (96, 4), "base": (192, 6)}  # d_model, n_layers
 
@@ -33,7 +35,7 @@ def write_run(
     n_quant = 12 * d_model * d_model * n_layers
     p_w = 16.0 if fmt == "none" else bits + 0.25
     meta = {
-        "run_id": f"id-{name}",
+        "run_id": None,  # the config's run id, as the job computes it (below)
         "format": fmt,
         "bits": bits,
         "P_w": p_w,
@@ -50,12 +52,16 @@ def write_run(
         "slurm_job_id": None,
         "export": {"bytes": 123},
     }
-    (run_dir / "run.json").write_text(json.dumps(meta))
     config = config_text or (
         f"model:\n  d_model: {d_model}\n  n_layers: {n_layers}\nquant:\n  format: {fmt}\n"
         f"  bits: {bits}\ntrain:\n  lr: 0.003\n  tokens: {tokens}\n  betas: [0.9, 0.95]\n"
     )
     (run_dir / "config.yaml").write_text(config)
+    try:
+        meta["run_id"] = compute_run_id(yaml.safe_load(config))
+    except yaml.YAMLError:  # a config that cannot be read cannot be checked either
+        meta["run_id"] = f"id-{name}"
+    (run_dir / "run.json").write_text(json.dumps(meta))
     loss = float(predict_loss(KMEANS_TRUTH, n_quant, tokens, p_w))
     lines = [
         json.dumps(
@@ -179,8 +185,9 @@ def test_corrupt_metrics_warns_and_never_crashes(capsys, tmp_path) -> None:
     assert cli.main(["gather", str(root), "-o", str(out)]) == 0
     err = capsys.readouterr().err
     assert "skipped 2 unreadable line(s)" in err and "skipped 1 unreadable line(s)" in err
-    table = pd.read_csv(out).set_index("run")
-    assert table.loc["id-a", "n_metrics"] == 1 and table.loc["id-a", "last_val_loss"] == 3.0
+    table = pd.read_csv(out).set_index("run_dir")
+    row = table.loc[str(root / "a")]
+    assert row["n_metrics"] == 1 and row["last_val_loss"] == 3.0
 
 
 def test_yaml_is_never_executed(capsys, tmp_path) -> None:
@@ -205,3 +212,18 @@ def test_gather_errors_are_one_line(capsys, tmp_path) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("bitlaw gather: error: no completed runs") and "failed" in err[0]
     assert not (tmp_path / "r.csv").exists()
+
+
+def test_a_run_dir_holding_another_runs_run_json_is_refused(capsys, tmp_path) -> None:
+    root = tmp_path / "sweep"
+    good = write_run(root, "good", "kmeans", 2, "tiny", 1e6)
+    other = write_run(root, "other", "kmeans", 4, "small", 2e6)
+    # a run.json copied over from another run: format, bits, N and run_id are all that run's
+    (other / "run.json").write_text((good / "run.json").read_text())
+    out = tmp_path / "runs.csv"
+    for flags in ([], ["--all"]):
+        assert cli.main(["gather", str(root), "-o", str(out), *flags]) == 0
+        refused = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("refused:")]
+        assert len(refused) == 1 and str(other) in refused[0] and "belongs to another run" in refused[0]
+        table = pd.read_csv(out)
+        assert list(table["run_dir"]) == [str(good)]  # never a row under the other run's id

@@ -111,13 +111,13 @@ def test_local_jobs_use_the_process_table_and_no_slurm(tmp_path, fake_slurm):
 def test_cli_prints_a_line_per_run_and_totals(tmp_path, fake_slurm, capsys):
     sweep = tmp_path / "sweep"
     make_sweep(sweep)
-    assert bitlaw(["status", str(sweep)]) == 0
+    assert bitlaw(["status", str(sweep)]) == 1  # it has failed and cancelled runs
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 9
     assert lines[-1] == "8 runs: 1 done, 1 running, 1 pending, 3 failed, 1 cancelled, 1 unknown"
     assert any(line.startswith("pending   a=pending") and "[7_0]" in line for line in lines)
 
-    assert bitlaw(["status", str(sweep), "--json"]) == 0
+    assert bitlaw(["status", str(sweep), "--json"]) == 1
     payload = json.loads(capsys.readouterr().out)
     assert payload["totals"]["failed"] == 3 and len(payload["runs"]) == 8
 
@@ -125,7 +125,7 @@ def test_cli_prints_a_line_per_run_and_totals(tmp_path, fake_slurm, capsys):
 def test_cli_without_slurm_queries_reports_unknown(tmp_path, fake_slurm, capsys):
     sweep = tmp_path / "sweep"
     make_sweep(sweep)
-    assert bitlaw(["status", str(sweep), "--no-slurm", "--json"]) == 0
+    assert bitlaw(["status", str(sweep), "--no-slurm", "--json"]) == 1
     totals = json.loads(capsys.readouterr().out)["totals"]
     assert totals["done"] == 1 and totals["failed"] == 1 and totals["unknown"] == 6
     assert not fake_slurm.exists()
@@ -149,3 +149,24 @@ def test_runs_without_a_ledger_use_the_slurm_id_in_run_json(tmp_path, fake_slurm
     write_json(sweep / "a=2" / "run.json", {"run_id": "r2", "slurm_job_id": "7_1"})
     got = {s.run: (s.state, s.job_id) for s in sweep_status(sweep)}
     assert got == {"a=1": ("cancelled", "8"), "a=2": ("running", "7_1")}
+
+
+def test_a_finished_single_run_dir_is_its_own_run_and_a_clean_sweep_exits_0(tmp_path, capsys):
+    write_json(tmp_path / "run.json", {"run_id": "r1"})
+    write_json(tmp_path / "summary.json", {"status": "completed", "final_val_loss": 3.2})
+    assert bitlaw(["status", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("done") and "final_val_loss 3.2" in lines[0] and lines[-1] == "1 runs: 1 done"
+    write_json(tmp_path / "summary.json", {"status": "failed", "reason": "boom"})
+    assert bitlaw(["status", str(tmp_path)]) == 1
+    assert "failed: boom" in capsys.readouterr().out
+
+
+def test_a_run_dir_held_by_a_live_job_is_running_without_a_ledger(tmp_path):
+    from sweep.status import hold_run_dir
+
+    write_json(tmp_path / "sweep" / "a=1" / "run.json", {"run_id": "r1"})
+    with hold_run_dir(tmp_path / "sweep" / "a=1"):
+        [held] = sweep_status(tmp_path / "sweep", query_slurm=False)
+        assert held.state == "running" and f"pid {os.getpid()}" in held.detail
+    assert sweep_status(tmp_path / "sweep", query_slurm=False)[0].state == "unknown"

@@ -41,7 +41,7 @@ def _parquet_safe(frame):
 
 
 def run(args: argparse.Namespace) -> int:
-    from fit.gather import gather, to_frame
+    from fit.gather import MISMATCHED, gather, to_frame
 
     output = Path(args.output)
     if output.suffix.lower() not in SUFFIXES:
@@ -52,7 +52,10 @@ def run(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     for skipped in result.skipped:
-        print(f"not completed: {skipped.run_dir}: {skipped.status} ({skipped.reason})", file=sys.stderr)
+        if skipped.status == MISMATCHED:
+            print(f"refused: {skipped.run_dir}: {skipped.reason}", file=sys.stderr)
+        else:
+            print(f"not completed: {skipped.run_dir}: {skipped.status} ({skipped.reason})", file=sys.stderr)
     if not result.rows:
         raise InputError(
             f"no completed runs under {', '.join(args.sweep_dirs)} "

@@ -1,0 +1,117 @@
+"""Paths a new user walks (issue 13): each ends in a true answer or one clear line, and loses no data.
+
+Launcher behaviour is checked with the torch-free stand-in app (tests/slurm_app) on the local launcher, so
+each sweep takes a few seconds; the QAT job itself is started only where its own code is what is tested.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sweep.status import LOCK_FILE, hold_run_dir, lock_holder
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+# the QAT job, as short as a run gets: 2 steps of 1024 tokens on the tiny rung
+FAST = ["model=tiny", "train.tokens=2048", "train.batch_tokens=1024", "train.seq_len=64", "train.threads=1",
+        "train.eval_tokens=1024", "data.max_bytes=2000000", "logger.wandb.mode=disabled"]
+
+
+def stand_in(sweep: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "tests.slurm_app", "-m", "hydra/launcher=local", f"hydra.sweep.dir={sweep}",
+            *overrides]
+
+
+def run(cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def sweep_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sweep", *args]
+
+
+def ledger(sweep: Path) -> list[dict]:
+    path = sweep / ".bitlaw" / "jobs.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+# ----------------------------------------------------------------------------- identity of a run dir
+def test_resweep_of_a_dir_holding_another_runs_run_json_says_what_to_do(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    assert run(stand_in(sweep, "value=1")).returncode == 0
+    meta = json.loads((sweep / "value=1" / "run.json").read_text())
+    (sweep / "value=1" / "run.json").write_text(json.dumps({**meta, "run_id": "0123456789abcdef"}))
+    again = run(stand_in(sweep, "value=1"))
+    line = next(ln for ln in again.stdout.splitlines() if ln.startswith("[sweep] refuse value=1"))
+    assert "run_id 0123456789abcdef" in line and "move the dir aside" in line and "mv " in line
+    assert again.returncode == 1  # the sweep did not produce this run's result
+    assert json.loads((sweep / "value=1" / "run.json").read_text())["run_id"] == "0123456789abcdef"
+
+
+# ----------------------------------------------------------------------------- one job per run dir
+def test_a_second_job_on_a_held_run_dir_fails_fast_and_touches_nothing(tmp_path) -> None:
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "state.pt").write_bytes(b"the holder's checkpoint")
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+    with hold_run_dir(tmp_path):  # this test process plays the job that is training the dir
+        assert lock_holder(tmp_path) == f"pid {os.getpid()} on {os.uname().nodename}"
+        started = time.monotonic()
+        out = run(sweep_cmd(*FAST, f"hydra.run.dir={tmp_path}"))
+        took = time.monotonic() - started
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(tmp_path) in lines[0] and f"pid {os.getpid()}" in lines[0], lines
+    assert (tmp_path / "checkpoint" / "state.pt").read_bytes() == b"the holder's checkpoint"
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "run.json").exists()
+    assert took < 60
+    assert lock_holder(tmp_path) is None  # released with its holder
+
+
+def test_the_lock_is_held_while_training_and_released_after(tmp_path) -> None:
+    out = run(sweep_cmd(*FAST, f"hydra.run.dir={tmp_path}"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / LOCK_FILE).read_text().startswith("pid ")  # the holder's name stays for the next one
+    assert lock_holder(tmp_path) is None
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_second_submitter_skips_a_run_another_is_training(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    with hold_run_dir(sweep / "value=1"):  # the first submitter's job, still training value=1
+        out = run(stand_in(sweep, "value=1,2"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("[sweep] skip value=1"))
+    assert f"being trained by pid {os.getpid()}" in line
+    assert [r["run"] for r in ledger(sweep)] == ["value=2"]  # value=1 was never submitted again
+    assert not (sweep / "value=1" / "summary.json").exists()
+    assert "1 busy" in out.stdout and "1 done" in out.stdout
+
+
+@pytest.mark.parametrize("parallel", [1, 2], ids=["rolling-pool", "one-batch"])
+def test_killing_the_local_submitter_cancels_its_jobs(tmp_path, parallel: int) -> None:
+    sweep = tmp_path / "sweep"
+    cmd = stand_in(sweep, "value=1,2", "sleep_s=120", f"hydra.launcher.parallel={parallel}")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(ledger(sweep)) < parallel and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pids = [r["job_id"] for r in ledger(sweep)]
+    assert len(pids) == parallel and all(Path(f"/proc/{pid}").exists() for pid in pids)
+    time.sleep(1.0)  # the submitter is now in its wait loop
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert f"stopped by SIGTERM: cancelled {parallel} local job(s)" in err
+    assert "run the same command again" in err
+    for pid in pids:  # the jobs (submitit's controller and its training process) are gone, not orphaned
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert not any((sweep / f"value={v}" / "summary.json").exists() for v in (1, 2))
