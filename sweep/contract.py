@@ -127,6 +127,9 @@ VOLATILE_KEYS = (
     "train.save_export",
     "hydra",
 )
+# Keys added after runs existed, whose empty value (null, []) means what the runs did before the key existed:
+# left out of the run id while empty, so older runs keep their ids.
+OPTIONAL_KEYS = ("train.branches", "train.mid_eval_tokens")
 # Config-group selections that never appear in the resolved config (their contents do, key by key).
 DIRNAME_ONLY_KEYS = ("experiment",)
 
@@ -163,9 +166,19 @@ def drop_keys(config: dict, dotted_keys: Sequence[str]) -> dict:
     return out
 
 
+def _lookup(config: dict, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def compute_run_id(resolved_config: dict) -> str:
-    """16 hex chars of SHA-256 over the canonical JSON of the resolved config minus volatile keys."""
-    canonical = json.dumps(drop_keys(resolved_config, VOLATILE_KEYS), sort_keys=True, separators=(",", ":"))
+    """16 hex chars of SHA-256 over the canonical JSON of the resolved config minus volatile keys (and
+    optional keys left empty)."""
+    empty = [key for key in OPTIONAL_KEYS if _lookup(resolved_config, key) in (None, [], ())]
+    canonical = json.dumps(drop_keys(resolved_config, (*VOLATILE_KEYS, *empty)), sort_keys=True,
+                           separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

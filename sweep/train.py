@@ -18,12 +18,13 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from sweep import branches as branching
 from sweep import checkpoint, data, distributed, export, quant
 from sweep.config import ConfigError, JobConfig, default_threads, from_dict, resolve_device
 from sweep.contract import (
@@ -36,6 +37,15 @@ from sweep.contract import (
     atomic_write_text,
     compute_run_id,
     read_json,
+)
+from sweep.loop import (
+    Outcome,
+    Segment,
+    Trainer,
+    evaluation_steps,
+    final_evaluation_steps,
+    final_loss,
+    steps_from,
 )
 from sweep.model import Llama, param_counts
 from sweep.rundir import MetricsLog
@@ -111,36 +121,6 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(TrainJob(self.cfg, self.run_dir))
 
 
-def steps_from(value: float, total: int) -> int:
-    """A config value that is a fraction of the run (< 1) or a step count (>= 1)."""
-    return int(round(value * total)) if value < 1 else int(value)
-
-
-def evaluation_steps(total: int, cfg: Any) -> set[int]:
-    """Steps (1-based, after the update) with a validation pass: every ``eval_every`` for the curve, plus
-    the final ``final_evals`` steps spaced ``final_eval_spacing`` apart, whose mean is the final loss (the
-    tail of the schedule, where the loss is flat, rather than points spread over the last 20 % of the run).
-    """
-    every = max(1, steps_from(cfg.eval_every, total))
-    gap = max(1, steps_from(cfg.final_eval_spacing, total))
-    tail = {total - i * gap for i in range(cfg.final_evals) if total - i * gap >= 1}
-    return set(range(every, total + 1, every)) | tail
-
-
-def learning_rate(step: int, total: int, warmup: int, cfg: Any) -> float:
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    floor = cfg.lr * cfg.min_lr_ratio
-    if cfg.schedule == "wsd":
-        decay_start = total - max(1, int(round(cfg.decay_fraction * total)))
-        if step < decay_start:
-            return cfg.lr
-        progress = (step - decay_start) / max(1, total - decay_start)
-        return cfg.lr - (cfg.lr - floor) * progress
-    progress = (step - warmup) / max(1, total - warmup)
-    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
-
-
 def git_sha() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -153,44 +133,6 @@ def git_sha() -> str | None:
 def job_ids() -> dict[str, str | None]:
     return {"slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "submitit_job_id": os.environ.get("SUBMITIT_JOB_ID")}
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, val: tuple[torch.Tensor, torch.Tensor], device: torch.device,
-             autocast: Any, batch: int) -> float:
-    model.eval()
-    inputs, targets = val
-    total, count = 0.0, 0
-    for start in range(0, len(inputs), batch):
-        x, y = inputs[start: start + batch].to(device), targets[start: start + batch].to(device)
-        with autocast():
-            logits = model(x)
-        total += float(F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum"))
-        count += y.numel()
-    model.train()
-    return total / count
-
-
-def forward_backward(trainable: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, micro: int,
-                     autocast: Any) -> float:
-    """Accumulate the gradient of the mean loss over this rank's batch, `micro` sequences at a time.
-
-    DDP all-reduces only on the last micro-batch (``no_sync`` before), once per optimizer step.
-    """
-    # x, y: (B_local, T)
-    starts = list(range(0, len(x), micro))
-    total = torch.zeros((), device=x.device)
-    for index, start in enumerate(starts):
-        xb, yb = x[start: start + micro], y[start: start + micro]
-        last = index == len(starts) - 1
-        sync = contextlib.nullcontext() if last or not hasattr(trainable, "no_sync") else trainable.no_sync()
-        with sync:
-            with autocast():
-                logits = trainable(xb)  # (b, T, vocab)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten()) * (len(xb) / len(x))
-            loss.backward()
-        total += loss.detach()
-    return float(total)
 
 
 def check_run_dir(run_dir: Path, run_id: str) -> str:
@@ -253,12 +195,15 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
     if qat_step is not None and qat_step >= total_steps:
         raise ConfigError(f"quant.qat_start ({q.qat_start}) is step {qat_step}, but the run has only "
                           f"{total_steps} steps: QAT would never start; lower it or train longer")
+    warmup = max(1, steps_from(t.warmup, total_steps))
+    plan = branch_plan(job)
     try:
-        val = data.validation_windows(corpus, max(1, t.eval_tokens // t.seq_len), t.seq_len)
+        final_val = data.validation_windows(corpus, max(1, t.eval_tokens // t.seq_len), t.seq_len)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    warmup = max(1, steps_from(t.warmup, total_steps))
-    eval_at = evaluation_steps(total_steps, t)
+    # mid-run evaluations (the curve) on a fixed subset: cheap; the final ones on the whole set: quiet
+    mid_windows = max(1, (t.mid_eval_tokens or t.eval_tokens) // t.seq_len)
+    val = (final_val[0][:mid_windows], final_val[1][:mid_windows])
 
     torch.manual_seed(t.seed)
     model = Llama(m).to(device)
@@ -290,6 +235,10 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
         "sweep": job.sweep_name, "device": device.type, "world_size": dist_info.world_size,
         "threads": torch.get_num_threads(),
     }
+    if plan:
+        run_info.update(trunk=run_id, branches=[b.name for b in plan],
+                        tokens_trained=branching.trained_tokens(total_steps, t.batch_tokens, plan),
+                        tokens_as_separate_runs=branching.separate_tokens(total_steps, t.batch_tokens, plan))
     metrics = MetricsLog(run_dir / METRICS)
     progress: dict[str, Any] = {"evals": [], "wall_s": 0.0}
     start_step = 0
@@ -298,108 +247,117 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
         checkpoint.restore(payload, model=model, optimizer=optimizer)
         start_step, progress = payload["step"], payload["progress"]
         run_info = {**read_json(run_dir / RUN), **job_ids(), "host": platform.node()}
-        log.info("resume: %s from step %d", run_id, start_step)
+        log.info("resume: %s from step %d%s", run_id, start_step,
+                 f" (branch {progress['branch']['name']})" if progress.get("branch") else "")
+    resume_branch = progress.pop("branch", None)
     if dist_info.is_main:
         atomic_write_text(run_dir / CONFIG, OmegaConf.to_yaml(OmegaConf.create(job.raw)))
         (run_dir / SUMMARY).unlink(missing_ok=True)  # a failed attempt's summary: this one is running
         if mode == "resume":
-            metrics.truncate_after(start_step)
+            # inside a branch the trunk stopped at the fork: its log ends there
+            metrics.truncate_after(resume_branch["trunk_step"] if resume_branch else start_step)
         else:
             metrics.path.unlink(missing_ok=True)
+            shutil.rmtree(run_dir / branching.BRANCHES_DIR, ignore_errors=True)  # a fresh trunk's branches
         atomic_write_json(run_dir / RUN, run_info)
     logger = WandbLogger(job.wandb, run_dir, run_id, job.sweep_name, job.raw) if dist_info.is_main else None
+    trunk = Segment(total_steps, evaluation_steps(total_steps, t), metrics, progress["evals"])
 
-    diverge_loss = t.diverge_loss or 1.5 * math.log(m.vocab_size)
-    last_checkpoint_time, interval_train_s, interval_tokens = time.time(), 0.0, 0
-    steps_this_run, status, reason = 0, "completed", None
-    step = start_step
-
-    def save_checkpoint(done_steps: int) -> None:
+    def save_checkpoint(done: int, branch: dict | None) -> None:
         if dist_info.is_main:
             wall = progress["wall_s"] + (time.time() - started)
+            state = {**progress, "evals": trunk.evals, "wall_s": wall}
+            if branch is not None:  # inside a branch: `done` is the branch's step, the trunk is at the fork
+                state["branch"] = {**branch, "trunk_step": trainer.branch_segment.branch.fork_step}
             checkpoint.save(run_dir / CHECKPOINT, model=model, optimizer=optimizer, run_id=run_id,
-                            step=done_steps, progress={**progress, "wall_s": wall})
+                            step=done, progress=state)
+
+    def write_branch(branch: branching.Branch, segment: Segment, outcome: Outcome, wall_s: float) -> None:
+        if not dist_info.is_main:
+            return
+        branch_dir = trainer.branch_dir(branch)
+        config = branching.standalone_config(job.raw, branch)
+        branch_id = compute_run_id(config)
+        final, final_se, n_final = final_loss(segment.evals, segment.eval_at, t.final_evals)
+        completed = outcome.status == "completed"
+        info = {**run_info, "run_id": branch_id, "trunk": run_id, "branch": branch.name,
+                "fork_step": branch.fork_step, "D": branch.steps * t.batch_tokens, "steps": branch.steps}
+        for key in ("branches", "tokens_trained", "tokens_as_separate_runs"):
+            info.pop(key, None)
+        if completed:
+            info["export"] = export.export(model, quantized, q, counts, branch_dir if t.save_export else None)
+        atomic_write_text(branch_dir / CONFIG, OmegaConf.to_yaml(OmegaConf.create(config)))
+        atomic_write_json(branch_dir / RUN, info)
+        atomic_write_json(branch_dir / SUMMARY, {
+            "status": outcome.status, "final_val_loss": final if completed else None,
+            "final_val_loss_se": final_se if completed else None,
+            "tokens_seen": outcome.done * t.batch_tokens,
+            "wall_s": wall_s, "reason": outcome.reason, "steps": outcome.done, "final_evals": n_final,
+            "trunk": run_id, "branch": branch.name})
+        log.info("branch %s: %s, final_val_loss %s", branch.name, outcome.status, final)
+
+    def on_stop(done: int) -> None:
+        log.warning("checkpointed at step %d after signal %s", done, trainer.stop.received)
 
     with StopSignals() as stop:
-        for step in range(start_step, total_steps):
-            step_started = time.time()
-            if qat_step is not None and step == qat_step:
-                quant.switch_on(quantized, q, t.seed)
-            elif qat_step is not None and q.refresh_every and step > qat_step \
-                    and (step - qat_step) % q.refresh_every == 0:
-                quant.refresh(quantized, q, t.seed)
-            lr = learning_rate(step, total_steps, warmup, t)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = data.train_batch(corpus, t.seed, step, n_sequences, t.seq_len, dist_info.rank,
-                                    dist_info.world_size)
-            local_loss = forward_backward(trainable, x.to(device), y.to(device), micro_sequences, autocast)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        trainer = Trainer(
+            job=job, run_dir=run_dir, run_id=run_id, model=model, trainable=trainable, optimizer=optimizer,
+            quantized=quantized, corpus=corpus, val=val, final_val=final_val, device=device,
+            dist_info=dist_info, autocast=autocast, total_steps=total_steps, warmup=warmup, qat_step=qat_step,
+            n_sequences=n_sequences, micro_sequences=micro_sequences, plan=plan, logger=logger,
+            started=started, stop=stop,
+            hooks=SimpleNamespace(save_checkpoint=save_checkpoint, write_branch=write_branch,
+                                  on_stop=on_stop))
+        outcome = trainer.run(trunk, start_step, resume_branch)
+    if outcome.status == "stopped":
+        log.info("stopped after %d steps this run (train.max_steps_this_run); checkpoint at %d",
+                 trainer.steps_this_run, outcome.done)
+        if logger:
+            logger.finish({}, exit_code=0)
+        return {"status": "stopped", "step": outcome.done, "run_id": run_id}
 
-            done = step + 1
-            steps_this_run += 1
-            interval_tokens += t.batch_tokens
-            train_loss = distributed.all_reduce_mean(local_loss, dist_info, device)
-            interval_train_s += time.time() - step_started
-            evaluate_now = done in eval_at
-            record: dict[str, Any] = {"step": done, "tokens": done * t.batch_tokens, "train_loss": train_loss,
-                                      "lr": lr, "phase": "qat" if qat_step is not None and step >= qat_step
-                                      else "warmup"}
-            if evaluate_now:
-                val_loss = evaluate(model, val, device, autocast, micro_sequences)
-                record["val_loss"] = val_loss
-                progress["evals"].append([done, val_loss])
-            if not math.isfinite(train_loss) or train_loss > diverge_loss:
-                status = "diverged"
-                reason = f"train loss {train_loss:.4g} at step {done} (limit {diverge_loss:.3g})"
-            if done % t.log_every == 0 or evaluate_now or status != "completed":
-                # training throughput: update steps only, evaluation time excluded
-                record["tokens_per_s"] = interval_tokens / max(interval_train_s, 1e-9)
-                interval_train_s, interval_tokens = 0.0, 0
-                if dist_info.is_main:
-                    metrics.append(record)
-                    if logger:
-                        logger.log(record, step=done)
-            if status != "completed":
-                break
-
-            stop_now = distributed.any_rank(stop.received is not None, dist_info, device)
-            limit_reached = t.max_steps_this_run is not None and steps_this_run >= t.max_steps_this_run \
-                and done < total_steps
-            periodic = (t.checkpoint_every and done % t.checkpoint_every == 0) or \
-                (time.time() - last_checkpoint_time >= t.checkpoint_every_s)
-            if (stop_now or limit_reached or periodic) and done < total_steps:
-                save_checkpoint(done)
-                last_checkpoint_time = time.time()
-            if stop_now and stop.received is not None:
-                log.warning("checkpointed at step %d after signal %s", done, stop.received)
-                stop.hand_over()
-            if limit_reached:
-                log.info("stopped after %d steps this run (train.max_steps_this_run); checkpoint at %d",
-                         steps_this_run, done)
-                if logger:
-                    logger.finish({}, exit_code=0)
-                return {"status": "stopped", "step": done, "run_id": run_id}
-
+    status, reason, done = outcome.status, outcome.reason, outcome.done
     wall_s = progress["wall_s"] + (time.time() - started)
-    last_evals = [v for _, v in progress["evals"][-t.final_evals:]]
-    final = sum(last_evals) / len(last_evals) if last_evals and status == "completed" else None
-    summary = {"status": status, "final_val_loss": final, "tokens_seen": (step + 1) * t.batch_tokens,
-               "wall_s": wall_s, "reason": reason, "steps": step + 1, "final_evals": len(last_evals)}
+    final, final_se, n_final = final_loss(trunk.evals, trunk.eval_at, t.final_evals)
+    completed = status == "completed"
+    summary = {"status": status, "final_val_loss": final if completed else None,
+               "final_val_loss_se": final_se if completed else None, "tokens_seen": done * t.batch_tokens,
+               "wall_s": wall_s, "reason": reason, "steps": done, "final_evals": n_final}
+    if plan:
+        summary["trunk"] = run_id
+        summary["branches"] = {b.name: (read_json(trainer.branch_dir(b) / SUMMARY) or {}).get("status")
+                               for b in plan}
     if dist_info.is_main:
-        if status == "completed":
+        if completed:
             export_dir = run_dir if t.save_export else None
             run_info["export"] = export.export(model, quantized, q, counts, export_dir)
             atomic_write_json(run_dir / RUN, run_info)
-        if status == "completed" and t.keep_checkpoint:
-            save_checkpoint(step + 1)  # the final latent weights and optimizer, to continue training
+        if completed and t.keep_checkpoint:
+            save_checkpoint(done, None)  # the final latent weights and optimizer, to continue training
         atomic_write_json(run_dir / SUMMARY, summary)
         if not t.keep_checkpoint:
             # the run is final; a cluster-scale checkpoint (fp32 weights + Adam moments) is 16 bytes per
             # parameter, and export.pt already holds the weights as they would be stored
             shutil.rmtree(run_dir / CHECKPOINT, ignore_errors=True)
         if logger:
-            logger.finish(summary, exit_code=0 if status == "completed" else 1)
+            logger.finish(summary, exit_code=0 if completed else 1)
     return {**summary, "run_id": run_id}
+
+
+def branch_plan(job: JobConfig) -> list[branching.Branch]:
+    """The job's branches (sweep/branches.py), with the checks that need the run's step counts."""
+    t, q = job.train, job.quant
+    try:
+        plan = branching.plan_branches(t, q.format, q.qat_start)
+    except branching.BranchError as err:
+        raise ConfigError(str(err)) from None
+    for branch in plan:
+        tail = final_evaluation_steps(branch.steps, t)
+        if tail and min(tail) <= branch.fork_step:
+            raise ConfigError(f"train.final_eval_spacing: the last {t.final_evals} evaluations of branch "
+                              f"{branch.name} start at step {min(tail)}, before its decay (from step "
+                              f"{branch.fork_step}); lower train.final_eval_spacing or train.final_evals")
+        if q.format != "none" and int(q.qat_start) >= branch.steps:
+            raise ConfigError(f"quant.qat_start ({q.qat_start}) is not before the end of branch "
+                              f"{branch.name} ({branch.steps} steps): QAT would never start in it")
+    return plan
