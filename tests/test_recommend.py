@@ -209,6 +209,6 @@ def test_chinchilla_fit_and_missing_source_are_rejected(tmp_path: Path, capsys) 
     code, _, err = run_cli(capsys, "recommend", str(chin), "--memory", "8GB", "--tokens", "1e11")
     assert code == 2 and "needs a precision-law fit" in err
     code, _, err = run_cli(capsys, "recommend", "--memory", "8GB")
-    assert code == 2 and "either FIT.json or --preset" in err
+    assert code == 2 and "FIT.json: required, or --preset NAME" in err
     code, _, err = run_cli(capsys, "recommend", "--preset", "chinchilla", "--memory", "8GB")
     assert code == 2 and "--preset: unknown preset 'chinchilla'; allowed: 1bw-kmeans" in err

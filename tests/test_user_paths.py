@@ -115,3 +115,46 @@ def test_killing_the_local_submitter_cancels_its_jobs(tmp_path, parallel: int) -
     for pid in pids:  # the jobs (submitit's controller and its training process) are gone, not orphaned
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     assert not any((sweep / f"value={v}" / "summary.json").exists() for v in (1, 2))
+
+
+# ----------------------------------------------------------------------------- the analysis commands
+def fit_without_one_bit_runs(tmp_path: Path) -> Path:
+    """The demo's fit as if its data had started at 2 bits (P_w 2.25): what a user's own sweep may give."""
+    fit = json.loads((ROOT / "results" / "demo" / "fit.json").read_text())
+    for entry in fit["fits"].values():
+        if entry.get("P_range"):
+            entry["P_range"] = [max(2.25, entry["P_range"][0]), entry["P_range"][1]]
+    path = tmp_path / "fit.json"
+    path.write_text(json.dumps(fit))
+    return path
+
+
+def test_recommend_defaults_to_the_bit_widths_the_fit_has(tmp_path, capsys) -> None:
+    from bitlaw.cli import main as bitlaw
+
+    fit = fit_without_one_bit_runs(tmp_path)
+    assert bitlaw(["recommend", str(fit), "--memory", "1GB", "--tokens", "1e9", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    compared = {row["bits"] for budget in payload["budgets"] for row in budget["rows"]}
+    assert compared == {2, 3, 4, 16}
+    # asking for 1 bit explicitly is still refused, naming what the fit allows
+    assert bitlaw(["recommend", str(fit), "--memory", "1GB", "--tokens", "1e9", "--bits", "1,2"]) == 2
+    assert "allowed: 2,3,4" in capsys.readouterr().err
+
+
+def test_recommend_without_a_fit_or_preset_says_which_is_missing(capsys) -> None:
+    from bitlaw.cli import main as bitlaw
+
+    assert bitlaw(["recommend", "--memory", "1GB"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "FIT.json: required, or --preset NAME" in err and "not both" not in err
+
+
+def test_plot_into_an_unwritable_path_is_one_line(tmp_path, capsys) -> None:
+    from bitlaw.cli import main as bitlaw
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert bitlaw(["plot", "--preset", "1bw-kmeans", "-o", str(blocker / "plots")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "-o/--output: cannot create directory" in err[0] and str(blocker) in err[0]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
-from bitlaw.commands.recommend import accounting, load_source
+from bitlaw.commands.recommend import BITS_HELP, accounting, chosen_bits, load_source
 from fit.errors import InputError
 from fit.fitfile import load_fit
-from fit.recommend import parse_bits, parse_memory, parse_tokens
+from fit.recommend import parse_memory, parse_tokens
 
 DEFAULT_BUDGETS = "1GB,2GB,4GB,8GB,16GB,32GB,64GB"
 
@@ -29,11 +30,23 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
         default="llama3:continuous",
         help="model family for the memory figures and tables (default llama3:continuous)",
     )
-    parser.add_argument("--bits", default="1,2,3,4,16", help="bit widths to compare (default 1,2,3,4,16)")
+    parser.add_argument("--bits", help=BITS_HELP)
     parser.add_argument(
         "--block-size", type=int, default=64, help="weights per quantization scale (default 64)"
     )
     parser.add_argument("--scale-bits", type=int, default=16, help="bits per stored scale (default 16, bf16)")
+
+
+def output_dir(path: str) -> Path:
+    """-o DIR, created if needed, or one line saying why it cannot be written (before any work)."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"-o/--output: cannot create directory {out}: {err.strerror}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise InputError(f"-o/--output: directory {out} is not writable")
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,23 +68,27 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--data: needs FIT.json (a preset has no runs to compare with)")
     runs = load_runs(fitfile, Path(args.data))[1] if args.data else None
     resolve_arch(args.arch)  # fail on a bad --arch before any drawing
+    acct = accounting(args.block_size, args.scale_bits)
+    budgets, bits = parse_memory(args.memory), tuple(chosen_bits(args.bits, source, acct))
+    tokens = parse_tokens(args.tokens) if args.tokens else None
     params_n = None
     if args.params:
         try:
             params_n = float(args.params)
         except ValueError:
             raise InputError(f"--params: {args.params!r} is not a number of parameters, e.g. 3.9e9") from None
+    out = output_dir(args.output)  # last: a bad option above leaves no empty directory behind
     inputs = PlotInputs(
         source,
         fitfile,
         runs,
-        parse_tokens(args.tokens) if args.tokens else None,
+        tokens,
         params_n,
-        parse_memory(args.memory),
+        budgets,
         args.arch,
-        tuple(parse_bits(args.bits)),
-        accounting(args.block_size, args.scale_bits),
+        bits,
+        acct,
     )
-    for name, path in make_plots(inputs, Path(args.output)).items():
+    for name, path in make_plots(inputs, out).items():
         print(f"{name}: {path}")
     return 0

@@ -36,9 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="llama3",
         help="llama3 | bitlaw (conf/model) | shapes.yaml/.json; each may end in :continuous (default llama3)",
     )
-    parser.add_argument(
-        "--bits", default=",".join(map(str, DEFAULT_BITS)), help="bit widths to compare (16 = bf16)"
-    )
+    parser.add_argument("--bits", help=BITS_HELP)
     parser.add_argument(
         "--format", help="quantization format (default: kmeans if fitted, else the fit's first)"
     )
@@ -51,10 +49,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+BITS_HELP = (f"bit widths to compare, 16 = bf16 (default: those of {','.join(map(str, DEFAULT_BITS))} "
+             "inside the fit's data; all of them for a preset)")
+
+
 def load_source(fit: str | None, preset: str | None) -> LawSource:
-    if bool(fit) == bool(preset):
-        raise InputError("give either FIT.json or --preset (one of: " + ", ".join(PRESETS) + "), not both")
+    presets = ", ".join(PRESETS)
+    if fit and preset:
+        raise InputError(f"give FIT.json or --preset, not both (FIT.json {fit}, --preset {preset})")
+    if not fit and not preset:
+        raise InputError(f"FIT.json: required, or --preset NAME (one of: {presets})")
     return get_preset(preset) if preset else source_from_fit(load_fit(fit))
+
+
+def chosen_bits(given: str | None, source: LawSource, acct: BitAccounting) -> list[int]:
+    """--bits as given, else the default widths every fitted format's data span. (A fixed default failed
+    late, on the first figure or budget, for a fit without 1-bit runs.) Presets have no span: all of them."""
+    if given is not None:
+        return parse_bits(given)
+    keep = list(DEFAULT_BITS)
+    for fmt, p_range in source.p_range.items():
+        if fmt == "none":
+            continue
+        law = source.law(fmt)
+        # the rule of fit.recommend.check_bits_in_range, which refuses a width outside the span
+        keep = [b for b in keep if p_range[0] - 1e-9 <= law.law_p(b, acct.p_w(b, fmt)) <= p_range[1] + 1e-9]
+    return keep or list(DEFAULT_BITS)
 
 
 def accounting(block_size: int, scale_bits: int) -> BitAccounting:
@@ -69,13 +89,13 @@ def run_recommendations(args: argparse.Namespace) -> tuple[LawSource, list[Recom
     """Shared by ``recommend`` and ``report``: parse, validate, rank every budget."""
     source = load_source(args.fit, args.preset)
     budgets = parse_memory(args.memory)
-    bits = parse_bits(args.bits)
+    acct = accounting(args.block_size, args.scale_bits)
+    bits = chosen_bits(args.bits, source, acct)
     shapes = resolve_arch(args.arch)
     law = source.law(args.format or source.default_format)
     if args.tokens is None and law.has_loss:
         raise InputError("--tokens: required to predict a loss (training tokens D, e.g. --tokens 1.5e11)")
     tokens = parse_tokens(args.tokens) if args.tokens is not None else float("nan")
-    acct = accounting(args.block_size, args.scale_bits)
     return source, [recommend(source, m, tokens, shapes, bits, args.format, acct) for m in budgets]
 
 

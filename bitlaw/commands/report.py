@@ -26,7 +26,7 @@ def command_line(args: argparse.Namespace) -> str:
         ("--memory", args.memory, DEFAULT_BUDGETS),
         ("--tokens", args.tokens, None),
         ("--arch", args.arch, "llama3:continuous"),
-        ("--bits", args.bits, "1,2,3,4,16"),
+        ("--bits", args.bits, None),
         ("--block-size", args.block_size, 64),
         ("--scale-bits", args.scale_bits, 16),
     ):
@@ -36,27 +36,31 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bitlaw.commands.recommend import accounting
+    from bitlaw.commands.plot import output_dir
+    from bitlaw.commands.recommend import accounting, chosen_bits
     from fit.errors import InputError
     from fit.fitfile import load_fit
     from fit.memory import resolve_arch
-    from fit.recommend import parse_bits, parse_memory, parse_tokens, source_from_fit
+    from fit.recommend import parse_memory, parse_tokens, source_from_fit
     from fit.report import ReportInputs, build_report
 
     if not args.fit:
         raise InputError("FIT.json: required (the report describes a fit; make one with `bitlaw fit`)")
     fitfile = load_fit(args.fit)
-    source_from_fit(fitfile)  # a chinchilla fit is rejected here, before anything is written
-    accounting(args.block_size, args.scale_bits)
+    source = source_from_fit(fitfile)  # a chinchilla fit is rejected here, before anything is written
+    acct = accounting(args.block_size, args.scale_bits)
     resolve_arch(args.arch)
+    budgets, tokens = parse_memory(args.memory), parse_tokens(args.tokens) if args.tokens else None
+    bits = tuple(chosen_bits(args.bits, source, acct))
+    out = output_dir(args.output)  # last: a bad option above leaves no empty directory behind
     inputs = ReportInputs(
         fitfile=fitfile,
         data_path=Path(args.data) if args.data else None,
-        out_dir=Path(args.output),
-        budgets=parse_memory(args.memory),
-        tokens=parse_tokens(args.tokens) if args.tokens else None,
+        out_dir=out,
+        budgets=budgets,
+        tokens=tokens,
         arch=args.arch,
-        bits=tuple(parse_bits(args.bits)),
+        bits=bits,
         command=command_line(args),
         earlier_commands=tuple(args.preceded_by),
     )
