@@ -6,17 +6,22 @@ The data sampler is a pure function of (seed, step), so the step is the data pos
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from sweep.config import ConfigError
 from sweep.contract import atomic_write_bytes
 
 STATE_FILE = "state.pt"
+PAYLOAD_KEYS = frozenset({"run_id", "step", "model", "optimizer", "rng", "progress"})  # what save() writes
 
 
 def rng_state() -> dict[str, Any]:
@@ -54,9 +59,28 @@ def exists(directory: Path) -> bool:
     return (Path(directory) / STATE_FILE).exists()
 
 
+class CorruptCheckpoint(ConfigError):
+    """A checkpoint that cannot be read back: moved aside, so that running again starts the run afresh."""
+
+
 def load(directory: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    # weights_only=False: the payload holds numpy/python RNG states, and we wrote it ourselves
-    return torch.load(Path(directory) / STATE_FILE, map_location=map_location, weights_only=False)
+    """The saved state, or CorruptCheckpoint (one line) after moving an unreadable file aside: left in place
+    it would fail every re-run the same way (saves are atomic, so this is a damaged disk or a bad copy)."""
+    path = Path(directory) / STATE_FILE
+    try:
+        # weights_only=False: the payload holds numpy/python RNG states, and we wrote it ourselves
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+        if not isinstance(payload, dict) or not PAYLOAD_KEYS <= set(payload):
+            raise ValueError("not a bitlaw checkpoint (keys missing)")
+    except Exception as err:  # UnpicklingError, RuntimeError (zip reader), EOFError, ValueError, ...
+        aside = path.with_name(f"{STATE_FILE}.corrupt-{int(time.time())}")
+        with contextlib.suppress(OSError):  # another rank of the same job may have moved it already
+            os.replace(path, aside)
+        detail = str(err).splitlines()[0] if str(err) else ""
+        raise CorruptCheckpoint(f"checkpoint {path} is corrupt ({type(err).__name__}: {detail}); moved it "
+                                f"to {aside.name}: run the same command again to start this run afresh"
+                                ) from None
+    return payload
 
 
 def restore(payload: dict[str, Any], *, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:

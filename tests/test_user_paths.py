@@ -158,3 +158,29 @@ def test_plot_into_an_unwritable_path_is_one_line(tmp_path, capsys) -> None:
     assert bitlaw(["plot", "--preset", "1bw-kmeans", "-o", str(blocker / "plots")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "-o/--output: cannot create directory" in err[0] and str(blocker) in err[0]
+
+
+# ----------------------------------------------------------------------------- the training job
+def test_a_corrupt_checkpoint_is_named_moved_aside_and_the_same_command_starts_afresh(tmp_path) -> None:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from sweep.app import CONF_DIR
+    from sweep.contract import compute_run_id
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = OmegaConf.to_container(compose(config_name="config", overrides=FAST), resolve=True)
+    (tmp_path / "run.json").write_text(json.dumps({"run_id": compute_run_id(cfg)}))  # this run, interrupted
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "state.pt").write_bytes(b"\x80\x04 torn by a bad disk")
+    command = sweep_cmd(*FAST, f"hydra.run.dir={tmp_path}")
+    first = run(command)
+    assert first.returncode == 2, first.stderr[-2000:]
+    lines = first.stderr.strip().splitlines()
+    assert len(lines) == 1 and "checkpoint" in lines[0] and "state.pt is corrupt" in lines[0], lines
+    assert "run the same command again" in lines[0]
+    assert not (tmp_path / "checkpoint" / "state.pt").exists()
+    assert [p.name.split("-")[0] for p in (tmp_path / "checkpoint").iterdir()] == ["state.pt.corrupt"]
+    again = run(command)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
