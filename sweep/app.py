@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,12 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     try:
         # held for the job's life, so a second submitter's job on this dir stops before reading or writing it
         with hold_run_dir(run_dir) if _is_main_rank() else contextlib.nullcontext():
-            return _train_in(cfg, hydra_cfg, run_dir, multirun)
+            if multirun or not _is_main_rank():  # a sweep reports per run through its launcher
+                return _train_in(cfg, hydra_cfg, run_dir, multirun)
+            with Progress(run_dir) as progress:
+                result = _train_in(cfg, hydra_cfg, run_dir, multirun)
+            progress.finished(result)
+            return result
     except RunDirBusy as err:
         # the dir belongs to the job that holds it: write nothing there (no failed summary)
         print(f"sweep: error: {err}", file=sys.stderr)
@@ -107,12 +113,79 @@ def _train_in(cfg: DictConfig, hydra_cfg: Any, run_dir: Path, multirun: bool) ->
             write_failure(run_dir, f"config: {err}")
         return {"status": "failed", "reason": str(err)}
     except Preempted as stop:
-        log.warning("%s; run the same command again to resume", stop)
+        # the default run dir is a new timestamp per command: name this one, or a re-run would start over
+        log.warning("%s; to resume: %s", stop, resume_command(run_dir) if not multirun else
+                    "run the same command again")
         sys.exit(EXIT_PREEMPTED)
     except Exception as err:
         if not (run_dir / "summary.json").exists():
             write_failure(run_dir, f"{type(err).__name__}: {err}")
         raise
+
+
+def resume_command(run_dir: Path, argv: list[str] | None = None) -> str:
+    """This single run's command line, pinned to its run dir (hydra.run.dir), which resumes it."""
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("hydra.run.dir=")]
+    return shlex.join(["python", "-m", "sweep", *args, f"hydra.run.dir={run_dir}"])
+
+
+class Progress:
+    """What a single run (``python -m sweep``) prints on stdout: its run dir, a line every `every_s` seconds
+    (step, tokens, loss, tokens/s, ETA), and its final loss. A thread reads the run dir's contract files
+    (run.json for the step count, metrics.jsonl), so the training loop itself never prints."""
+
+    def __init__(self, run_dir: Path, every_s: float = 5.0) -> None:
+        import threading
+
+        self.run_dir, self.every_s = run_dir, every_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="bitlaw-progress", daemon=True)
+        self.last_step: int | None = None
+        self.first: tuple[int, float] | None = None  # (step, time) of the first record this process saw
+
+    def __enter__(self) -> Progress:
+        print(f"[run] run dir {self.run_dir}", flush=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.every_s):
+            line = self.line()
+            if line:
+                print(line, flush=True)
+
+    def line(self) -> str | None:
+        import time
+
+        records, _ = contract.read_jsonl(self.run_dir / contract.METRICS)
+        if not records or records[-1].get("step") == self.last_step:
+            return None
+        last = records[-1]
+        step, now = int(last.get("step", 0)), time.monotonic()
+        self.last_step = step
+        if self.first is None:
+            self.first = (step, now)
+        total = (contract.read_json(self.run_dir / contract.RUN) or {}).get("steps")
+        parts = [f"step {step}/{total}" if total else f"step {step}",
+                 f"{float(last.get('tokens', 0)):,.0f} tokens",
+                 f"loss {float(last.get('train_loss', 0)):.4f}"]
+        if isinstance(last.get("tokens_per_s"), (int, float)):
+            parts.append(f"{last['tokens_per_s']:,.0f} tokens/s")
+        done_here = step - self.first[0]
+        if total and done_here > 0:
+            parts.append(f"ETA {(now - self.first[1]) / done_here * (int(total) - step):.0f} s")
+        return "[run] " + " · ".join(parts)
+
+    def finished(self, result: dict[str, Any]) -> None:
+        loss = result.get("final_val_loss")
+        shown = f"{loss:.4f}" if isinstance(loss, float) else str(loss)
+        what = "already " + str(result.get("status")) if result.get("skipped") else str(result.get("status"))
+        wall = f" in {result['wall_s']:.0f} s" if isinstance(result.get("wall_s"), float) else ""
+        print(f"[run] {what}{wall}: final_val_loss {shown}  (run dir {self.run_dir})", flush=True)
 
 
 # An absolute path: with `python -m sweep` a relative config_path would be looked up as a Python module.

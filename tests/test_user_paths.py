@@ -184,3 +184,51 @@ def test_a_corrupt_checkpoint_is_named_moved_aside_and_the_same_command_starts_a
     again = run(command)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_single_run_prints_its_dir_progress_and_final_loss_and_names_the_resume_command(tmp_path) -> None:
+    overrides = [*FAST, "train.tokens=40960", "train.log_every=1", "train.checkpoint_every_s=1e9"]
+    done = run(sweep_cmd(*overrides, f"hydra.run.dir={tmp_path / 'a'}"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == f"[run] run dir {tmp_path / 'a'}"
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert lines[-1].startswith("[run] completed in ") and f"final_val_loss {summary['final_val_loss']:.4f}" \
+        in lines[-1]
+
+    run_dir = tmp_path / "b"
+    proc = subprocess.Popen(sweep_cmd(*overrides, f"hydra.run.dir={run_dir}"), cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (run_dir / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err[-2000:]
+    # the exact command, pinned to this run dir (the default dir is a new timestamp per command)
+    assert f"to resume: python -m sweep {' '.join(overrides)} hydra.run.dir={run_dir}" in out + err
+
+
+def test_a_single_runs_progress_line_has_step_tokens_loss_speed_and_eta(tmp_path) -> None:
+    from sweep.app import Progress
+
+    (tmp_path / "run.json").write_text(json.dumps({"steps": 10}))
+    progress = Progress(tmp_path)
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        f.write(json.dumps({"step": 2, "tokens": 2048, "train_loss": 3.5, "tokens_per_s": 1000.0}) + "\n")
+    assert progress.line() == "[run] step 2/10 · 2,048 tokens · loss 3.5000 · 1,000 tokens/s"
+    assert progress.line() is None  # nothing new: no repeated line
+    time.sleep(0.1)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 4, "tokens": 4096, "train_loss": 3.0, "tokens_per_s": 1000.0}) + "\n")
+    line = progress.line()
+    assert line is not None and line.startswith("[run] step 4/10 · 4,096 tokens · loss 3.0000")
+    assert "ETA" in line
+
+
+def test_the_tours_outputs_are_git_ignored() -> None:
+    paths = ["fit.json", "runs.csv", "plots/loss_vs_n.png", "results/mine/report.md"]
+    out = subprocess.run(["git", "check-ignore", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.split() == paths
+    kept = subprocess.run(["git", "check-ignore", "results/demo/fit.json"], cwd=ROOT, capture_output=True)
+    assert kept.returncode == 1  # the committed study is not
