@@ -211,10 +211,33 @@ def run_cli(hydra_main: Any = None) -> int:
     try:
         (hydra_main or main)()
     except (HydraException, OmegaConfBaseException) as err:
-        message = " ".join(ln.strip() for ln in str(err).splitlines() if ln.strip())
-        print(f"sweep: error: {message or type(err).__name__}", file=sys.stderr)
+        print(f"sweep: error: {error_line(err)}", file=sys.stderr)
         return 2
     return 0
+
+
+def error_line(err: BaseException) -> str:
+    """Hydra's composition error as one line: what it says, why (the OmegaConf error it wraps, e.g. a value
+    of the wrong type), and for a misspelt key the nearest keys that exist."""
+    import difflib
+    import re
+
+    text = " ".join(ln.strip() for ln in str(err).split("Config search path")[0].splitlines() if ln.strip())
+    cause = err.__cause__
+    if cause is None or not str(cause).strip():
+        return text or type(err).__name__
+    text = f"{text.rstrip('.')}: {str(cause).splitlines()[0].strip()}"
+    parent, key, full_key = (getattr(cause, name, None) for name in ("parent_node", "key", "full_key"))
+    if "not in struct" in str(cause) and parent is not None and isinstance(key, str) and full_key:
+        close = difflib.get_close_matches(key, [str(k) for k in parent.keys()], n=3, cutoff=0.6)
+        prefix = str(full_key)[: -len(key)]
+        # the override's key may go deeper than the missing node (trian.lr: `trian` is missing)
+        override = re.search(r"override '([^']+)'", str(err))
+        suffix = override.group(1)[len(str(full_key)):] if override and \
+            override.group(1).startswith(str(full_key)) else ""
+        if close:
+            text += f"; did you mean {' or '.join(prefix + c + suffix for c in close)}?"
+    return text
 
 
 if __name__ == "__main__":  # `python -m sweep.app`, same as `python -m sweep`

@@ -232,3 +232,16 @@ def test_the_tours_outputs_are_git_ignored() -> None:
     assert out.stdout.split() == paths
     kept = subprocess.run(["git", "check-ignore", "results/demo/fit.json"], cwd=ROOT, capture_output=True)
     assert kept.returncode == 1  # the committed study is not
+
+
+@pytest.mark.parametrize("override, says", [
+    ("trian.lr=1", "did you mean train.lr?"),
+    ("model.d_modle=64", "did you mean model.d_model?"),
+    ("point=kmeans9", "Available options in 'point': bf16 kmeans1"),
+    ("hydra.launcher.mem_gb=abc", "mem_gb=abc: Value 'abc' of type 'str' could not be converted"),
+])
+def test_hydra_errors_are_one_line_with_the_way_out(tmp_path, override: str, says: str) -> None:
+    out = run(sweep_cmd("-m", override, f"hydra.sweep.dir={tmp_path}"))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0] and "Config search path" not in lines[0], lines
