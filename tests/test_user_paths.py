@@ -245,3 +245,19 @@ def test_hydra_errors_are_one_line_with_the_way_out(tmp_path, override: str, say
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0] and "Config search path" not in lines[0], lines
+
+
+def test_the_closing_summary_prints_once_and_agrees_with_the_run_lines_and_status(tmp_path) -> None:
+    sweep, markers = tmp_path / "sweep", tmp_path / "markers"
+    markers.mkdir()
+    (markers / "fail-2").touch()
+    out = run(stand_in(sweep, "value=1,2", f"fail_marker={markers}"))
+    assert out.returncode == 1
+    per_run = [ln.split()[1] for ln in out.stdout.splitlines() if ln.startswith("[sweep] ") and
+               ln.split()[1] in ("done", "failed", "cancelled", "skipped")]
+    closing = [ln for ln in out.stdout.splitlines() if " run(s): " in ln]
+    assert sorted(per_run) == ["done", "failed"] and closing == [f"[sweep] 2 run(s): 1 done, 1 failed  "
+                                                                 f"(sweep dir {sweep})"]
+    assert out.stderr.count("sweep: error:") == 1 and "value=2" in out.stderr
+    status = run([sys.executable, "-m", "bitlaw", "status", str(sweep), "--no-slurm"])
+    assert status.returncode == 1 and status.stdout.strip().endswith("2 runs: 1 done, 1 failed")
