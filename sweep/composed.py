@@ -29,7 +29,8 @@ class ComposedJob:
         self.task_function = task_function
         self.singleton_state = singleton_state
 
-    def __call__(self, config: Any, job_num: int) -> Any:
+    def __call__(self, config: Any, job_num: int, job_id: str | None = None) -> Any:
+        """Run one job; `job_id` is given by the local worker pool (sweep/pool.py), else submitit's."""
         import submitit
         from hydra.core.singleton import Singleton
         from hydra.core.utils import JobStatus, run_job, setup_globals
@@ -39,7 +40,7 @@ class ComposedJob:
         Singleton.set_state(self.singleton_state)
         setup_globals()
         with read_write(config.hydra.job), open_dict(config.hydra.job):
-            config.hydra.job.id = submitit.JobEnvironment().job_id
+            config.hydra.job.id = job_id if job_id is not None else submitit.JobEnvironment().job_id
             config.hydra.job.num = job_num
         job_return = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
                              config=config, job_dir_key="hydra.sweep.dir",

@@ -135,6 +135,9 @@ class SweepLauncher:
         self.cluster = cluster
         self.params = dict(params)
         self.detach = bool(self.params.pop("detach", False))
+        # local runs on long-lived workers (sweep/pool.py) unless hydra.launcher.pool=false
+        self.use_pool = bool(self.params.pop("pool", False))
+        self.pool: Any = None
         parallel = self.params.pop("parallel", None)
         self.parallel = int(parallel) if parallel else (os.cpu_count() or 1)
         self.config = config
@@ -207,6 +210,10 @@ class SweepLauncher:
             atomic_write_text(config_snapshot_path(sweep_dir, run), OmegaConf.to_yaml(config))
         executor = _make_executor(self.params, cluster)
         job = ComposedJob(self.hydra_context, self.task_function, Singleton.get_state())
+        if cluster != "slurm" and self.use_pool:
+            with self._cancel_local_jobs_on_signal():
+                self._run_pool(job, to_submit, sweep_dir)
+            return returns + self._returns_of(to_submit)
         if cluster != "slurm" and len(to_submit) > self.parallel:
             with self._cancel_local_jobs_on_signal():
                 self._run_rolling(executor, job, to_submit, sweep_dir, cluster)
@@ -285,6 +292,48 @@ class SweepLauncher:
                     continue
                 self._record(sweep_dir, run, submitted, final_state)
 
+    def _run_pool(self, job: Any, to_submit: list, sweep_dir: Path) -> None:
+        """Local runs on `parallel` long-lived workers that import torch once (sweep/pool.py)."""
+        import cloudpickle
+
+        from sweep.pool import Task, WorkerPool
+
+        logs = ledger_dir(sweep_dir) / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        tasks, overrides_of = [], {}
+        for run, config, job_num, overrides in to_submit:
+            flat = run.replace(os.sep, "%2F")
+            payload = cloudpickle.dumps((job, (config, job_num, f"{job_num}")))
+            tasks.append(Task(run, payload, logs / f"{flat}.out", logs / f"{flat}.err"))
+            overrides_of[run] = overrides
+        self.pool = WorkerPool(self.parallel, warm_imports=("torch", "sweep.train"),
+                               env={"SUBMITIT_EXECUTOR": "local"})
+
+        def started(task: Task, pid: int) -> None:
+            rel = lambda p: os.path.relpath(p, sweep_dir)  # noqa: E731
+            append_submissions(sweep_dir, [Submission(
+                run=task.key, job_id=str(pid), executor="local",
+                submitted=datetime.now(timezone.utc).isoformat(timespec="seconds"), stdout=rel(task.stdout),
+                stderr=rel(task.stderr), config=rel(config_snapshot_path(sweep_dir, task.key)),
+                overrides=overrides_of[task.key])])
+            print(f"[sweep] started   {task.key}  (worker {pid})", flush=True)
+
+        interrupted = False
+        try:
+            for finished in self.pool.run(tasks, started):
+                outcome = _pool_outcome(sweep_dir, finished)
+                self._keep(outcome)
+                self.trained += 1
+                print(f"[sweep] {outcome.state:9s} {outcome.run}  {outcome.detail}  [{self.progress()}]",
+                      flush=True)
+        except _Interrupted:
+            interrupted = True  # _cancel_running ends the workers and reports their runs as cancelled
+            raise
+        finally:
+            if not interrupted:
+                self.pool.close()
+                self.pool = None
+
     @contextlib.contextmanager
     def _cancel_local_jobs_on_signal(self) -> Iterator[None]:
         """SIGINT or SIGTERM to this submitter ends its local jobs too, and says so. They are its children
@@ -312,18 +361,23 @@ class SweepLauncher:
                 signal.signal(sig, handler)
 
     def _cancel_running(self, signum: int) -> None:
-        jobs = list(self.running.values())
+        if self.pool is not None:  # pooled workers: terminate them; their runs are cancelled
+            self.running = {f"worker-{i}": (run, None) for i, run in enumerate(self.pool.close())}
+            self.pool = None
+        jobs = [(run, job) for run, job in self.running.values() if job is not None]
+        cut = [run for run, job in self.running.values() if job is None]
         for _, job in jobs:
             job.cancel(check=False)  # SIGINT to submitit's controller, which kills the training process
         deadline = time.monotonic() + _CANCEL_WAIT_S
         while time.monotonic() < deadline and not all(job.done() for _, job in jobs):
             time.sleep(0.1)
-        for run, job in jobs:
-            self._keep(RunOutcome(run, "cancelled", job.job_id, f"submitter stopped by "
+        for run, job_id in [(run, job.job_id) for run, job in jobs] + [(run, "") for run in cut]:
+            self._keep(RunOutcome(run, "cancelled", job_id, f"submitter stopped by "
                                   f"{signal.Signals(signum).name}"))
         self.running.clear()
-        runs = ", ".join(run for run, _ in jobs) or "none were running"
-        print(f"[sweep] stopped by {signal.Signals(signum).name}: cancelled {len(jobs)} local job(s) "
+        runs = ", ".join([run for run, _ in jobs] + cut) or "none were running"
+        n_cancelled = len(jobs) + len(cut)
+        print(f"[sweep] stopped by {signal.Signals(signum).name}: cancelled {n_cancelled} local job(s) "
               f"({runs}); run the same command again to train them (completed runs are skipped)",
               file=sys.stderr, flush=True)
 
@@ -485,6 +539,27 @@ def report_and_exit_on_user_error() -> Iterator[None]:
     except SubmissionError as err:
         print(f"sweep: error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def _pool_outcome(sweep_dir: Path, finished: Any) -> RunOutcome:
+    """A pooled run's outcome, read as `_outcome` reads a submitit job's (summary.json decides)."""
+    from hydra.core.utils import JobStatus
+
+    run_dir, job_id = sweep_dir / finished.key, str(finished.worker_pid)
+    summary = read_json(run_dir / "summary.json") or {}
+    if not finished.ok:
+        return RunOutcome(finished.key, "failed", job_id, summary.get("reason") or finished.error)
+    job_return = finished.value
+    if job_return.status == JobStatus.FAILED:
+        return RunOutcome(finished.key, "failed", job_id, "the task failed")
+    value = job_return.return_value
+    if isinstance(value, dict) and value.get("status") == "busy":  # lost the run dir's lock (app.run_job)
+        return RunOutcome(finished.key, "busy", job_id, str(value.get("reason")))
+    if summary.get("status") == "completed":
+        return RunOutcome(finished.key, "done", job_id, f"final_val_loss {_loss(summary)}", value)
+    if summary:
+        return RunOutcome(finished.key, "failed", job_id, f"{summary.get('status')}: {summary.get('reason')}")
+    return RunOutcome(finished.key, "done", job_id, "job returned (no summary.json)", value)
 
 
 def _make_executor(params: dict[str, Any], cluster: str) -> Any:

@@ -22,11 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 
 @dataclass
 class BitlawLocalConf(LocalQueueConf):
-    """submitit_local's keys, plus the width of the rolling pool and the (refused) detach switch."""
+    """submitit_local's keys, plus the worker pool, its width, and the (refused) detach switch."""
 
     _target_: str = "hydra_plugins.bitlaw_launcher.bitlaw_launcher.BitlawLocalLauncher"
     parallel: Optional[int] = None  # noqa: UP045 (OmegaConf 2.3 needs typing.Optional)  # local jobs at once; null = the number of cores
     detach: bool = False  # only Slurm jobs outlive the submitting process: true is refused here
+    pool: bool = True  # runs on long-lived workers that import torch once (false: a process per run)
 
 
 @dataclass
