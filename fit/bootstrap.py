@@ -1,4 +1,5 @@
-"""Bootstrap refits: resample by run (or by row), warm-start from the full fit, two worker processes.
+"""Bootstrap refits: resample by trunk, run or row (fit.engine.bootstrap_units), warm-start from the full
+fit, two worker processes.
 
 Every fit of one ``bitlaw fit`` call sees the *same* resample k (the weight vector is drawn once over the
 whole table), so draws are aligned across formats: recommend can ask "in how many resamples does 2-bit
@@ -17,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from fit.fitting import BLAS_LIMIT, refit
-from fit.objective import FitData, LawSpec, Objective
+from fit.fitting import BLAS_LIMIT
+from fit.objective import FitData, Objective
+from fit.staged import Spec, refit_any
 
 
 @dataclass
@@ -26,10 +28,11 @@ class BootJob:
     """One fit to repeat on every resample: its data, law shape, objective, warm start and table rows."""
 
     data: FitData
-    spec: LawSpec
+    spec: Spec
     objective: Objective
     theta: np.ndarray  # full-data optimum, the warm start
     row_ids: np.ndarray  # (n,) index into the table of each data row (repeats allowed)
+    two_stage: bool = False  # redo both stages on every resample
 
 
 def draw_counts(unit_of_row: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
@@ -55,7 +58,7 @@ def _refit_into(
         row_weight = unit_counts[unit_of_row].astype(float)  # (n_table_rows,)
         for j, job in enumerate(jobs):
             data = job.data.with_weight(job.data.weight * row_weight[job.row_ids])
-            out[j][i] = refit(job.theta, data, job.spec, job.objective)
+            out[j][i] = refit_any(job.theta, data, job.spec, job.objective, job.two_stage)
 
 
 class _Progress:

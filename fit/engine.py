@@ -16,10 +16,13 @@ import numpy as np
 import pandas as pd
 
 from fit.bootstrap import BootJob, percentile_ci, run_bootstrap
+from fit.diagnostics import collinear_flag, form_flags
 from fit.errors import InputError
-from fit.fitting import GAMMA_BOUNDS, fit_law, profile_gamma
-from fit.law import predict_loss
-from fit.objective import FitData, LawSpec, Objective, log_params, named_params
+from fit.fitting import GAMMA_BOUNDS, profile_gamma
+from fit.forms import FORMS, FormSpec, assign_slots
+from fit.law import EFF_PREFIX, LAWS, predict_loss
+from fit.objective import FitData, LawSpec, Objective
+from fit.staged import Spec, fit_any, log_params_of, params_of
 from fit.table import Table
 
 ANCHOR_FORMATS = ("none", "bf16")
@@ -33,7 +36,7 @@ E_FLOOR_SHARE = 0.01
 
 @dataclass(frozen=True)
 class FitOptions:
-    law: str = "chinchilla"  # chinchilla | precision
+    law: str = "chinchilla"  # chinchilla | precision | efficiency | penalty
     by: str | None = None  # None | "format"
     shared: bool = False  # with --by format: shared A, B, E, α, β and a γ per format
     tie: bool = False
@@ -47,6 +50,7 @@ class FitOptions:
     progress: bool | None = None
     extrapolate: bool = True
     profile: bool = True  # γ profile (precision law): a 13-point diagnostic curve in fit.json
+    two_stage: bool = False  # Chinchilla on the 16-bit anchors first, then the precision terms with it frozen
 
 
 @dataclass
@@ -56,7 +60,7 @@ class Job:
     names: list[str]
     row_ids: np.ndarray  # index into the table, per data row
     data: FitData
-    spec: LawSpec
+    spec: Spec
 
 
 def _anchor_mask(frame: pd.DataFrame) -> np.ndarray:
@@ -66,17 +70,33 @@ def _anchor_mask(frame: pd.DataFrame) -> np.ndarray:
     return anchor
 
 
+def _job(names: list[str], rows: np.ndarray, frame: pd.DataFrame, opts: FitOptions, group=None) -> Job:
+    """The rows of one optimisation and its parameter layout (efficiency slots depend on the rows' P)."""
+    sub = frame.iloc[rows]
+    uses_p = opts.law != "chinchilla"
+    P = sub["P"].to_numpy(dtype=float) if uses_p else None
+    group = np.zeros(len(rows), dtype=int) if group is None else group
+    spec: Spec
+    if opts.law == "efficiency":
+        slot, slots = assign_slots(P, group)
+        spec = FormSpec("efficiency", opts.tie, slots, len(names))
+    else:
+        slot = None
+        if opts.law == "penalty":
+            spec = FormSpec("penalty", opts.tie, (), len(names))
+        else:
+            spec = LawSpec(opts.law == "precision", len(names), opts.tie, opts.offset)
+    return Job(names, rows, FitData(sub["N"], sub["D"], sub["loss"], P, group, None, slot), spec)
+
+
 def build_jobs(table: Table, opts: FitOptions) -> list[Job]:
     frame = table.frame
-    precision = opts.law == "precision"
-
-    def data_for(rows: np.ndarray, group: np.ndarray | None = None) -> FitData:
-        sub = frame.iloc[rows]
-        return FitData(sub["N"], sub["D"], sub["loss"], sub["P"] if precision else None, group)
-
+    if opts.law not in LAWS:
+        raise InputError(f"--law: {opts.law!r} is not allowed; allowed: {', '.join(LAWS)}")
+    if opts.offset and opts.law != "precision":
+        raise InputError("--offset: only with --law precision (it shifts the exponent of 1 - exp(-P/gamma))")
     if opts.by is None:
-        rows = np.arange(len(frame))
-        return [Job(["all"], rows, data_for(rows), LawSpec(precision, 1, opts.tie, opts.offset))]
+        return [_job(["all"], np.arange(len(frame)), frame, opts)]
     if opts.by != "format":
         raise InputError(f"--by: {opts.by!r} is not allowed; allowed: format")
     anchor = _anchor_mask(frame)
@@ -89,10 +109,8 @@ def build_jobs(table: Table, opts: FitOptions) -> list[Job]:
     if opts.shared:
         rows = np.concatenate(per_format)
         group = np.concatenate([np.full(len(r), i) for i, r in enumerate(per_format)])
-        spec = LawSpec(precision, len(formats), opts.tie, opts.offset)
-        return [Job([str(f) for f in formats], rows, data_for(rows, group), spec)]
-    spec = LawSpec(precision, 1, opts.tie, opts.offset)
-    return [Job([str(f)], rows, data_for(rows), spec) for f, rows in zip(formats, per_format, strict=True)]
+        return [_job([str(f) for f in formats], rows, frame, opts, group)]
+    return [_job([str(f)], rows, frame, opts) for f, rows in zip(formats, per_format, strict=True)]
 
 
 def flags_for(
@@ -151,14 +169,14 @@ def _extrapolate(job: Job, opts: FitOptions) -> list[dict[str, Any]]:
         return [{"held_out": "largest N", "mape": None, "reason": "fewer than 3 distinct N remain"}] * len(
             job.names
         )
-    result = fit_law(kept, job.spec, opts.objective, opts.grid, opts.n_best)
+    result = fit_any(kept, job.spec, opts.objective, opts.grid, opts.n_best, opts.two_stage)
     out = []
-    for group, params in enumerate(named_params(result.theta, job.spec)):
+    for group, params in enumerate(params_of(result.theta, job.spec)):
         rows = held & (data.group == group)
         if not rows.any():
             out.append({"held_out": "largest N", "mape": None, "reason": "no rows at the largest N"})
             continue
-        pred = predict_loss(params, data.N[rows], data.D[rows], data.P[rows] if job.spec.precision else None)
+        pred = predict_loss(params, data.N[rows], data.D[rows], None if data.P is None else data.P[rows])
         ape = np.abs(pred - data.L[rows]) / data.L[rows]
         out.append(
             {
@@ -178,23 +196,30 @@ def run_fits(table: Table, opts: FitOptions) -> dict[str, Any]:
     precision = opts.law == "precision"
     if opts.shared and opts.by != "format":
         raise InputError("--shared needs --by format (it ties A, B, E, alpha, beta across formats)")
-    if opts.shared and not precision:
-        raise InputError("--shared needs --law precision (the per-format parameter is gamma)")
+    if opts.shared and opts.law == "chinchilla":
+        raise InputError("--shared needs --law precision, efficiency or penalty (a per-format parameter)")
+    if opts.two_stage and opts.law == "chinchilla":
+        raise InputError(
+            "--two-stage needs --law precision, efficiency or penalty (chinchilla has no stage 2)"
+        )
     jobs = build_jobs(table, opts)
     frame = table.frame
     runs = frame["run"].to_numpy() if "run" in frame else np.arange(len(frame)).astype(str)
     fits: dict[str, dict[str, Any]] = {}
     results = []
     for job in jobs:
-        result = fit_law(job.data, job.spec, opts.objective, opts.grid, opts.n_best)
+        result = fit_any(job.data, job.spec, opts.objective, opts.grid, opts.n_best, opts.two_stage)
         results.append(result)
         extrap = _extrapolate(job, opts) if opts.extrapolate else [None] * len(job.names)
-        profiles = profile_gamma(result.theta, job.data, job.spec, opts.objective) if opts.profile else []
+        profiled = opts.profile and precision and not opts.two_stage  # the profile frees A..beta
+        profiles = profile_gamma(result.theta, job.data, job.spec, opts.objective) if profiled else []
         for group, (name, params) in enumerate(
-            zip(job.names, named_params(result.theta, job.spec), strict=True)
+            zip(job.names, params_of(result.theta, job.spec), strict=True)
         ):
             rows = job.data.group == group
-            entry: dict[str, Any] = dict(params)
+            entry: dict[str, Any] = {k: v for k, v in params.items() if not k.startswith(EFF_PREFIX)}
+            if opts.law == "efficiency":
+                entry.update(_eff_entries(params))
             entry.update(
                 objective=result.objective,
                 n_points=int(rows.sum()),
@@ -205,38 +230,75 @@ def run_fits(table: Table, opts: FitOptions) -> dict[str, Any]:
                 message=result.message,
                 n_starts_screened=result.n_starts_screened,
                 n_starts_optimised=result.n_starts_optimised,
-                log_params=log_params(result.theta, job.spec),
-                flags=flags_for(params, job.data, rows, result.converged, precision),
+                log_params=log_params_of(result.theta, job.spec),
+                flags=flags_for(params, job.data, rows, result.converged, precision)
+                + collinear_flag(job.data, rows)
+                + (form_flags(opts.law, params, job.data, rows) if opts.law in FORMS else []),
             )
-            if precision:  # recommend refuses bit widths outside what the fit saw
+            if opts.two_stage:
+                entry["two_stage"] = True  # A, B, E, alpha, beta are the 16-bit anchors' Chinchilla fit
+            if job.data.P is not None:  # recommend refuses bit widths outside what the fit saw
                 entry["P_range"] = [float(job.data.P[rows].min()), float(job.data.P[rows].max())]
             if profiles:
                 entry["gamma_profile"] = profiles[group]
-            if job.spec.n_gamma > 1 and precision:
+            if len(job.names) > 1:
                 entry["shared"] = True  # objective is the joint one
             if extrap[group] is not None:
                 entry["extrapolation"] = extrap[group]
             fits[name] = entry
     if opts.bootstrap > 0:
-        _attach_bootstrap(jobs, results, fits, runs, opts)
+        _attach_bootstrap(jobs, results, fits, frame, opts)
     return {"fits": fits, "extrapolation": _pooled_extrapolation(fits)}
 
 
-def _attach_bootstrap(jobs: list[Job], results: list, fits: dict, runs: np.ndarray, opts: FitOptions) -> None:
-    _, unit_of_row = np.unique(runs, return_inverse=True)
+def _eff_entries(params: dict[str, float]) -> dict[str, Any]:
+    """fit.json's ``eff`` {"<P>": eff} and the γ each eff implies on its own, −P/log(1 − eff): one γ fits
+    every P only if these agree (QuEST's published effs imply γ from 6.7 at 1 bit to 2.2 at 4 bits)."""
+    eff = {k[len(EFF_PREFIX) :]: v for k, v in params.items() if k.startswith(EFF_PREFIX)}
+    implied = {p: (-float(p) / float(np.log1p(-v)) if 0 < v < 1 else None) for p, v in eff.items()}
+    return {"eff": eff, "gamma_implied": implied}
+
+
+def bootstrap_units(frame: pd.DataFrame) -> tuple[np.ndarray, str]:
+    """Each row's resampling unit and its name: the trunk (branches of one training run share it; a seed is a
+    separate trunk), else the run, else the row.  A row without a trunk id is its own run's unit."""
+    runs = frame["run"].astype(str).to_numpy() if "run" in frame else np.arange(len(frame)).astype(str)
+    if "trunk" not in frame:
+        return np.unique(runs, return_inverse=True)[1].reshape(-1), "run" if "run" in frame else "row"
+    trunk = frame["trunk"]
+    key = np.where(trunk.notna(), "trunk:" + trunk.astype(str), "run:" + pd.Series(runs, index=frame.index))
+    name = "trunk"
+    if "seed" in frame:
+        key = key + np.where(frame["seed"].notna(), "|seed:" + frame["seed"].astype(str), "")
+        name = "trunk+seed"
+    return np.unique(key.astype(str), return_inverse=True)[1].reshape(-1), name
+
+
+def _attach_bootstrap(
+    jobs: list[Job], results: list, fits: dict, frame: pd.DataFrame, opts: FitOptions
+) -> None:
+    unit_of_row, unit = bootstrap_units(frame)
     boot_jobs = [
-        BootJob(j.data, j.spec, opts.objective, r.theta, j.row_ids)
+        BootJob(j.data, j.spec, opts.objective, r.theta, j.row_ids, opts.two_stage)
         for j, r in zip(jobs, results, strict=True)
     ]
     draws = run_bootstrap(boot_jobs, unit_of_row, opts.bootstrap, opts.seed, opts.workers, opts.progress)
     for job, thetas in zip(jobs, draws, strict=True):
-        per_draw = [named_params(theta, job.spec) for theta in thetas]  # K × groups × params
+        per_draw = [params_of(theta, job.spec) for theta in thetas]  # K × groups × params
         for group, name in enumerate(job.names):
             keys = list(per_draw[0][group])
             samples = {k: [d[group][k] for d in per_draw] for k in keys}
             fits[name]["bootstrap"] = {k: list(percentile_ci(np.asarray(v))) for k, v in samples.items()}
+            if opts.law == "efficiency":
+                fits[name]["eff_ci"] = {
+                    k[len(EFF_PREFIX) :]: v
+                    for k, v in fits[name]["bootstrap"].items()
+                    if k.startswith(EFF_PREFIX)
+                }
             fits[name]["bootstrap_samples"] = samples
             fits[name]["bootstrap_level"] = 0.95
+            fits[name]["bootstrap_unit"] = unit
+            fits[name]["bootstrap_failed"] = int(np.sum(~np.isfinite(thetas).all(axis=1)))
 
 
 def _pooled_extrapolation(fits: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """fit.json (design §2, a contract): its writer, and its reader (parameters, predictions, bootstrap draws).
 
-Layout: ``{"law", "loss", "delta", "columns", "fits": {FORMAT|"all": {A, B, E, alpha, beta[, gamma, offset],
-objective, ..., "flags", "bootstrap": {param: [lo, hi]}, "bootstrap_samples": {param: [K values]}}},
-"extrapolation": {...}}``.  ``fits["all"]`` serves every format.
+Layout: ``{"law", "loss", "delta", "columns", "fits": {FORMAT|"all": {A, B, E, alpha, beta[, gamma, offset]
+[, C, delta_D, delta_N][, "eff": {"<P>": eff}], objective, ..., "flags", "bootstrap": {param: [lo, hi]},
+"bootstrap_samples": {param: [K values]}}}, "extrapolation": {...}}``.  ``fits["all"]`` serves every format.
+An efficiency fit's effs are bootstrapped under the flat names ``eff:<P>`` (``eff_ci`` repeats them by P).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from fit.errors import InputError
-from fit.law import CHINCHILLA_PARAMS, predict_loss
+from fit.law import CHINCHILLA_PARAMS, EFF_PREFIX, law_of, predict_loss
 from sweep import contract
 
-LAW_PARAM_KEYS = (*CHINCHILLA_PARAMS, "gamma", "offset")
+LAW_PARAM_KEYS = (*CHINCHILLA_PARAMS, "gamma", "offset", "C", "delta_D", "delta_N")
 
 
 @dataclass(frozen=True)
@@ -51,12 +52,13 @@ class FitFile:
 
     def params(self, fmt: str | None = None) -> dict[str, float]:
         entry = self.entry(fmt)
-        return {k: float(entry[k]) for k in LAW_PARAM_KEYS if k in entry}
+        params = {k: float(entry[k]) for k in LAW_PARAM_KEYS if k in entry}
+        params.update({f"{EFF_PREFIX}{p}": float(v) for p, v in (entry.get("eff") or {}).items()})
+        return params
 
     def predict(self, N: Any, D: Any, P: Any = None, fmt: str | None = None) -> np.ndarray:
         params = self.params(fmt)
-        if "gamma" in params and P is None:
-            raise InputError("--P: a precision-law fit needs the bits per weight (e.g. --P 2.25)")
+        _check_p(law_of(params), P)
         return predict_loss(params, N, D, P)
 
     def bootstrap_samples(self, fmt: str | None = None) -> dict[str, np.ndarray] | None:
@@ -75,14 +77,18 @@ def prediction_interval(
     samples = fit.bootstrap_samples(fmt)
     if not samples:
         return None
-    if "gamma" in samples and P is None:
-        raise InputError("--P: a precision-law fit needs the bits per weight (e.g. --P 2.25)")
+    _check_p(law_of(fit.params(fmt)), P)
     n_draws = len(next(iter(samples.values())))
     draws = np.stack([predict_loss({k: v[i] for k, v in samples.items()}, N, D, P) for i in range(n_draws)])
     finite = np.isfinite(draws).all(axis=tuple(range(1, draws.ndim)))
     tail = 100 * (1 - level) / 2
     lo, hi = np.percentile(draws[finite], [tail, 100 - tail], axis=0)
     return lo, hi, int(finite.sum())
+
+
+def _check_p(law: str, P: Any) -> None:
+    if law != "chinchilla" and P is None:
+        raise InputError(f"--P: a {law}-law fit needs the bits per weight (e.g. --P 2.25)")
 
 
 def load_fit(path: str | Path) -> FitFile:

@@ -112,6 +112,11 @@ def _projected_grad_norm(theta: np.ndarray, grad: np.ndarray, box: list) -> floa
     return float(np.max(np.abs(g))) if len(g) else 0.0
 
 
+def objective_fn(spec):
+    """The objective of a law shape: fit.objective's, or the one a fit.forms.FormSpec names."""
+    return getattr(spec, "objective_fn", objective_and_grad)
+
+
 def local_fit(
     theta0: np.ndarray,
     data: FitData,
@@ -129,7 +134,7 @@ def local_fit(
         [hi if hi is not None else np.inf for _, hi in box],
     )
     return minimize(
-        objective_and_grad,
+        objective_fn(spec),
         theta0,
         args=(data, spec, obj),
         jac=True,
@@ -164,7 +169,7 @@ def polish(
         if improved <= 1e-12 * max(best_f, 1e-300) + 1e-18:
             stalled = True
             break
-    f, grad = objective_and_grad(best_x, data, spec, obj)
+    f, grad = objective_fn(spec)(best_x, data, spec, obj)
     gnorm = _projected_grad_norm(best_x, grad, box)
     smooth = obj.loss in ("huber", "mse")
     # Huber/MSE are C¹: at a true optimum the gradient is ~0 on the objective's scale.

@@ -56,6 +56,7 @@ class FitData:
     P: np.ndarray | None = None  # (n,) bits per weight, precision law only
     group: np.ndarray | None = None  # (n,) int γ index
     weight: np.ndarray | None = None  # (n,)
+    slot: np.ndarray | None = None  # (n,) int efficiency-law slot per row, -1 where eff = 1 (fit.forms)
     logN: np.ndarray = field(init=False)
     logD: np.ndarray = field(init=False)
     logL: np.ndarray = field(init=False)
@@ -68,9 +69,10 @@ class FitData:
         n = len(self.L)
         self.group = np.zeros(n, dtype=int) if self.group is None else np.asarray(self.group, dtype=int)
         self.weight = np.ones(n) if self.weight is None else np.asarray(self.weight, dtype=float)
+        self.slot = np.full(n, -1, dtype=int) if self.slot is None else np.asarray(self.slot, dtype=int)
 
     def with_weight(self, weight: np.ndarray) -> FitData:
-        return FitData(self.N, self.D, self.L, self.P, self.group, weight)
+        return FitData(self.N, self.D, self.L, self.P, self.group, weight, self.slot)
 
 
 def _rho(r: np.ndarray, obj: Objective) -> tuple[np.ndarray, np.ndarray]:

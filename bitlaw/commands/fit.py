@@ -14,7 +14,7 @@ from typing import Any
 
 from fit.errors import InputError
 
-LAWS = ("chinchilla", "precision")
+LAWS = ("chinchilla", "precision", "efficiency", "penalty")  # mirrors fit.law.LAWS without importing numpy
 LOSSES = ("huber", "mse", "mae", "asymmetric")  # mirrors fit.fitting.LOSSES without importing scipy
 SPACES = ("log", "raw")
 GRIDS = ("coarse", "default", "fine")
@@ -29,7 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--law",
         default="chinchilla",
         choices=LAWS,
-        help="chinchilla: E + A/N^alpha + B/D^beta; precision: N -> N(1 - exp(-P/gamma))",
+        help="chinchilla: E + A/N^alpha + B/D^beta; precision: N -> N(1 - exp(-P/gamma)); efficiency: "
+        "N -> N*eff(P), one eff per P (1 at P >= 16); penalty: chinchilla + C*exp(-P/gamma)*D^dD/N^dN",
+    )
+    parser.add_argument(
+        "--two-stage",
+        action="store_true",
+        help="fit chinchilla on the 16-bit anchors (P >= 16), then gamma / effs / penalty with it frozen",
     )
     parser.add_argument(
         "--columns",
@@ -59,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--shared",
         action="store_true",
-        help="with --by format --law precision: shared A, B, E, alpha, beta; gamma per format",
+        help="with --by format: shared A, B, E, alpha, beta; gamma (effs, penalty) per format",
     )
     parser.add_argument("--tie-exponents", action="store_true", help="fit alpha = beta")
     parser.add_argument("--offset", action="store_true", help="fit an exponent offset: exp(-P/gamma + n)")
@@ -85,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="K",
-        help="K bootstrap refits, resampling runs (`run` column) or rows; 95%% percentile CIs",
+        help="K bootstrap refits, resampling trunks (`trunk`[+`seed`]), else runs, else rows; 95%% CIs",
     )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     parser.add_argument("--workers", type=int, default=2, help="bootstrap worker processes (default: 2)")
@@ -105,6 +111,12 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise InputError(f"--workers: {args.workers} is not allowed; use 1 or more")
     if args.by is None and args.shared:
         raise InputError("--shared needs --by format")
+    if args.offset and args.law != "precision":
+        raise InputError(f"--offset: only with --law precision, not --law {args.law}")
+    if args.two_stage and args.law == "chinchilla":
+        raise InputError(
+            "--two-stage: needs --law precision, efficiency or penalty (chinchilla has no stage 2)"
+        )
     output = Path(args.output)
     if output.suffix.lower() != ".json":
         raise InputError(f"-o/--output: {output} must end in .json")
@@ -113,14 +125,14 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fit.engine import FitOptions, run_fits
+    from fit.engine import FitOptions, bootstrap_units, run_fits
     from fit.fitfile import infer_n_convention, sha256_of, write_fit
     from fit.objective import Objective
     from fit.table import load_table, parse_columns
 
     _check_numbers(args)
     require = (
-        ("N", "D", "loss") + (("P",) if args.law == "precision" else ()) + (("format",) if args.by else ())
+        ("N", "D", "loss") + (("P",) if args.law != "chinchilla" else ()) + (("format",) if args.by else ())
     )
     columns = parse_columns(args.columns)
     table = load_table(args.data, columns, args.where, require, args.drop_invalid, args.n_convention)
@@ -137,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         progress=True if args.progress else None,
+        two_stage=args.two_stage,
     )
     result = run_fits(table, opts)
     data_path = Path(args.data)
@@ -153,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
             "tie_exponents": args.tie_exponents,
             "offset": args.offset,
             "shared": args.shared,
+            "two_stage": args.two_stage,
             "grid": args.grid,
             "bootstrap": args.bootstrap,
             "seed": args.seed,
@@ -166,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
             "rows_after_where": table.n_rows_where,
             "rows_used": len(table.frame),
             "dropped": table.dropped,
-            "bootstrap_unit": "run" if "run" in table.frame else "row",
+            "bootstrap_unit": bootstrap_units(table.frame)[1],
         },
         "command": shlex.join(["bitlaw", "fit", *sys.argv[2:]])
         if _invoked_as_fit()
@@ -207,10 +221,15 @@ def format_summary(document: dict[str, Any]) -> str:
             f"{entry['iterations']} iterations{', shared' if entry.get('shared') else ''})"
         )
         ci = entry.get("bootstrap", {})
-        for key in ("A", "B", "E", "alpha", "beta", "gamma", "offset"):
+        for key in ("A", "B", "E", "alpha", "beta", "C", "gamma", "delta_D", "delta_N", "offset"):
             if key in entry:
                 band = f"  95% CI [{_num(ci[key][0])}, {_num(ci[key][1])}]" if key in ci else ""
-                lines.append(f"  {key:<6} {_num(entry[key]):>12}{band}")
+                lines.append(f"  {key:<7} {_num(entry[key]):>12}{band}")
+        for p, value in entry.get("eff", {}).items():
+            band = entry.get("eff_ci", {}).get(p)
+            text = f"  95% CI [{_num(band[0])}, {_num(band[1])}]" if band else ""
+            implied = entry["gamma_implied"].get(p)
+            lines.append(f"  eff({p:<4}) {_num(value):>9}{text}  (implied gamma {_num(implied)})")
         extrap = entry.get("extrapolation")
         if extrap and extrap.get("mape") is not None:
             lines.append(

@@ -12,7 +12,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("fit", metavar="FIT_JSON", help="a fit.json written by `bitlaw fit`")
     parser.add_argument("--N", required=True, help="parameters (same convention as the fit), e.g. 1e9")
     parser.add_argument("--D", required=True, help="training tokens, e.g. 2e10")
-    parser.add_argument("--P", help="bits per weight (precision law), e.g. 2.25; 16 for bf16")
+    parser.add_argument(
+        "--P", help="bits per weight (precision, efficiency, penalty laws), e.g. 2.25; 16 for bf16"
+    )
     parser.add_argument("--format", help="which per-format fit to use (with a --by format fit)")
 
 
@@ -33,6 +35,12 @@ def run(args: argparse.Namespace) -> int:
 
     N, D, P = _positive("--N", args.N), _positive("--D", args.D), _positive("--P", args.P)
     fit = load_fit(args.fit)
+    if P is not None and fit.law == "chinchilla":
+        # silently dropping --P would print a bf16-agnostic loss as if it answered the question
+        raise InputError(
+            f"--P: {args.fit} is a chinchilla-law fit, which has no bits-per-weight term; drop --P or refit "
+            "with --law precision, efficiency or penalty"
+        )
     loss = float(fit.predict(N, D, P, args.format))
     line = f"{loss:.6f}"
     interval = prediction_interval(fit, N, D, P, args.format)
