@@ -167,6 +167,10 @@ def read_run(run_dir: Path, sweep: Path, n_convention: str, result: Gathered, in
         "reason": summary.get("reason"),
         "wall_s": summary.get("wall_s"),
         "seed": meta.get("seed"),
+        # a branch of a WSD trunk (sweep/branches.py) names its trunk; any other run is its own trunk
+        "trunk": meta.get("trunk", meta.get("run_id", run_dir.name)),
+        "branch": meta.get("branch"),
+        "final_val_loss_se": summary.get("final_val_loss_se"),
         "git_sha": meta.get("git_sha"),
         "n_metrics": len(records),
         "last_val_loss": _last_val_loss(records),

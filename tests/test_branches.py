@@ -110,3 +110,17 @@ def test_plan_sorts_branches_and_places_each_fork_at_its_decay() -> None:
                         decay_fraction=0.2, warmup=10, eval_every=50, final_eval_spacing=2)
     plan = plan_branches(t, "kmeans", 100)
     assert [(b.tokens, b.steps, b.fork_step) for b in plan] == [(250000, 250, 200), (500000, 500, 400)]
+
+
+def test_gather_gives_one_row_per_branch_and_trunk_with_the_trunk_named(branched) -> None:
+    from fit.gather import gather
+
+    result = gather([branched])
+    assert not result.skipped, result.skipped
+    rows_by_d = {row["D"]: row for row in result.rows}
+    assert sorted(rows_by_d) == [24576, 32768, 49152]
+    trunk_id = json.loads((branched / "run.json").read_text())["run_id"]
+    assert {row["trunk"] for row in result.rows} == {trunk_id}
+    assert len({row["run"] for row in result.rows}) == 3  # run stays unique per row
+    assert [rows_by_d[d]["branch"] for d in sorted(rows_by_d)] == ["D=24576", "D=32768", None]
+    assert all(row["seed"] == 0 and row["final_val_loss_se"] > 0 for row in result.rows)
