@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from fit.errors import InputError
@@ -44,6 +45,18 @@ def _top_level_help() -> str:
     return "\n".join(lines)
 
 
+def attach_negative_values(args: list[str]) -> list[str]:
+    """`--memory -1GB` -> `--memory=-1GB`: argparse takes a value starting with '-' for an option unless it
+    is a plain number, and would say "expected one argument" instead of what is wrong with the value."""
+    out: list[str] = []
+    for arg in args:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and re.match(r"-\d", arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -57,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"bitlaw {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
-    args = parser.parse_args(rest)
+    args = parser.parse_args(attach_negative_values(rest))
     try:
         return int(module.run(args) or 0)
     except InputError as err:

@@ -36,3 +36,9 @@ def test_every_registered_command_has_help() -> None:
         )
         assert out.returncode == 0, (name, out.stderr)
         assert f"usage: bitlaw {name}" in out.stdout
+
+
+def test_a_negative_value_is_judged_by_its_option_not_by_argparse(capsys) -> None:
+    assert cli.main(["recommend", "--preset", "1bw-kmeans", "--memory", "-1GB"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--memory: cannot parse '-1GB'" in err and "expected one" not in err
