@@ -20,7 +20,7 @@ from fit.diagnostics import collinear_flag, form_flags
 from fit.errors import InputError
 from fit.fitting import GAMMA_BOUNDS, profile_gamma
 from fit.forms import FORMS, FormSpec, assign_slots
-from fit.law import EFF_PREFIX, LAWS, predict_loss
+from fit.law import EFF_PREFIX, FULL_P, LAWS, predict_loss
 from fit.objective import FitData, LawSpec, Objective
 from fit.staged import Spec, fit_any, log_params_of, params_of
 from fit.table import Table
@@ -83,7 +83,10 @@ def _job(names: list[str], rows: np.ndarray, frame: pd.DataFrame, opts: FitOptio
     else:
         slot = None
         if opts.law == "penalty":
-            spec = FormSpec("penalty", opts.tie, (), len(names))
+            quantized = P < FULL_P
+            p_bar = float(P[quantized].mean()) if quantized.any() else 0.0
+            centre = (p_bar, float(np.log(sub["N"]).mean()), float(np.log(sub["D"]).mean()))
+            spec = FormSpec("penalty", opts.tie, (), len(names), centre)
         else:
             spec = LawSpec(opts.law == "precision", len(names), opts.tie, opts.offset)
     return Job(names, rows, FitData(sub["N"], sub["D"], sub["loss"], P, group, None, slot), spec)

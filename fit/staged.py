@@ -155,7 +155,10 @@ def refit_any(
         nb = n_base(spec)
         theta[:nb] = refit(theta[:nb], anchors, LawSpec(tie=spec.tie), obj)
         box = _pinned(box, theta[:nb])
-    res = local_fit(theta, data, spec, obj, box)
-    again = local_fit(res.x, data, spec, obj, box)
+    # ftol=0 (the full fit's rule) took ~700 L-BFGS-B iterations, 2 s, per penalty-law refit on a 200-row
+    # table; ftol=1e-12 stops 15x sooner and moved each parameter by < 1/10 of its bootstrap spread (measured)
+    tol = {"ftol": 1e-12, "gtol": 1e-9} if isinstance(spec, FormSpec) else {}
+    res = local_fit(theta, data, spec, obj, box, **tol)
+    again = local_fit(res.x, data, spec, obj, box, **tol)
     best = again.x if again.fun <= res.fun else res.x
     return canonical(best, data, spec) if isinstance(spec, LawSpec) else best

@@ -49,7 +49,7 @@ def test_form_gradient_matches_finite_differences(form: str, tie: bool, objectiv
     n = 60
     P, group = rng.choice([1.25, 2.25, 4.25, 16.0], n), rng.integers(0, 2, n)
     slot, slots = assign_slots(P, group)
-    spec = FormSpec(form, tie, slots if form == "efficiency" else (), 2)
+    spec = FormSpec(form, tie, slots if form == "efficiency" else (), 2, (2.0, 15.0, 20.0))
     weight = rng.uniform(0.5, 2, n)
     data = FitData(
         rng.uniform(1e6, 1e9, n), rng.uniform(1e8, 1e10, n), rng.uniform(2, 4, n), P, group, weight, slot
