@@ -23,19 +23,14 @@ User errors (Slurm down, a request that can never fit, detach without Slurm) pri
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-
-from hydra.experimental.callback import Callback
 
 from sweep.composed import ComposedJob
 from sweep.contract import (
@@ -49,78 +44,33 @@ from sweep.contract import (
     read_json,
     slurm_state_word,
 )
-from sweep.slurm import SubmissionError, active_slurm_states, check_slurm_reachable, sbatch_error_line
+from sweep.outcomes import (  # noqa: F401  (SweepSummary: named by sweep dirs' frozen configs)
+    RunOutcome,
+    SweepSummary,
+    duration,
+    job_outcome,
+    job_return,
+    local_final_state,
+    loss_text,
+    pool_outcome,
+    record_outcome,
+)
+from sweep.slurm import SubmissionError, active_slurm_states, check_slurm_reachable
 from sweep.status import lock_holder
+from sweep.submission import (
+    captured_stderr,
+    completed_summary,
+    describe_rejection,
+    expected_run_id,
+    make_executor,
+    submission_record,
+    task_config,
+    validate_job,
+)
 
-OUTCOMES_FILE = "outcomes.jsonl"  # SWEEP_DIR/.bitlaw/: one line per run outcome, appended as runs end
 _POLL_S = 1.0           # how often to look for result pickles (a stat per job)
 _SCHEDULER_POLL_S = 3.0  # how often to ask the scheduler (one sacct call for all jobs)
 _CANCEL_WAIT_S = 10.0    # after ^C/SIGTERM: how long to wait for cancelled local jobs to exit
-
-
-@dataclass
-class RunOutcome:
-    run: str
-    state: str  # done | failed | cancelled | skipped | queued | busy | submitted
-    job_id: str = ""
-    detail: str = ""
-    value: Any = None  # what the task returned (done runs), handed back to the sweeper
-
-
-def _completed_summary(run_dir: Path) -> dict | None:
-    summary = read_json(run_dir / "summary.json")
-    return summary if summary and summary.get("status") == "completed" else None
-
-
-def _task_config(config: Any) -> dict | None:
-    """What run_job hands the task: the config without its `hydra` node, resolved; None if an interpolation
-    only the job can resolve (an environment variable of the cluster, say) stops it here.
-    A mandatory value left unset (???) is a SubmissionError: no job could run."""
-    import copy
-
-    from omegaconf import OmegaConf, open_dict, read_write
-    from omegaconf.errors import MissingMandatoryValue
-
-    task = copy.deepcopy(config)
-    with read_write(task), open_dict(task):
-        del task["hydra"]
-    try:
-        return OmegaConf.to_container(task, resolve=True, throw_on_missing=True)
-    except MissingMandatoryValue as err:
-        raise SubmissionError(f"{err.full_key}: a mandatory value is not set (???); set it with "
-                              f"{err.full_key}=VALUE") from None
-    except Exception:  # the job resolves it and checks the config and its run_id itself
-        return None
-
-
-def _expected_run_id(task: dict | None) -> str | None:
-    """The run_id the job will compute for this config (the contract), or None if it cannot resolve here."""
-    from sweep.contract import compute_run_id
-
-    return compute_run_id(task) if task is not None else None
-
-
-def _validate(task: dict | None, overrides: Sequence[str], cluster: str) -> None:
-    """The job's own config checks (sweep/config.py), run at submission so that a bad job of a grid stops
-    the whole submission with one line before anything is queued, instead of failing once it runs."""
-    from sweep.config import ConfigError, from_dict
-
-    if task is None or not {"model", "quant", "train"} <= set(task):
-        return  # not bitlaw's training job (another Hydra app on this launcher): its job checks itself
-    try:
-        # a Slurm job's token file lives on the cluster's file system, which this host may not see
-        from_dict(task, check_paths=cluster != "slurm")
-    except ConfigError as err:
-        job = " ".join(overrides) or "(no overrides)"
-        raise SubmissionError(f"{err} (job: {job}); nothing was submitted") from None
-
-
-def _tail(path: Path, n_lines: int = 5) -> str:
-    try:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    return " | ".join(lines[-n_lines:])
 
 
 class SweepLauncher:
@@ -155,10 +105,10 @@ class SweepLauncher:
         done = len(self.outcomes)
         elapsed = time.monotonic() - self.started
         if self.total_jobs is None:
-            return f"{done} run(s) · {_duration(elapsed)} elapsed"
+            return f"{done} run(s) · {duration(elapsed)} elapsed"
         left = max(self.total_jobs - done, 0)
-        eta = f" · ETA {_duration(elapsed / self.trained * left)}" if self.trained and left else ""
-        return f"{done}/{self.total_jobs} · {left} left · {_duration(elapsed)} elapsed{eta}"
+        eta = f" · ETA {duration(elapsed / self.trained * left)}" if self.trained and left else ""
+        return f"{done}/{self.total_jobs} · {left} left · {duration(elapsed)} elapsed{eta}"
 
     # ---------------------------------------------------------------- the launch
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
@@ -187,9 +137,9 @@ class SweepLauncher:
             # Same resolver-cache copy as Hydra's own launcher: ${now:} etc. agree across jobs.
             OmegaConf.copy_cache(from_config=self.config, to_config=config)
             HydraConfig.instance().set_config(config)
-            task = _task_config(config)
-            _validate(task, overrides, cluster)
-            composed.append((config, _expected_run_id(task)))
+            task = task_config(config)
+            validate_job(task, overrides, cluster)
+            composed.append((config, expected_run_id(task)))
         for offset, (overrides, (config, run_id)) in enumerate(zip(job_overrides, composed, strict=True)):
             HydraConfig.instance().set_config(config)
             run = str(config.hydra.sweep.subdir)
@@ -198,7 +148,7 @@ class SweepLauncher:
                 self._keep(handled)
                 print(f"[sweep] {'skip' if handled.state != 'failed' else 'refuse'} {run}: {handled.detail}"
                       f"  [{self.progress()}]", flush=True)
-                returns.append(_job_return(list(overrides), handled))
+                returns.append(job_return(list(overrides), handled))
                 continue
             with read_write(config.hydra.job), open_dict(config.hydra.job):
                 config.hydra.job.num = initial_job_idx + offset
@@ -208,7 +158,7 @@ class SweepLauncher:
 
         for run, config, _, _ in to_submit:
             atomic_write_text(config_snapshot_path(sweep_dir, run), OmegaConf.to_yaml(config))
-        executor = _make_executor(self.params, cluster)
+        executor = make_executor(self.params, cluster)
         job = ComposedJob(self.hydra_context, self.task_function, Singleton.get_state())
         if cluster != "slurm" and self.use_pool:
             with self._cancel_local_jobs_on_signal():
@@ -221,16 +171,16 @@ class SweepLauncher:
         try:
             # sbatch writes its rejection to the inherited stderr as well as into the exception; keep
             # it off the terminal so the user sees one line, and keep it in the error if it's not there.
-            with _captured_stderr() as sbatch_stderr:
+            with captured_stderr() as sbatch_stderr:
                 jobs = executor.map_array(job, [c for _, c, _, _ in to_submit],
                                           [n for _, _, n, _ in to_submit])
         except submitit.core.utils.FailedJobError as err:
             said = str(err) if "error:" in str(err) else "".join(sbatch_stderr)
-            raise SubmissionError(_describe_rejection(self.params, said)) from None
+            raise SubmissionError(describe_rejection(self.params, said)) from None
         else:
             sys.stderr.write("".join(sbatch_stderr))
 
-        append_submissions(sweep_dir, [_submission(sweep_dir, run, j, cluster, overrides)
+        append_submissions(sweep_dir, [submission_record(sweep_dir, run, j, cluster, overrides)
                                        for (run, _, _, overrides), j in zip(to_submit, jobs, strict=True)])
         print(f"[sweep] submitted {len(jobs)} job(s) to {cluster}: {jobs[0].job_id}"
               + ("" if len(jobs) == 1 else f" … {jobs[-1].job_id}"), flush=True)
@@ -256,19 +206,15 @@ class SweepLauncher:
         A failed run gets status COMPLETED with no value: Hydra's sweepers raise on a FAILED return and would
         stop the sweep; the failure is reported in the outcome lines and the sweep's exit status instead."""
         by_run = {o.run: o for o in self.outcomes}
-        return [_job_return(overrides, by_run.get(run)) for run, _, _, overrides in submitted]
+        return [job_return(overrides, by_run.get(run)) for run, _, _, overrides in submitted]
 
     def _keep(self, outcome: RunOutcome) -> None:
         self.outcomes.append(outcome)
-        record = {k: v for k, v in asdict(outcome).items() if k != "value"}
-        path = ledger_dir(self.sweep_dir) / OUTCOMES_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+        record_outcome(self.sweep_dir, outcome)
 
     def _record(self, sweep_dir: Path, run: str, job: Any, final_state: str) -> None:
         """One finished job: its outcome, printed with the sweep's progress."""
-        outcome = self._outcome(sweep_dir, run, job, final_state)
+        outcome = job_outcome(sweep_dir, run, job, final_state)
         self.running.pop(job.job_id, None)
         self._keep(outcome)
         self.trained += 1
@@ -282,12 +228,13 @@ class SweepLauncher:
             while pending and len(running) < self.parallel:
                 run, config, job_num, overrides = pending.pop(0)
                 submitted = executor.submit(job, config, job_num)
-                append_submissions(sweep_dir, [_submission(sweep_dir, run, submitted, cluster, overrides)])
+                record = submission_record(sweep_dir, run, submitted, cluster, overrides)
+                append_submissions(sweep_dir, [record])
                 print(f"[sweep] started   {run}  (job {submitted.job_id})", flush=True)
                 running[submitted.job_id] = (run, submitted)
             time.sleep(_POLL_S)
             for run, submitted in list(running.values()):
-                final_state = _local_final_state(submitted)
+                final_state = local_final_state(submitted)
                 if final_state is None:
                     continue
                 self._record(sweep_dir, run, submitted, final_state)
@@ -321,7 +268,7 @@ class SweepLauncher:
         interrupted = False
         try:
             for finished in self.pool.run(tasks, started):
-                outcome = _pool_outcome(sweep_dir, finished)
+                outcome = pool_outcome(sweep_dir, finished)
                 self._keep(outcome)
                 self.trained += 1
                 print(f"[sweep] {outcome.state:9s} {outcome.run}  {outcome.detail}  [{self.progress()}]",
@@ -386,27 +333,29 @@ class SweepLauncher:
     def _already_handled(run_dir: Path, run: str, expected_run_id: str | None, previous: Submission | None,
                          live: dict[str, str]) -> RunOutcome | None:
         """An outcome for a run that must not be submitted now, else None."""
+        if previous is not None and previous.job_id in live:
+            # first: whatever its dir holds, a job of this run is still queued or running (a config edited
+            # since is not this job's: it runs the config frozen at its submission)
+            return RunOutcome(run, "queued", previous.job_id,
+                              f"already in Slurm as job {previous.job_id} ({live[previous.job_id]})")
         run_id = (read_json(run_dir / "run.json") or {}).get("run_id")
         if expected_run_id is not None and run_id is not None and run_id != expected_run_id:
             # Same directory, different experiment (conf/ changed, or a run.json copied from another run):
             # never overwrite it, and never let its numbers pass for this run's (gather refuses it too).
             return RunOutcome(run, "failed", detail=f"its run.json holds run_id {run_id} but this job's "
-                              f"config "
-                              f"gives {expected_run_id}; to train it, move the dir aside (mv '{run_dir}' "
-                              f"'{run_dir}.old') and run the same command again, or use a new sweep.name")
-        summary = _completed_summary(run_dir)
+                              f"config gives {expected_run_id}; to train it, move the dir aside "
+                              f"(mv '{run_dir}' '{run_dir}.old') and run the same command again, or use a "
+                              "new sweep.name")
+        summary = completed_summary(run_dir)
         if summary is not None:
             return RunOutcome(run, "skipped", detail=f"completed (run_id {run_id}, "
-                                                     f"final_val_loss {_loss(summary)})")
+                                                     f"final_val_loss {loss_text(summary)})")
         holder = lock_holder(run_dir)
         if holder is not None:
             # another submitter's job (or a single run) is training this dir now: a second copy would
             # interleave its metrics and checkpoint; it fails fast on the lock anyway
             return RunOutcome(run, "busy", detail=f"being trained by {holder} (another submitter?); not "
                               "submitted again: wait for it, or stop it and run the same command again")
-        if previous is not None and previous.job_id in live:
-            return RunOutcome(run, "queued", previous.job_id,
-                              f"already in Slurm as job {previous.job_id} ({live[previous.job_id]})")
         return None
 
     @staticmethod
@@ -424,7 +373,7 @@ class SweepLauncher:
                 if j.job_id in finished:
                     continue
                 if cluster != "slurm":
-                    local_state = _local_final_state(j)
+                    local_state = local_final_state(j)
                     if local_state is not None:
                         finished[j.job_id] = local_state
                 elif j.paths.result_pickle.exists():
@@ -438,32 +387,6 @@ class SweepLauncher:
             if len(finished) < len(jobs):
                 time.sleep(_POLL_S)
 
-    @staticmethod
-    def _outcome(sweep_dir: Path, run: str, job: Any, final_state: str) -> RunOutcome:
-        from hydra.core.utils import JobStatus
-
-        run_dir = sweep_dir / run
-        if final_state != "RESULT":
-            state = "cancelled" if final_state.startswith("CANCELLED") else "failed"
-            return RunOutcome(run, state, job.job_id, f"job {final_state}; {_tail(job.paths.stderr, 3)}")
-        try:
-            job_return = job.results()[0]
-        except Exception as err:  # submitit re-raises the job's error; ComposedJob wrote its summary
-            summary = read_json(run_dir / "summary.json") or {}
-            return RunOutcome(run, "failed", job.job_id, summary.get("reason") or _error_line(str(err)))
-        if job_return.status == JobStatus.FAILED:
-            return RunOutcome(run, "failed", job.job_id, "the task failed")
-        value = job_return.return_value
-        if isinstance(value, dict) and value.get("status") == "busy":  # lost the run dir's lock (app.run_job)
-            return RunOutcome(run, "busy", job.job_id, str(value.get("reason")))
-        summary = read_json(run_dir / "summary.json") or {}
-        if summary.get("status") == "completed":
-            return RunOutcome(run, "done", job.job_id, f"final_val_loss {_loss(summary)}",
-                              job_return.return_value)
-        if summary:
-            return RunOutcome(run, "failed", job.job_id, f"{summary.get('status')}: {summary.get('reason')}")
-        return RunOutcome(run, "done", job.job_id, "job returned (no summary.json)")
-
 
 class _Interrupted(Exception):
     def __init__(self, signum: int) -> None:
@@ -471,182 +394,3 @@ class _Interrupted(Exception):
         self.signum = signum
 
 
-@contextlib.contextmanager
-def _captured_stderr() -> Iterator[list[str]]:
-    """Send file descriptor 2 (inherited by subprocesses such as sbatch) to a temp file meanwhile;
-    the yielded list receives the captured text when the block ends."""
-    captured: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield captured
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            captured.append(sink.read().decode(errors="replace"))
-
-
-def _local_final_state(job: Any) -> str | None:
-    """'RESULT' once a local job left its result pickle, its submitit state if the process exited without
-    one, None while it runs."""
-    if job.paths.result_pickle.exists():
-        return "RESULT"
-    return job.state if job.done() else None
-
-
-def _submission(sweep_dir: Path, run: str, job: Any, cluster: str, overrides: list[str]) -> Submission:
-    """The ledger line `bitlaw status` reads for one submitted job (paths relative to the sweep dir)."""
-    rel = lambda p: os.path.relpath(p, sweep_dir)  # noqa: E731
-    return Submission(run=run, job_id=job.job_id, executor=cluster,
-                      submitted=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      stdout=rel(job.paths.stdout), stderr=rel(job.paths.stderr),
-                      config=rel(config_snapshot_path(sweep_dir, run)), overrides=overrides)
-
-
-def _loss(summary: dict) -> str:
-    loss = summary.get("final_val_loss")
-    return f"{loss:.4f}" if isinstance(loss, float) else str(loss)
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-def _error_line(message: str) -> str:
-    """The exception line of a traceback that submitit wrapped into FailedJobError."""
-    lines = [ln for ln in message.splitlines() if ln and not ln.startswith((" ", "-", "You can check"))]
-    return lines[-1] if lines else message.strip()
-
-
-def _describe_rejection(params: dict, message: str) -> str:
-    asked = ", ".join(f"{k}={params[k]}" for k in ("partition", "nodes", "tasks_per_node", "cpus_per_task",
-                                                   "gpus_per_node", "mem_gb", "timeout_min")
-                      if params.get(k) is not None)
-    return (f"hydra.launcher: Slurm rejected the request ({asked}): {sbatch_error_line(message)}; "
-            "lower it to what a node offers (see `sinfo -o '%P %c %m %G %l'`)")
-
-
-@contextlib.contextmanager
-def report_and_exit_on_user_error() -> Iterator[None]:
-    """A SubmissionError (the user must change something) becomes one line on stderr and exit status 2,
-    instead of Hydra's multi-line error report."""
-    try:
-        yield
-    except SubmissionError as err:
-        print(f"sweep: error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
-
-
-def _pool_outcome(sweep_dir: Path, finished: Any) -> RunOutcome:
-    """A pooled run's outcome, read as `_outcome` reads a submitit job's (summary.json decides)."""
-    from hydra.core.utils import JobStatus
-
-    run_dir, job_id = sweep_dir / finished.key, str(finished.worker_pid)
-    summary = read_json(run_dir / "summary.json") or {}
-    if not finished.ok:
-        return RunOutcome(finished.key, "failed", job_id, summary.get("reason") or finished.error)
-    job_return = finished.value
-    if job_return.status == JobStatus.FAILED:
-        return RunOutcome(finished.key, "failed", job_id, "the task failed")
-    value = job_return.return_value
-    if isinstance(value, dict) and value.get("status") == "busy":  # lost the run dir's lock (app.run_job)
-        return RunOutcome(finished.key, "busy", job_id, str(value.get("reason")))
-    if summary.get("status") == "completed":
-        return RunOutcome(finished.key, "done", job_id, f"final_val_loss {_loss(summary)}", value)
-    if summary:
-        return RunOutcome(finished.key, "failed", job_id, f"{summary.get('status')}: {summary.get('reason')}")
-    return RunOutcome(finished.key, "done", job_id, "job returned (no summary.json)", value)
-
-
-def _make_executor(params: dict[str, Any], cluster: str) -> Any:
-    """The executor hydra-submitit-launcher would build from the same `hydra.launcher` keys."""
-    import submitit
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-    from omegaconf import OmegaConf
-
-    params = dict(params)
-    folder = params.pop("submitit_folder")
-    init = {f"{cluster}_{k}": params.pop(k) for k in ["max_num_timeout"] if k in params}
-    params.pop("_target_", None)
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **init)
-    # Keys shared by all executors go unprefixed; everything else (partition, account, qos, setup,
-    # signal_delay_s, additional_parameters, site keys added with `+hydra.launcher.KEY=`) is slurm_KEY.
-    shared = set(OmegaConf.structured(BaseQueueConf).keys())
-    executor.update_parameters(**{k if k in shared else f"{cluster}_{k}": v for k, v in params.items()})
-    return executor
-
-
-def _job_return(overrides: list[str], outcome: RunOutcome | None) -> Any:
-    from hydra.core.utils import JobReturn, JobStatus
-
-    value = outcome.value if outcome is not None else None
-    return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=value)
-
-
-def outcomes_since(sweep_dir: Path, offset: int) -> list[RunOutcome]:
-    """The outcomes recorded in SWEEP_DIR/.bitlaw/outcomes.jsonl after byte `offset` (this invocation's)."""
-    try:
-        with open(ledger_dir(sweep_dir) / OUTCOMES_FILE, "rb") as f:
-            f.seek(offset)
-            lines = f.read().decode("utf-8", errors="replace").splitlines()
-    except OSError:
-        return []
-    outcomes = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:  # a line torn by a killed submitter
-            continue
-        fields = {k: str(record.get(k, "")) for k in ("run", "state", "job_id", "detail")}
-        outcomes.append(RunOutcome(**fields))
-    return outcomes
-
-
-def outcomes_offset(sweep_dir: Path) -> int:
-    """Where this invocation's outcomes will start in SWEEP_DIR/.bitlaw/outcomes.jsonl."""
-    try:
-        return (ledger_dir(sweep_dir) / OUTCOMES_FILE).stat().st_size
-    except OSError:
-        return 0
-
-
-def closing_summary(outcomes: list[RunOutcome], sweep_dir: Path) -> tuple[str, int]:
-    """(the sweep's one closing line, its exit status: 1 if any run failed or was cancelled)."""
-    counts: dict[str, int] = {}
-    for outcome in outcomes:
-        counts[outcome.state] = counts.get(outcome.state, 0) + 1
-    totals = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-    line = f"[sweep] {len(outcomes)} run(s): {totals or 'none'}  (sweep dir {sweep_dir})"
-    if counts.get("submitted"):
-        line += f"\n[sweep] detached; follow with: bitlaw status {sweep_dir}"
-    return line, 1 if counts.get("failed") or counts.get("cancelled") else 0
-
-
-class SweepSummary(Callback):
-    """After a multirun: the sweep's one closing line (counts of this invocation's run outcomes, as the
-    launcher recorded them), and exit status 1 if any run failed or was cancelled.
-
-    A job that fails (bad config, an exception) records ``summary.json: failed`` and returns, so the other
-    jobs of the sweep still run; this is where the sweep as a whole reports it.
-    """
-
-    def __init__(self) -> None:
-        self.offset = 0
-
-    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        self.offset = outcomes_offset(Path(str(config.hydra.sweep.dir)).resolve())
-
-    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-        outcomes = outcomes_since(sweep_dir, self.offset)
-        line, status = closing_summary(outcomes, sweep_dir)
-        print(line, flush=True)
-        if status:
-            bad = [o for o in outcomes if o.state in ("failed", "cancelled")]
-            print(f"sweep: error: {len(bad)} run(s) failed or were cancelled, e.g. {bad[0].run}: "
-                  f"{bad[0].detail}", file=sys.stderr, flush=True)
-            sys.exit(status)

@@ -98,7 +98,7 @@ def test_failed_run_is_recorded_then_resweep_reruns_it_and_skips_completed(slurm
     edited = (conf / "config.yaml").read_text().replace("offset: 0.0", "offset: 1.0")
     (conf / "config.yaml").write_text(edited)
     fourth = submit(sweep, *grid)
-    assert fourth.returncode == 1 and fourth.stdout.count("holds completed run_id") == 2, fourth.stdout
+    assert fourth.returncode == 1 and fourth.stdout.count("its run.json holds run_id") == 2, fourth.stdout
     assert len(ledger_lines(sweep)) == 3
     assert json.loads((sweep / "value=1" / "summary.json").read_text())["final_val_loss"] == 0.5
 

@@ -65,7 +65,8 @@ class _BitlawLauncher(Launcher):
         self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from sweep.launcher import SweepLauncher, report_and_exit_on_user_error
+        from sweep.launcher import SweepLauncher
+        from sweep.submission import report_and_exit_on_user_error
 
         assert self.config is not None and self.hydra_context is not None
         sweep = SweepLauncher(self.cluster, self.params, self.config, self.hydra_context, self.task_function)
