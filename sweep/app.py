@@ -23,13 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep import contract
 from sweep.config import ConfigError, default_threads
+from sweep.recipe import register_resolvers
 
 log = logging.getLogger("sweep")
 
 # Resolvers must be registered at import, before @hydra.main runs, so they reach submitit jobs too.
-OmegaConf.register_new_resolver("cpu_count", default_threads, replace=True)
-# hydra.job.config.override_dirname.exclude_keys: the contract's volatile keys among a job's overrides.
-OmegaConf.register_new_resolver("bitlaw_volatile_overrides", contract.volatile_overrides, replace=True)
+register_resolvers()
 
 
 def job_threads(hydra_cfg: Any) -> int:

@@ -66,14 +66,14 @@ def experiment_grid(overrides: list[str]) -> Any:
     from omegaconf.errors import OmegaConfBaseException
 
     from sweep import contract
+    from sweep.recipe import register_resolvers
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as err:
         raise InputError(f"overrides: {str(err).splitlines()[0]}") from None
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    if not OmegaConf.has_resolver("bitlaw_volatile_overrides"):  # conf/config.yaml's hydra.job node uses it
-        OmegaConf.register_new_resolver("bitlaw_volatile_overrides", contract.volatile_overrides)
+    register_resolvers()  # conf/ uses them (hydra.job's exclude_keys, width_lr, cpu_count)
     try:
         with initialize_config_dir(str(CONF_DIR), version_base=None):
             base = compose("config", overrides=fixed, return_hydra_config=True)
