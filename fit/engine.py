@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fit.bootstrap import BootJob, percentile_ci, run_bootstrap
-from fit.diagnostics import collinear_flag, form_flags
+from fit.diagnostics import collinear_flag, form_flags, information
 from fit.errors import InputError
 from fit.fitting import GAMMA_BOUNDS, profile_gamma
 from fit.forms import FORMS, FormSpec, assign_slots
@@ -238,6 +238,7 @@ def run_fits(table: Table, opts: FitOptions) -> dict[str, Any]:
                 + collinear_flag(job.data, rows)
                 + (form_flags(opts.law, params, job.data, rows) if opts.law in FORMS else []),
             )
+            entry["information"] = _information(job, result.theta, opts.objective)
             if opts.two_stage:
                 entry["two_stage"] = True  # A, B, E, alpha, beta are the 16-bit anchors' Chinchilla fit
             if job.data.P is not None:  # recommend refuses bit widths outside what the fit saw
@@ -252,6 +253,17 @@ def run_fits(table: Table, opts: FitOptions) -> dict[str, Any]:
     if opts.bootstrap > 0:
         _attach_bootstrap(jobs, results, fits, frame, opts)
     return {"fits": fits, "extrapolation": _pooled_extrapolation(fits)}
+
+
+def _information(job: Job, theta: np.ndarray, obj: Objective) -> dict[str, Any]:
+    """AIC/BIC over the job's rows (a shared fit's are joint: every format's entry repeats them)."""
+    data, resid = job.data, np.empty(len(job.data.L))
+    for group, params in enumerate(params_of(theta, job.spec)):
+        rows = data.group == group
+        pred = predict_loss(params, data.N[rows], data.D[rows], None if data.P is None else data.P[rows])
+        resid[rows] = np.log(data.L[rows] / pred) if obj.space == "log" else data.L[rows] - pred
+    used = data.weight > 0
+    return information(obj.loss, obj.space, obj.delta, resid[used], job.spec.n_params)
 
 
 def _eff_entries(params: dict[str, float]) -> dict[str, Any]:

@@ -226,3 +226,25 @@ def test_predict_serves_the_new_forms_and_refuses_what_cannot_apply(capsys, tmp_
         code = cli.main(["predict", str(tmp_path / f"{fit_name}.json"), "--N", "1e7", "--D", "1e9", *extra])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and "--P" in err[0] and needle in err[0], (fit_name, err)
+
+
+def test_compare_forms_ranks_the_true_form_first_and_refuses_unlike_fits() -> None:
+    from fit.compare import compare_forms
+    from fit.errors import InputError
+
+    N, D = default_grid(6, 4)
+    for truth, law in ((PENALTY_TRUTH, "penalty"), (KMEANS_TRUTH, "precision")):
+        runs = table(simulate(truth, N, D, noise=0.003, seed=7))
+        docs = {}
+        for form in ("chinchilla", "precision", "efficiency", "penalty"):
+            result = run_fits(runs, FitOptions(law=form, by="format", grid="coarse"))
+            docs[form] = {"law": form, "loss": "huber", "delta": 1e-3, "space": "log", "by": "format",
+                          "data": {"sha256": "same"}, **result}  # fmt: skip
+        rows = compare_forms(docs)["kmeans"]
+        assert rows[0]["law"] == law and rows[0]["delta_aic"] == 0.0, rows
+        assert min(rows, key=lambda r: r["bic"])["law"] == law
+        assert min(rows, key=lambda r: r["heldout_mape"])["law"] == law
+        assert {r["k"] for r in rows} == {5, 6, 9}
+    docs["penalty"] = {**docs["penalty"], "space": "raw"}
+    with pytest.raises(InputError, match="--compare"):
+        compare_forms(docs)
