@@ -278,7 +278,7 @@ def bootstrap_units(frame: pd.DataFrame) -> tuple[np.ndarray, str]:
     """Each row's resampling unit and its name: the trunk (branches of one training run share it; a seed is a
     separate trunk), else the run, else the row.  A row without a trunk id is its own run's unit."""
     runs = frame["run"].astype(str).to_numpy() if "run" in frame else np.arange(len(frame)).astype(str)
-    if "trunk" not in frame:
+    if "trunk" not in frame or frame["trunk"].isna().all():  # no branched runs in this table
         return np.unique(runs, return_inverse=True)[1].reshape(-1), "run" if "run" in frame else "row"
     trunk = frame["trunk"]
     key = np.where(trunk.notna(), "trunk:" + trunk.astype(str), "run:" + pd.Series(runs, index=frame.index))

@@ -196,6 +196,7 @@ def test_bootstrap_resamples_trunks_and_seeds_not_branches() -> None:
     assert (weights[:, 0] == weights[:, 1]).all() and (weights[:, 3] == weights[:, 4]).all()
     assert (weights[:, 0] != weights[:, 5]).any()
     assert bootstrap_units(frame.drop(columns=["trunk", "seed"]))[1] == "run"
+    assert bootstrap_units(frame.assign(trunk=None))[1] == "run"
 
 
 def test_predict_serves_the_new_forms_and_refuses_what_cannot_apply(capsys, tmp_path: Path) -> None:
