@@ -161,7 +161,8 @@ def test_gathered_table_fits_by_format_with_no_column_flags(capsys, tmp_path, sw
     entry = doc["fits"]["kmeans"]
     assert entry["n_points"] == 36 and entry["n_runs"] == 36
     assert entry["gamma"] == pytest.approx(KMEANS_TRUTH["gamma"], rel=1e-3)
-    assert doc["data"]["bootstrap_unit"] == "run" and doc["n_convention"] == "quant"
+    # every gathered run is its own trunk (no branches here), so resampling trunks+seeds = resampling runs
+    assert doc["data"]["bootstrap_unit"] == "trunk+seed" and doc["n_convention"] == "quant"
     assert entry["P_range"] == [1.25, 16.0]
 
 
