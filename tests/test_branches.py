@@ -124,3 +124,9 @@ def test_gather_gives_one_row_per_branch_and_trunk_with_the_trunk_named(branched
     assert len({row["run"] for row in result.rows}) == 3  # run stays unique per row
     assert [rows_by_d[d]["branch"] for d in sorted(rows_by_d)] == ["D=24576", "D=32768", None]
     assert all(row["seed"] == 0 and row["final_val_loss_se"] > 0 for row in result.rows)
+
+
+def test_seeds_are_separate_trunks() -> None:
+    """train.seed sweeps like any key: each seed is another experiment (run id), hence its own trunk."""
+    ids = {compute_run_id(config(*TRUNK, f"train.seed={seed}")) for seed in (0, 1, 2)}
+    assert len(ids) == 3
