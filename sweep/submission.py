@@ -49,10 +49,10 @@ def expected_run_id(task: dict | None) -> str | None:
 def validate_job(task: dict | None, overrides: Sequence[str], cluster: str) -> None:
     """The job's own config checks (sweep/config.py), run at submission so that a bad job of a grid stops
     the whole submission with one line before anything is queued, instead of failing once it runs."""
-    from sweep.config import ConfigError, from_dict
-
     if task is None or not {"model", "quant", "train"} <= set(task):
         return  # not bitlaw's training job (another Hydra app on this launcher): its job checks itself
+    # imported only here: sweep.config's dataclasses import torch (~2 s), once per sweep
+    from sweep.config import ConfigError, from_dict
     try:
         # a Slurm job's token file lives on the cluster's file system, which this host may not see
         from_dict(task, check_paths=cluster != "slurm")
