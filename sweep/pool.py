@@ -102,8 +102,9 @@ class WorkerPool:
     """`parallel` workers; `run(tasks)` yields a Finished per task as each ends, in order of ending."""
 
     def __init__(self, parallel: int, warm_imports: tuple[str, ...] = (), env: dict[str, str] | None = None):
-        # fork: a worker starts from the submitter's memory in milliseconds (no re-import of Hydra); torch
-        # is not imported by the submitter, so it is imported once per worker, after the fork
+        # fork: a worker starts from the submitter's memory in milliseconds (no re-import of Hydra or
+        # torch). The submitter may have imported torch (the config checks do) but has run no torch op, so
+        # no thread pool exists yet that a fork could leave half-copied.
         self.context = multiprocessing.get_context("fork")
         self.parallel = max(1, parallel)
         self.warm_imports, self.env = warm_imports, dict(env or {})
