@@ -22,8 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sweep import contract
-from sweep.config import ConfigError, default_threads
-from sweep.recipe import register_resolvers
+from sweep.recipe import cpu_count, register_resolvers
 
 log = logging.getLogger("sweep")
 
@@ -33,7 +32,7 @@ register_resolvers()
 
 def job_threads(hydra_cfg: Any) -> int:
     """CPU threads for this job: its share of the cores when several local jobs run at once."""
-    cores = default_threads()
+    cores = cpu_count()
     if os.environ.get("SUBMITIT_EXECUTOR") == "local":
         # at most `hydra.launcher.parallel` jobs at once, and never more than a sweeper batch
         widths = (hydra_cfg.launcher.get("parallel"), hydra_cfg.sweeper.get("max_batch_size"))
@@ -50,6 +49,8 @@ def resolved_config(cfg: DictConfig, hydra_cfg: Any) -> dict[str, Any]:
         container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as err:  # MissingMandatoryValue, InterpolationResolutionError …
         key = getattr(err, "full_key", None) or "config"
+        from sweep.config import ConfigError  # sweep.config imports torch: only in the job
+
         raise ConfigError(f"{key}: {str(err).splitlines()[0]}") from None
     if container["train"].get("threads") is None:
         container["train"]["threads"] = job_threads(hydra_cfg)
@@ -99,6 +100,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _train_in(cfg: DictConfig, hydra_cfg: Any, run_dir: Path, multirun: bool) -> dict[str, Any]:
+    from sweep.config import ConfigError
     from sweep.train import EXIT_PREEMPTED, Preempted, train
 
     try:

@@ -107,7 +107,7 @@ def test_fit_imports_without_torch() -> None:
 
 
 @pytest.mark.parametrize("module", ["sweep", "sweep.contract", "sweep.status", "sweep.launcher",
-                                    "sweep.outcomes", "sweep.submission",
+                                    "sweep.outcomes", "sweep.submission", "sweep.app",
                                     "hydra_plugins.bitlaw_launcher.bitlaw_launcher"])
 def test_orchestration_modules_import_without_torch(module: str) -> None:
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch was imported'; print('ok')"
