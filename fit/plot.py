@@ -6,6 +6,11 @@
 3. ``neff_vs_pw.png``     N_eff vs P_w for a family of memory budgets, each curve's optimum marked.
 4. ``pred_vs_obs.png``    predicted vs observed loss, the held-out largest N shown as extrapolated.
 5. ``best_bits.png``      best bit width vs budget, with the bootstrap win shares.
+
+Where the fit saw data (its N, D, P span: the runs table, else the data file fit.json names) is drawn as a box
+on the isoloss panels; defaults (fixed D, fixed N) come from inside it, and an optimum in ``neff_vs_pw`` is
+starred only when its model lies inside it.  Figures are drawn to temporary names and renamed only once all
+of them are drawn, so an error leaves no partial set.
 """
 
 from __future__ import annotations
@@ -16,16 +21,17 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib import colors, ticker
+from matplotlib import colors, patches, ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from fit.caveats import data_range
 from fit.fitfile import FitFile
-from fit.law import predict_loss
+from fit.law import capacity, predict_loss
 from fit.memory import BitAccounting, resolve_arch
 from fit.presets import LawSource
-from fit.recommend import format_bytes, recommend, smooth_n_eff
+from fit.recommend import bits_label, format_bytes, recommend, smooth_n_eff
 
 MARKERS = {1: "o", 2: "s", 3: "^", 4: "D", 5: "v", 6: "P", 7: "X", 8: "h", 16: "*"}
 LINESTYLES = {1: "-", 2: "--", 3: "-.", 4: ":", 16: (0, (6, 1, 1, 1))}
@@ -45,12 +51,20 @@ class PlotInputs:
     arch: str = "llama3:continuous"
     bits: tuple[int, ...] = (1, 2, 3, 4, 16)
     acct: BitAccounting = field(default_factory=BitAccounting)
+    ranges: dict[str, tuple[float, float]] | None = None  # the N, D, P span of the fit's data, if known
 
     def __post_init__(self) -> None:
+        if self.ranges is None and self.runs is not None:
+            self.ranges = {k: (float(self.runs[k].min()), float(self.runs[k].max())) for k in ("N", "D", "P")}
+        elif self.ranges is None and self.fitfile is not None:
+            self.ranges = data_range(self.fitfile, self.primary)[0]
         # The ranking at fixed D does not depend on D (design §5); D only sets the printed losses. Without
-        # a choice, use the data's largest D, else 1-Bit Wonder's Fig. 1 slice (50B tokens).
+        # a choice, use the data's largest D (a default beyond the data would draw an extrapolation as the
+        # answer); only a preset, which has no data, takes 1-Bit Wonder's Fig. 1 slice (50B tokens, 3.9B N).
         if self.tokens is None:
-            self.tokens = float(self.runs["D"].max()) if self.runs is not None else 50e9
+            self.tokens = self.ranges["D"][1] if self.ranges else 50e9
+        if self.params_n is None:
+            self.params_n = self.ranges["N"][1] if self.ranges else 3.9e9
 
     @property
     def formats(self) -> list[str]:
@@ -70,7 +84,7 @@ class PlotInputs:
 
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=130, format="png")  # format given: the staged name does not end in .png
     return path
 
 
@@ -168,10 +182,18 @@ def _loss_grid(params: dict[str, float], N: np.ndarray, D: np.ndarray, P: np.nda
     return predict_loss(params, N, D, P)
 
 
+def _data_box(ax, ranges: dict[str, tuple[float, float]] | None, x_name: str) -> None:
+    """Outline where the fit had data (x: N or D, y: P); outside it the colours are extrapolation."""
+    if not ranges or x_name not in ranges or "P" not in ranges:
+        return
+    (x0, x1), (p0, p1) = ranges[x_name], ranges["P"]
+    ax.add_patch(patches.Rectangle((x0, p0), x1 - x0, p1 - p0, fill=False, ec="#00a000", lw=2.0, ls="-",
+                                   zorder=5, label="span of the fit's data"))  # fmt: skip
+    ax.legend(loc="lower right", fontsize=7, framealpha=0.85)
+
+
 def plot_isoloss(inp: PlotInputs, path: Path) -> Path:
-    runs = inp.runs
-    D_fixed = inp.tokens
-    N_fixed = inp.params_n or (float(runs["N"].max()) if runs is not None else 3.9e9)
+    D_fixed, N_fixed = inp.tokens, inp.params_n
     n_axis = np.geomspace(N_fixed / 30, N_fixed * 30, 160)
     d_axis = np.geomspace(D_fixed / 30, D_fixed * 30, 160)
     p_axis = np.geomspace(1.2, 16.0, 140)
@@ -181,25 +203,31 @@ def plot_isoloss(inp: PlotInputs, path: Path) -> Path:
     fig = Figure(figsize=(12, 4.8), layout="constrained")
     axes = fig.subplots(1, 2)
     panels = [
-        (axes[0], n_axis, lambda x, p: (x, D_fixed, p), "N (parameters)", f"fixed D = {D_fixed:.3g} tokens"),
-        (axes[1], d_axis, lambda x, p: (N_fixed, x, p), "D (training tokens)", f"fixed N = {N_fixed:.3g}"),
+        (axes[0], n_axis, lambda x, p: (x, D_fixed, p), "N", "N (parameters)", f"fixed D = {D_fixed:.3g}"),
+        (axes[1], d_axis, lambda x, p: (N_fixed, x, p), "D", "D (tokens)", f"fixed N = {N_fixed:.3g}"),
     ]
-    mesh = None
-    for ax, x_axis, args, xlabel, title in panels:
+    grids = []
+    for _, x_axis, args, *_ in panels:
         X, P = np.meshgrid(x_axis, p_axis)
         main_loss = _loss_grid(inp.source.law(main).params, *args(X, P))
+        other = _loss_grid(inp.source.law("uniform").params, *args(X, P)) if both else None
+        grids.append((X, P, main_loss, other, other - main_loss if both else main_loss))
+    # One colour bar is drawn, so both panels share one norm (a per-panel scale painted a -0.016-nat gap
+    # with the colour the bar gives -1.4).
+    shown = np.concatenate([g[4][np.isfinite(g[4])] for g in grids])
+    if both:
+        limit = float(np.max(np.abs(shown))) if shown.size else 1e-9
+        norm: colors.Normalize = colors.TwoSlopeNorm(0, -(limit or 1e-9), limit or 1e-9)
+        cmap = "RdBu_r"
+    else:
+        norm, cmap = colors.Normalize(float(np.min(shown)), float(np.max(shown))), "viridis_r"
+    mesh = None
+    for panel, (X, P, main_loss, other, background) in zip(panels, grids, strict=True):
+        ax, _, _, x_name, xlabel, title = panel
+        mesh = ax.pcolormesh(X, P, background, cmap=cmap, norm=norm, shading="auto")
+        levels = _nice_levels(main_loss)
         if both:
-            gap = _loss_grid(inp.source.law("uniform").params, *args(X, P)) - main_loss
-            limit = float(np.nanmax(np.abs(gap))) or 1e-9
-            mesh = ax.pcolormesh(
-                X, P, gap, cmap="RdBu_r", norm=colors.TwoSlopeNorm(0, -limit, limit), shading="auto"
-            )
-            other = _loss_grid(inp.source.law("uniform").params, *args(X, P))
-            levels = _nice_levels(main_loss)
             ax.contour(X, P, other, levels=levels, colors="0.35", linestyles="--", linewidths=0.9)
-        else:
-            mesh = ax.pcolormesh(X, P, main_loss, cmap="viridis_r", shading="auto")
-            levels = _nice_levels(main_loss)
         lines = ax.contour(X, P, main_loss, levels=levels, colors="black", linewidths=1.0)
         ax.clabel(lines, fmt="%g", fontsize=7, inline_spacing=2)
         ax.set_xscale("log")
@@ -210,6 +238,7 @@ def plot_isoloss(inp: PlotInputs, path: Path) -> Path:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("P_w (stored bits per weight)")
         ax.set_title(title)
+        _data_box(ax, inp.ranges, x_name)
     if both:
         fig.colorbar(
             mesh, ax=axes.tolist(), label="predicted loss gap, uniform − k-means (red: k-means lower)"
@@ -232,6 +261,9 @@ def plot_neff_vs_pw(inp: PlotInputs, path: Path) -> Path:
     fig = Figure(figsize=(7.5, 5), layout="constrained")
     ax = fig.subplots()
     cmap = matplotlib.colormaps["plasma"]
+    law = inp.source.law(fmt)
+    gamma, offset = law.params["gamma"], law.params.get("offset", 0.0)
+    unstarred = 0
     for i, budget in enumerate(sorted(inp.budgets)):
         n_eff = smooth_n_eff(inp.source, fmt, budget, anchors, bits, inp.acct)
         if np.all(np.isnan(n_eff)):
@@ -239,8 +271,13 @@ def plot_neff_vs_pw(inp: PlotInputs, path: Path) -> Path:
         colour = cmap(0.1 + 0.8 * i / max(1, len(inp.budgets) - 1))
         ax.plot(p_w, n_eff, marker="o", ms=4, color=colour, label=format_bytes(budget))
         best = int(np.nanargmax(n_eff))
-        ax.plot(p_w[best], n_eff[best], marker="*", ms=15, color=colour, markeredgecolor="black", zorder=4)
-    gamma = inp.source.law(fmt).params["gamma"]
+        p_law = law.law_p(bits[best], p_w[best])
+        n_law = n_eff[best] / float(capacity(p_law, gamma, offset))
+        # an optimum the fit never saw (a model far larger than its runs) is the law extrapolated: no star
+        if _inside(inp.ranges, N=n_law, P=p_law):
+            ax.plot(p_w[best], n_eff[best], marker="*", ms=15, color=colour, mec="black", zorder=4)
+        else:
+            unstarred += 1
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(p_w)
@@ -249,13 +286,26 @@ def plot_neff_vs_pw(inp: PlotInputs, path: Path) -> Path:
     ax.set_xlabel(f"P_w (stored bits per weight; {fmt}, block {inp.acct.block_size})")
     ax.set_ylabel("N_eff of the largest model that fits (parameters)")
     ax.set_title(
-        f"Effective parameters under a weight-memory budget (smooth {inp.arch.partition(':')[0]} family, "
-        f"γ = {gamma:.2f}); ★ = optimum",
+        f"Effective parameters under a weight-memory budget\n(smooth {inp.arch.partition(':')[0]} family, "
+        f"γ = {gamma:.2f}); ★ = optimum"
+        + (_unstarred_note(unstarred, inp.ranges) if unstarred else ""),
         fontsize=10,
     )
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(title="weight memory", fontsize=8, title_fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
     return _save(fig, path)
+
+
+def _inside(ranges: dict[str, tuple[float, float]] | None, **values: float) -> bool:
+    """Inside the fit's data span (a preset has none: its published fit spans the models it is used for)."""
+    if not ranges:
+        return True
+    return all(ranges[k][0] * (1 - 1e-9) <= v <= ranges[k][1] * (1 + 1e-9) for k, v in values.items())
+
+
+def _unstarred_note(count: int, ranges: dict[str, tuple[float, float]] | None) -> str:
+    n_lo, n_hi = ranges["N"] if ranges else (0, 0)
+    return f"\n{count} optima not starred: their models lie outside the fitted N ({n_lo:.3g}-{n_hi:.3g}) or P"
 
 
 # ----------------------------------------------------------------------------- 4. predicted vs observed
@@ -328,16 +378,12 @@ def plot_best_bits(inp: PlotInputs, path: Path) -> Path:
         label = "bf16" if b == 16 else f"{b}-bit"
         ax.bar(x, share, bottom=bottom, color=BITS_COLOURS.get(b, "0.5"), label=label, width=0.7)
         bottom += share
+    # resamples (or a point estimate) in which bit widths tie win for none of them
+    ax.bar(x, np.clip(1 - bottom, 0, 1), bottom=bottom, color="0.85", hatch="//", label="tied", width=0.7)
     for i, rec in enumerate(recs):
-        ax.text(
-            i,
-            1.02,
-            "bf16" if rec.best.bits == 16 else f"{rec.best.bits}-bit",
-            ha="center",
-            va="bottom",
-            fontsize=9,
-            fontweight="bold",
-        )
+        label = "not identified" if rec.unidentified else bits_label(rec.best, with_format=False)
+        ax.text(i, 1.02, label, ha="center", va="bottom", fontsize=8 if rec.unidentified else 9,
+                fontweight="bold", color="#b00000" if rec.unidentified else "black")  # fmt: skip
     ax.set_xticks(x, [format_bytes(r.budget_bytes) for r in recs])
     ax.set_ylim(0, 1.12)
     ax.set_xlabel(f"weight-memory budget ({inp.arch} family)")
@@ -347,24 +393,53 @@ def plot_best_bits(inp: PlotInputs, path: Path) -> Path:
     ax.set_ylabel(what)
     ranked = "loss" if recs[0].ranked_by == "loss" else "N_eff (A, B, E unknown)"
     tokens = f", D = {inp.tokens:.3g} tokens" if inp.tokens else ""
+    why = next((rec.unidentified for rec in recs if rec.unidentified), [])
+    caveat = f"\nno winner: {why[0][:100]}" if why else ""
     ax.set_title(
-        f"Best bit width by budget ({fmt}{tokens}; ranked by {ranked}); label = point-estimate winner",
+        f"Best bit width by budget ({fmt}{tokens}; ranked by {ranked}); label = point-estimate winner"
+        + caveat,
         fontsize=9,
+        color="#b00000" if why else "black",
     )
     ax.legend(title="weights", fontsize=8, title_fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
     return _save(fig, path)
 
 
-def make_plots(inp: PlotInputs, out_dir: Path) -> dict[str, Path]:
-    """Every figure the inputs allow; figures 1 and 4 need the runs table."""
+def stage_plots(inp: PlotInputs, out_dir: Path) -> list[tuple[str, Path, Path]]:
+    """Draw every figure the inputs allow (1 and 4 need the runs table) under temporary names in
+    ``out_dir``: [(name, temporary, final)]. On any error the temporaries drawn so far are removed."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    made = {}
-    if inp.runs is not None:
-        made["loss_vs_n"] = plot_loss_vs_n(inp, out_dir / "loss_vs_n.png")
+    figures = [("loss_vs_n", plot_loss_vs_n)] if inp.runs is not None else []
     if all(law.has_loss for law in inp.source.laws.values()):
-        made["isoloss"] = plot_isoloss(inp, out_dir / "isoloss.png")
-    made["neff_vs_pw"] = plot_neff_vs_pw(inp, out_dir / "neff_vs_pw.png")
+        figures.append(("isoloss", plot_isoloss))
+    figures.append(("neff_vs_pw", plot_neff_vs_pw))
     if inp.runs is not None:
-        made["pred_vs_obs"] = plot_pred_vs_obs(inp, out_dir / "pred_vs_obs.png")
-    made["best_bits"] = plot_best_bits(inp, out_dir / "best_bits.png")
-    return made
+        figures.append(("pred_vs_obs", plot_pred_vs_obs))
+    figures.append(("best_bits", plot_best_bits))
+    staged: list[tuple[str, Path, Path]] = []
+    try:
+        for name, draw in figures:
+            temporary = out_dir / f".{name}.png.partial"
+            staged.append((name, temporary, out_dir / f"{name}.png"))
+            draw(inp, temporary)
+    except BaseException:
+        discard(staged)
+        raise
+    return staged
+
+
+def discard(staged: list[tuple[str, Path, Path]]) -> None:
+    for _, temporary, _ in staged:
+        temporary.unlink(missing_ok=True)
+
+
+def commit(staged: list[tuple[str, Path, Path]]) -> dict[str, Path]:
+    """Rename the staged figures to their names (each rename atomic): {name: path}."""
+    for _, temporary, final in staged:
+        temporary.replace(final)
+    return {name: final for name, _, final in staged}
+
+
+def make_plots(inp: PlotInputs, out_dir: Path) -> dict[str, Path]:
+    """Every figure the inputs allow, all or none (see :func:`stage_plots`)."""
+    return commit(stage_plots(inp, out_dir))

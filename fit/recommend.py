@@ -5,86 +5,58 @@ width (loss falls with N at fixed P and D), so the search is: per bit width, tha
 the lowest predicted loss. At fixed D this is the largest N_eff whatever A and α are, which is how presets
 without published A, B, E are ranked. With bootstrap samples in the fit, every resample repeats the ranking;
 the share of resamples each bit width wins and the winner's loss interval come from those.
+
+A fit whose flags say its law is not identified (fit.caveats.blocking_flags), or whose bit widths all predict
+the same loss (α = 0), gets no winner: the leading row is reported as the point estimate's, unstarred, and a
+resample whose bit widths tie wins for none of them (with α = 0 argmin used to hand every tie to 1 bit).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from fit.caveats import blocking_flags, fit_flags, flag_warnings, pooled_warning
 from fit.errors import InputError
 from fit.fitfile import FitFile
 from fit.law import capacity
 from fit.memory import BF16_BITS, BitAccounting, Interpolation, Shape, check_format, shape_bytes
 from fit.presets import FormatLaw, LawSource
+from fit.units import (  # noqa: F401 (re-exported: the CLI and tests import them from here)
+    ALLOWED_BITS,
+    DEFAULT_BITS,
+    TOKEN_SUFFIX,
+    UNITS,
+    format_bytes,
+    format_count,
+    parse_bits,
+    parse_memory,
+    parse_tokens,
+)
 
-ALLOWED_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16)
-DEFAULT_BITS = (1, 2, 3, 4, 16)
-UNITS = {
-    "": 1, "b": 1,
-    "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}  # fmt: skip
-TOKEN_SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 N_COLUMN_CONVENTION = {"N": "quant", "N_quant": "quant", "N_nonembed": "nonembed", "N_total": "total"}
+TIE = 1e-12  # relative loss difference below which two bit widths tie
 
 
-# ----------------------------------------------------------------------------- parsing user input
+@dataclass(frozen=True)
+class FitSource(LawSource):
+    """A LawSource read from fit.json, which also knows each fit's flags."""
+
+    flags: dict[str, list[str]] = field(default_factory=dict)
+    caveats: tuple[str, ...] = ()  # about the fit as a whole (e.g. formats pooled without --by format)
+
+    def flags_for(self, fmt: str) -> list[str]:
+        return self.flags.get(fmt, self.flags.get("all", []))
 
 
-def parse_memory(text: str) -> list[float]:
-    """``8GB`` (10^9), ``8GiB`` (2^30), ``7.5e9`` (bytes) or a comma list of those -> bytes, in order."""
-    budgets = []
-    for item in text.split(","):
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", item)
-        unit = match.group(2).lower() if match else ""
-        if not match or unit not in UNITS:
-            raise InputError(
-                f"--memory: cannot parse {item.strip()!r}; use bytes or a number with a unit "
-                "(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 8GB, 8GiB, 7.5e9 or 1GB,2GB,4GB"
-            )
-        value = float(match.group(1)) * UNITS[unit]
-        if not value > 0:
-            raise InputError(f"--memory: {item.strip()!r} must be a positive amount of memory")
-        budgets.append(value)
-    return budgets
-
-
-def parse_tokens(text: str) -> float:
-    """``1.5e11``, ``150B``, ``2T`` -> tokens."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]?)\s*", text)
-    suffix = match.group(2).lower() if match else ""
-    if not match or suffix not in TOKEN_SUFFIX or not float(match.group(1)) > 0:
-        raise InputError(f"--tokens: cannot parse {text!r}; use a positive number such as 1.5e11, 150B or 2T")
-    return float(match.group(1)) * TOKEN_SUFFIX[suffix]
-
-
-def parse_bits(text: str) -> list[int]:
-    try:
-        bits = [int(b) for b in text.split(",")]
-    except ValueError:
-        bits = []
-    if not bits or any(b not in ALLOWED_BITS for b in bits):
-        allowed = ", ".join(map(str, ALLOWED_BITS))
-        raise InputError(f"--bits: {text!r} is not a comma list of bit widths; allowed: {allowed}")
-    return sorted(set(bits))
-
-
-def format_bytes(n: float) -> str:
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n:.0f} B"
-
-
-def format_count(n: float) -> str:
-    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.3g}{unit}"
-    return f"{n:.3g}"
+def warnings_for(source: LawSource, fmt: str) -> list[str]:
+    """The ``warning:`` lines of an answer about ``fmt``: the serving fit's flags, then the caveats."""
+    if not isinstance(source, FitSource):
+        return []
+    name = fmt if fmt in source.flags else "all"
+    return flag_warnings({name: source.flags_for(fmt)}) + list(source.caveats)
 
 
 # ----------------------------------------------------------------------------- the law source
@@ -110,7 +82,10 @@ def source_from_fit(fitfile: FitFile) -> LawSource:
         p_range = entry.get("P_range") or (entry.get("data_range") or {}).get("P")
         if isinstance(p_range, list | tuple) and len(p_range) == 2:
             ranges[fmt] = (float(p_range[0]), float(p_range[1]))
-    return LawSource(str(fitfile.path), laws, convention, p_range=ranges)
+    caveats = tuple(pooled_warning(fitfile))
+    return FitSource(
+        str(fitfile.path), laws, convention, p_range=ranges, flags=fit_flags(fitfile), caveats=caveats
+    )
 
 
 # ----------------------------------------------------------------------------- the recommendation
@@ -157,10 +132,14 @@ class Recommendation:
     rows: list[Row]
     n_resamples: int = 0
     notes: list[str] = field(default_factory=list)
+    leader: Row | None = None  # the point estimate's first place; None when every bit width ties
+    unidentified: list[str] = field(default_factory=list)  # why there is no winner (empty: there is one)
+    n_tied: int = 0  # resamples in which the lowest loss is shared
 
     @property
-    def best(self) -> Row:
-        return next(r for r in self.rows if r.best)
+    def best(self) -> Row | None:
+        """The winner, or None when the law cannot name one (see ``unidentified``)."""
+        return next((r for r in self.rows if r.best), None)
 
 
 def minimum_budget(shapes: list[Shape], bits: list[int], fmt: str, acct: BitAccounting) -> tuple[float, str]:
@@ -250,12 +229,20 @@ def recommend(
         losses = _loss_matrix(point, n, p, tokens)[0]
         for r, value in zip(live, losses, strict=True):
             r.loss = float(value)
-        winner = live[int(np.argmin(losses))]
+        tied = np.isclose(losses, np.min(losses), rtol=TIE, atol=0).sum() > 1
+        winner = None if tied else live[int(np.argmin(losses))]
         ranked_by = "loss"
     else:
         winner = max(live, key=lambda r: r.n_eff)
         ranked_by = "N_eff"
-    winner.best = True
+    flags = source.flags_for(fmt) if isinstance(source, FitSource) else []  # presets carry no flags
+    unidentified = [f"flagged {flag}" for flag in blocking_flags(flags)]
+    if winner is None:
+        unidentified.insert(0, f"every bit width predicts the same loss, {losses[0]:.4f}")
+    elif not unidentified:
+        winner.best = True
+    if winner is None:
+        return Recommendation(budget_bytes, tokens, fmt, ranked_by, rows, 0, notes, None, unidentified)
     largest = max(shapes, key=lambda s: (s.n_quant, -s.n_hp))
     if winner.shape == largest and budget_bytes > 1.25 * winner.memory_bytes:
         notes.append(
@@ -264,7 +251,7 @@ def recommend(
             "(e.g. --arch llama3:continuous) may do better"
         )
 
-    n_resamples = 0
+    n_resamples = n_tied = 0
     if law.samples and law.has_loss:
         draws = {k: law.samples.get(k, np.full_like(law.samples["gamma"], v)) for k, v in law.params.items()}
         matrix = _loss_matrix(draws, n, p, tokens)  # (K, rows)
@@ -272,13 +259,18 @@ def recommend(
         matrix = matrix[ok]
         n_resamples = len(matrix)
         if n_resamples:
-            wins = np.bincount(np.argmin(matrix, axis=1), minlength=len(live))
+            low = matrix.min(axis=1, keepdims=True)
+            untied = np.isclose(matrix, low, rtol=TIE, atol=0).sum(axis=1) == 1
+            n_tied = int(n_resamples - untied.sum())
+            wins = np.bincount(np.argmin(matrix[untied], axis=1), minlength=len(live))
             for i, r in enumerate(live):
                 r.win_share = float(wins[i] / n_resamples)
             column = matrix[:, live.index(winner)]
             lo, hi = np.percentile(column, [2.5, 97.5])
             winner.loss_ci = (float(lo), float(hi))
-    return Recommendation(budget_bytes, tokens, fmt, ranked_by, rows, n_resamples, notes)
+    return Recommendation(
+        budget_bytes, tokens, fmt, ranked_by, rows, n_resamples, notes, winner, unidentified, n_tied
+    )
 
 
 def smooth_n_eff(
@@ -349,28 +341,50 @@ def render_text(recs: list[Recommendation], source: LawSource, arch: str) -> str
         widths = [max(len(row[i]) for row in table) for i in range(len(header))]
         for row in table:
             lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        best = rec.best
-        label = "bf16" if best.bits == BF16_BITS else f"{best.bits}-bit {best.format}"
-        summary = f"best: {label}, {best.shape.describe() if best.shape else ''}"
-        if best.loss is not None:
-            summary += f", loss {best.loss:.4f}"
-        if best.loss_ci:
-            summary += f" (95% CI {best.loss_ci[0]:.4f}-{best.loss_ci[1]:.4f})"
-        if best.win_share is not None:
-            summary += f", wins {100 * best.win_share:.0f}% of {rec.n_resamples} resamples"
-        lines.append(summary)
+        lines.append(summary(rec))
         lines += [f"note: {note}" for note in rec.notes if note != source.note]
     return "\n".join(lines)
 
 
-def to_json(recs: list[Recommendation], source: LawSource, arch: str) -> dict[str, object]:
-    """``best`` is the winner at the largest budget; ``budgets[i].best`` the winner at each."""
+def bits_label(row: Row, with_format: bool = True) -> str:
+    return "bf16" if row.bits == BF16_BITS else f"{row.bits}-bit" + (f" {row.format}" if with_format else "")
+
+
+def summary(rec: Recommendation) -> str:
+    """``best: ...``, or, for a law that cannot rank, ``best: not identified (...)`` and no win claim."""
+    lead = rec.leader
+    if rec.unidentified:
+        why = "; ".join(rec.unidentified)
+        text = f"best: not identified ({why})"
+        if lead is not None:
+            text += f"; the point estimate ranks {bits_label(lead)} first, which these data do not support"
+        return text
+    text = f"best: {bits_label(lead)}, {lead.shape.describe() if lead.shape else ''}"
+    if lead.loss is not None:
+        text += f", loss {lead.loss:.4f}"
+    if lead.loss_ci:
+        text += f" (95% CI {lead.loss_ci[0]:.4f}-{lead.loss_ci[1]:.4f})"
+    if lead.win_share is not None:
+        text += f", wins {100 * lead.win_share:.0f}% of {rec.n_resamples} resamples"
+        text += f" ({rec.n_tied} tied)" if rec.n_tied else ""
+    return text
+
+
+def to_json(
+    recs: list[Recommendation], source: LawSource, arch: str, warnings: list[str] | None = None
+) -> dict[str, object]:
+    """``best`` is the winner at the largest budget; ``budgets[i].best`` the winner at each (null, with
+    ``identified`` false, where the fit's law cannot rank bit widths; ``point_estimate`` is its leader)."""
     by_budget = [
         {
             "budget_bytes": rec.budget_bytes,
             "ranked_by": rec.ranked_by,
             "n_resamples": rec.n_resamples,
-            "best": rec.best.as_dict(),
+            "best": rec.best.as_dict() if rec.best else None,
+            "identified": not rec.unidentified,
+            "not_identified_because": rec.unidentified,
+            "point_estimate": rec.leader.as_dict() if rec.leader else None,
+            "n_tied": rec.n_tied,
             "rows": [r.as_dict() for r in rec.rows],
             "notes": [note for note in rec.notes if note != source.note],
         }
@@ -378,12 +392,14 @@ def to_json(recs: list[Recommendation], source: LawSource, arch: str) -> dict[st
     ]
     largest = max(range(len(recs)), key=lambda i: recs[i].budget_bytes)
     return {
-        "best": by_budget[largest]["best"],
+        "best": by_budget[largest]["best"],  # null when the law cannot name a winner (see "identified")
+        "identified": all(not rec.unidentified for rec in recs),
         "source": source.name,
         "format": recs[0].format,
         "tokens": None if math.isnan(recs[0].tokens) else recs[0].tokens,
         "arch": arch,
         "n_convention": source.n_convention,
         "notes": [source.note] if source.note else [],
+        "warnings": list(warnings or []),
         "budgets": by_budget,
     }

@@ -20,7 +20,7 @@ from fit.errors import InputError
 from fit.fitfile import FitFile
 from fit.fitting import GAMMA_BOUNDS
 from fit.memory import resolve_arch
-from fit.plot import PlotInputs, make_plots
+from fit.plot import PlotInputs, commit, discard, stage_plots
 from fit.recommend import format_bytes, format_count, recommend
 from fit.table import prepare_table, read_frame
 
@@ -47,6 +47,7 @@ class ReportInputs:
     bits: tuple[int, ...]
     command: str  # this report's own command line
     earlier_commands: tuple[str, ...] = ()  # what produced the data (sweep, gather), in order
+    tables: tuple[pd.DataFrame, pd.DataFrame] | None = None  # load_runs(data_path), when already loaded
 
 
 def _git_sha() -> str:
@@ -72,11 +73,18 @@ def section_provenance() -> list[str]:
 
 
 def load_runs(fitfile: FitFile, path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(raw table, canonical table) — the canonical one mapped and filtered as the fit's own data was."""
+    """(raw table, canonical table) — the canonical one mapped, filtered and checked as the fit's own data
+    was: a NaN or text loss is refused with `bitlaw fit`'s message, unless the fit itself dropped rows (it
+    ran with --drop-invalid), and then the same rows are dropped here."""
     raw = read_frame(path)
     columns = {k: v for k, v in (fitfile.data.get("columns") or {}).items() if v in raw.columns}
-    where = (fitfile.data.get("data") or {}).get("where")
-    table = prepare_table(raw, columns, where, require=("N", "D", "loss", "P"), drop_invalid=True)
+    info = fitfile.data.get("data") or {}
+    require = ("N", "D", "loss", "P") + (("format",) if fitfile.data.get("by") else ())
+    try:
+        dropped = bool(info.get("dropped"))
+        table = prepare_table(raw, columns, info.get("where"), require, drop_invalid=dropped)
+    except InputError as err:
+        raise InputError(f"--data {path}: {err}") from None
     runs = table.frame
     if "bits" not in runs:
         runs["bits"] = np.where(runs["P"] >= 8, 16, np.floor(runs["P"])).astype(int)
@@ -274,9 +282,13 @@ def section_recommendation(inp: ReportInputs, plot_inputs: PlotInputs) -> list[s
             except InputError as err:
                 rows.append([format_bytes(budget), "–", str(err), "", "", "", ""])
                 continue
-            b = rec.best
-            loss = _num(b.loss) + (f" [{_num(b.loss_ci[0])}, {_num(b.loss_ci[1])}]" if b.loss_ci else "")
+            b = rec.leader
             shares = ", ".join(f"{r.bits}: {100 * r.win_share:.0f}%" for r in rec.rows if r.win_share)
+            if rec.unidentified:  # no winner to report: say why, in the cell a reader looks at
+                rows.append([format_bytes(budget), "**not identified**", "; ".join(rec.unidentified),
+                             "", "", "", shares or "–"])  # fmt: skip
+                continue
+            loss = _num(b.loss) + (f" [{_num(b.loss_ci[0])}, {_num(b.loss_ci[1])}]" if b.loss_ci else "")
             rows.append(
                 [
                     format_bytes(budget),
@@ -303,13 +315,26 @@ def build_report(inp: ReportInputs) -> Path:
     inp.out_dir.mkdir(parents=True, exist_ok=True)
     source = source_from_fit(inp.fitfile)
     raw = runs = None
-    if inp.data_path is not None:
+    if inp.tables is not None:
+        raw, runs = inp.tables
+    elif inp.data_path is not None:
         raw, runs = load_runs(inp.fitfile, inp.data_path)
-    tokens = inp.tokens if inp.tokens is not None else (float(runs["D"].max()) if runs is not None else None)
-    inp.tokens = tokens
-    plot_inputs = PlotInputs(source, inp.fitfile, runs, tokens, None, inp.budgets, inp.arch, inp.bits)
-    plots = make_plots(plot_inputs, inp.out_dir / "plots")
+    plot_inputs = PlotInputs(source, inp.fitfile, runs, inp.tokens, None, inp.budgets, inp.arch, inp.bits)
+    inp.tokens = plot_inputs.tokens  # its default: the largest D of the fit's data
+    staged = stage_plots(plot_inputs, inp.out_dir / "plots")
+    try:
+        report = _write_report(inp, plot_inputs, raw, runs, {name: final for name, _, final in staged})
+    except BaseException:
+        discard(staged)
+        raise
+    commit(staged)  # the figures only now, so an error above leaves neither them nor report.md half-made
+    return report
 
+
+def _write_report(
+    inp: ReportInputs, plot_inputs: PlotInputs, raw: pd.DataFrame | None, runs: pd.DataFrame | None,
+    plots: dict[str, Path],
+) -> Path:  # fmt: skip
     lines = ["# bitlaw report", "", f"Fit: `{inp.fitfile.path}`.", ""]
     lines += section_provenance()
     lines += ["## Commands", "", "```sh", *inp.earlier_commands]

@@ -181,6 +181,8 @@ def prepare_table(
     for name in ("format", "run"):
         if name in present:
             out[name] = out[name].astype(str)
+    if "run" in present:
+        _check_unique_runs(out, label("run"))
     for name in ("N", "D"):
         distinct = out[name].nunique()
         if distinct < 3:
@@ -189,3 +191,17 @@ def prepare_table(
             )
     columns_used = {name: mapping[name] for name in present}
     return Table(out.reset_index(drop=True), columns_used, n_read, n_where, dropped, where)
+
+
+def _check_unique_runs(frame: pd.DataFrame, label: str) -> None:
+    """A run id twice (one sweep gathered twice, a doubled table) would count that run twice in the fit and
+    in every bootstrap resample: refuse it, naming the first repeat."""
+    repeated = frame["run"].duplicated(keep=False).to_numpy()
+    if not repeated.any():
+        return
+    first = frame["run"].to_numpy()[repeated][0]
+    rows = frame.index[np.flatnonzero(frame["run"].to_numpy() == first)[:2]] + 1  # the input's own rows
+    raise InputError(
+        f"{label}: {int(frame['run'].duplicated().sum())} of {len(frame)} rows repeat a run id (first: "
+        f"{first!r}, data rows {rows[0]} and {rows[1]}; was a sweep gathered twice?); allowed: each run once"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from bitlaw.commands.recommend import BITS_HELP, accounting, chosen_bits, load_source
@@ -58,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fit.caveats import study_warnings
     from fit.memory import resolve_arch
     from fit.plot import PlotInputs, make_plots
     from fit.report import load_runs
@@ -78,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             raise InputError(f"--params: {args.params!r} is not a number of parameters, e.g. 3.9e9") from None
     out = output_dir(args.output)  # last: a bad option above leaves no empty directory behind
+    formats = list(runs["format"].unique()) if runs is not None and "format" in runs else None
+    for warning in study_warnings(fitfile, formats):  # figures of a flagged fit must not look clean
+        print(f"warning: {warning}", file=sys.stderr)
     inputs = PlotInputs(
         source,
         fitfile,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 from fit.errors import InputError
 
@@ -31,6 +32,7 @@ def _positive(flag: str, text: str | None) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fit.caveats import predict_warnings
     from fit.fitfile import load_fit, prediction_interval
 
     N, D, P = _positive("--N", args.N), _positive("--D", args.D), _positive("--P", args.P)
@@ -42,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
             "with --law precision, efficiency or penalty"
         )
     loss = float(fit.predict(N, D, P, args.format))
+    # a loss without its fit's flags, or far beyond the fitted N and D, reads as more certain than it is
+    for warning in predict_warnings(fit, args.format, {"N": N, "D": D, "P": P}):
+        print(f"warning: {warning}", file=sys.stderr)
     line = f"{loss:.6f}"
     interval = prediction_interval(fit, N, D, P, args.format)
     if interval is not None:

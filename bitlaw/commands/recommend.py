@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from fit.errors import InputError
 from fit.fitfile import load_fit
@@ -19,6 +20,7 @@ from fit.recommend import (
     render_text,
     source_from_fit,
     to_json,
+    warnings_for,
 )
 
 
@@ -71,6 +73,7 @@ def chosen_bits(given: str | None, source: LawSource, acct: BitAccounting) -> li
     for fmt, p_range in source.p_range.items():
         if fmt == "none":
             continue
+        fmt = source.default_format if fmt == "all" else fmt  # a fit without --by serves any format
         law = source.law(fmt)
         # the rule of fit.recommend.check_bits_in_range, which refuses a width outside the span
         keep = [b for b in keep if p_range[0] - 1e-9 <= law.law_p(b, acct.p_w(b, fmt)) <= p_range[1] + 1e-9]
@@ -101,8 +104,11 @@ def run_recommendations(args: argparse.Namespace) -> tuple[LawSource, list[Recom
 
 def run(args: argparse.Namespace) -> int:
     source, recs = run_recommendations(args)
+    warnings = warnings_for(source, recs[0].format)  # the fit's flags: an answer must not hide them
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
-        print(json.dumps(to_json(recs, source, args.arch), indent=2))
+        print(json.dumps(to_json(recs, source, args.arch, warnings), indent=2))
     else:
         print(render_text(recs, source, args.arch))
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from pathlib import Path
 
 from bitlaw.commands.plot import DEFAULT_BUDGETS, add_shared_arguments
@@ -38,11 +39,12 @@ def command_line(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     from bitlaw.commands.plot import output_dir
     from bitlaw.commands.recommend import accounting, chosen_bits
+    from fit.caveats import study_warnings
     from fit.errors import InputError
     from fit.fitfile import load_fit
     from fit.memory import resolve_arch
     from fit.recommend import parse_memory, parse_tokens, source_from_fit
-    from fit.report import ReportInputs, build_report
+    from fit.report import ReportInputs, build_report, load_runs
 
     if not args.fit:
         raise InputError("FIT.json: required (the report describes a fit; make one with `bitlaw fit`)")
@@ -52,7 +54,11 @@ def run(args: argparse.Namespace) -> int:
     resolve_arch(args.arch)
     budgets, tokens = parse_memory(args.memory), parse_tokens(args.tokens) if args.tokens else None
     bits = tuple(chosen_bits(args.bits, source, acct))
+    tables = load_runs(fitfile, Path(args.data)) if args.data else None  # a bad table: refused before -o
     out = output_dir(args.output)  # last: a bad option above leaves no empty directory behind
+    formats = list(tables[1]["format"].unique()) if tables is not None and "format" in tables[1] else None
+    for warning in study_warnings(fitfile, formats):  # after every check: an error stays one line
+        print(f"warning: {warning}", file=sys.stderr)
     inputs = ReportInputs(
         fitfile=fitfile,
         data_path=Path(args.data) if args.data else None,
@@ -63,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         bits=bits,
         command=command_line(args),
         earlier_commands=tuple(args.preceded_by),
+        tables=tables,
     )
     report = build_report(inputs)
     print(f"wrote {report}")
