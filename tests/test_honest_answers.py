@@ -213,3 +213,14 @@ def test_a_pooled_precision_fit_is_named(tmp_path: Path, capsys) -> None:
     assert code == 0 and "warning: fit 'all' pools formats kmeans, uniform into one precision law" in err
     code, _, err = run_cli(capsys, "plot", fit, "--data", tmp_path / "runs.csv", "-o", tmp_path / "p")
     assert code == 0 and "pools formats kmeans, uniform" in err
+
+
+def test_fit_without_by_on_several_formats_is_refused_not_pooled(tmp_path, capsys) -> None:
+    """`--law precision` without `--by format` on kmeans and uniform rows would fit one γ to both."""
+    from bitlaw.cli import main as bitlaw
+
+    data = Path(__file__).resolve().parents[1] / "results" / "demo" / "runs.csv"
+    code = bitlaw(["fit", str(data), "-o", str(tmp_path / "fit.json"), "--law", "precision"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "pass --by format" in err
+    assert not (tmp_path / "fit.json").exists()

@@ -136,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     )
     columns = parse_columns(args.columns)
     table = load_table(args.data, columns, args.where, require, args.drop_invalid, args.n_convention)
+    _refuse_silent_pooling(args, table.frame)
     objective = Objective(args.loss, args.delta, args.space, args.asym_weight)
     opts = FitOptions(
         law=args.law,
@@ -191,6 +192,18 @@ def run(args: argparse.Namespace) -> int:
     print(format_summary(document))
     print(f"wrote {args.output}")
     return 0
+
+
+def _refuse_silent_pooling(args: argparse.Namespace, frame: Any) -> None:
+    """A precision-type law without --by on several quantized formats would fit one γ (or one set of effs)
+    to all of them: refuse, naming the way out, rather than pool silently."""
+    if args.law == "chinchilla" or args.by or args.shared or "format" not in frame:
+        return
+    formats = sorted({str(f) for f in frame["format"].dropna()} - {"none", "bf16"})
+    if len(formats) > 1:
+        raise InputError(f"--by: the table holds formats {', '.join(formats)}; --law {args.law} without "
+                         "--by format would fit one law to all of them; pass --by format (or --where to "
+                         "keep one format)")
 
 
 _ROUTER_NAMES = ("bitlaw", "cli.py", "__main__.py")  # the console script, and python -m bitlaw[.cli]
