@@ -73,6 +73,7 @@ def test_config_errors_name_the_key(override: str, named: str) -> None:
         from_dict(compose_dict([override]))
 
 
+@pytest.mark.slow
 def test_config_error_is_one_line_exit_2_before_training(tmp_path) -> None:
     for override, key in (("quant.bits=17", "quant.bits"), ("data=tokens", "data.path"),
                           ("train.lr=abc", "train.lr"), ("train.tokens=100", "train.tokens")):
@@ -83,6 +84,7 @@ def test_config_error_is_one_line_exit_2_before_training(tmp_path) -> None:
         assert not (tmp_path / "run.json").exists()
 
 
+@pytest.mark.slow
 def test_demo_grid_is_108_valid_runs_with_one_anchor_per_n_and_d() -> None:
     jobs = grid("demo")
     assert len(jobs) == 108
@@ -104,6 +106,7 @@ def test_demo_grid_is_108_valid_runs_with_one_anchor_per_n_and_d() -> None:
                                        + [("none", 16)])
 
 
+@pytest.mark.slow
 def test_cluster_grid_composes_and_validates() -> None:
     jobs = grid("cluster", ("data.path=/data/tokens.bin",), scalar_keys=("train.tokens",))
     assert len(jobs) == 6 * 5 * 9
@@ -116,6 +119,7 @@ def test_cluster_grid_composes_and_validates() -> None:
     assert {float(j["train"]["tokens"]) for j in jobs} == {1.5e9, 3e9, 6.5e9, 13e9, 26e9}
 
 
+@pytest.mark.slow
 def test_smoke_sweep_end_to_end(tmp_path) -> None:
     sweep_dir = tmp_path / "smoke"
     started = time.time()

@@ -16,6 +16,8 @@ from sweep.config import ConfigError
 from sweep.contract import compute_run_id
 from sweep.train import train
 
+pytestmark = pytest.mark.slow  # ~35 s of real training on 2 cores
+
 # the tiny rung, 1024-token steps: a 48-step trunk with branches at 24 and 32 steps (decay 20 %: forks at
 # steps 19 and 26), QAT from step 6, warmup 4 steps, the curve every 8 steps, final evaluations 1 step apart
 BRANCHED = ["model=tiny", "train.batch_tokens=1024", "train.seq_len=64", "train.threads=1",

@@ -145,6 +145,7 @@ def test_divergence_is_a_status_not_a_crash(tmp_path) -> None:
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_the_same_command_resumes(reference, tmp_path) -> None:
     ref_dir, ref_summary = reference
     overrides = [*FAST, "point=kmeans2", f"hydra.run.dir={tmp_path}", "train.checkpoint_every_s=1e9"]

@@ -44,6 +44,7 @@ def ledger(sweep: Path) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- identity of a run dir
+@pytest.mark.slow
 def test_resweep_of_a_dir_holding_another_runs_run_json_says_what_to_do(tmp_path) -> None:
     sweep = tmp_path / "sweep"
     assert run(stand_in(sweep, "value=1")).returncode == 0
@@ -57,6 +58,7 @@ def test_resweep_of_a_dir_holding_another_runs_run_json_says_what_to_do(tmp_path
 
 
 # ----------------------------------------------------------------------------- one job per run dir
+@pytest.mark.slow
 def test_a_second_job_on_a_held_run_dir_fails_fast_and_touches_nothing(tmp_path) -> None:
     (tmp_path / "checkpoint").mkdir()
     (tmp_path / "checkpoint" / "state.pt").write_bytes(b"the holder's checkpoint")
@@ -76,6 +78,7 @@ def test_a_second_job_on_a_held_run_dir_fails_fast_and_touches_nothing(tmp_path)
     assert lock_holder(tmp_path) is None  # released with its holder
 
 
+@pytest.mark.slow
 def test_the_lock_is_held_while_training_and_released_after(tmp_path) -> None:
     out = run(sweep_cmd(*FAST, f"hydra.run.dir={tmp_path}"))
     assert out.returncode == 0, out.stderr[-2000:]
@@ -84,6 +87,7 @@ def test_the_lock_is_held_while_training_and_released_after(tmp_path) -> None:
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_a_second_submitter_skips_a_run_another_is_training(tmp_path) -> None:
     sweep = tmp_path / "sweep"
     with hold_run_dir(sweep / "value=1"):  # the first submitter's job, still training value=1
@@ -161,6 +165,7 @@ def test_plot_into_an_unwritable_path_is_one_line(tmp_path, capsys) -> None:
 
 
 # ----------------------------------------------------------------------------- the training job
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_is_named_moved_aside_and_the_same_command_starts_afresh(tmp_path) -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
@@ -186,6 +191,7 @@ def test_a_corrupt_checkpoint_is_named_moved_aside_and_the_same_command_starts_a
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_a_single_run_prints_its_dir_progress_and_final_loss_and_names_the_resume_command(tmp_path) -> None:
     overrides = [*FAST, "train.tokens=40960", "train.log_every=1", "train.checkpoint_every_s=1e9"]
     done = run(sweep_cmd(*overrides, f"hydra.run.dir={tmp_path / 'a'}"))
@@ -209,6 +215,7 @@ def test_a_single_run_prints_its_dir_progress_and_final_loss_and_names_the_resum
     assert f"to resume: python -m sweep {' '.join(overrides)} hydra.run.dir={run_dir}" in out + err
 
 
+@pytest.mark.slow
 def test_a_single_runs_progress_line_has_step_tokens_loss_speed_and_eta(tmp_path) -> None:
     from sweep.app import Progress
 
@@ -247,6 +254,7 @@ def test_hydra_errors_are_one_line_with_the_way_out(tmp_path, override: str, say
     assert len(lines) == 1 and says in lines[0] and "Config search path" not in lines[0], lines
 
 
+@pytest.mark.slow
 def test_the_closing_summary_prints_once_and_agrees_with_the_run_lines_and_status(tmp_path) -> None:
     sweep, markers = tmp_path / "sweep", tmp_path / "markers"
     markers.mkdir()
