@@ -175,6 +175,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, cfg: dict, run_dir: str) 
     train(cfg, run_dir)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tmp_path) -> None:
     cfg = config("point=uniform3", "train.tokens=16384", "train.eval_every=4")
     single = train(cfg, tmp_path / "one")
