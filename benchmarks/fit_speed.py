@@ -2,12 +2,16 @@
 
     .venv/bin/python benchmarks/fit_speed.py               # everything (chinchilla takes ~1 min)
     .venv/bin/python benchmarks/fit_speed.py --no-chinchilla
+    .venv/bin/python benchmarks/fit_speed.py --gather-only
 
 1. Epoch AI's 240 Chinchilla points (5 highest losses dropped, D = C/6N), Huber δ=1e-3 on log loss:
    bitlaw's default fit (4500-start grid screened vectorised, best few starts by L-BFGS-B) against
    `chinchilla.Chinchilla` with the same 4500-start grid and `log_huber(δ=1e-3)`; wall time, ratio and the
    *summed* Huber objective of both answers, computed by the same function.
-2. Precision law on a 200-run synthetic grid: one fit, then 1000 bootstrap refits on 2 worker processes.
+2. Precision law on a 200-run synthetic grid: one fit, then 1000 bootstrap refits on 1 and 2 workers, and
+   the cost of one objective evaluation (what L-BFGS-B pays hundreds of times per refit).
+3. ``bitlaw gather`` of 10,000 synthetic run dirs written in a temp dir with the run-dir contract's own
+   writers (run.json, summary.json, metrics.jsonl, config.yaml), against a plain reader of the same files.
 The machine's load average is printed next to the figures: timings on a shared box are only comparable at
 similar load.
 """
@@ -80,8 +84,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-chinchilla", action="store_true", help="skip the (slow) chinchilla comparison")
     parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--gather-runs", type=int, default=10_000, help="run dirs for the gather timing")
+    parser.add_argument("--gather-only", action="store_true", help="only the gather timing")
     args = parser.parse_args()
     print(f"start: {load_average()}")
+    if args.gather_only:
+        gather_section(args.gather_runs)
+        return
 
     frame = epoch_240()
     data = FitData(frame["N"], frame["D"], frame["loss"])
@@ -134,6 +143,94 @@ def main() -> None:
             f"  bootstrap x{args.resamples} {workers} worker(s) {t_boot:7.2f} s  gamma 95% CI "
             f"[{np.percentile(gammas, 2.5):.3f}, {np.percentile(gammas, 97.5):.3f}]  ({load_average()})"
         )
+    start, calls = time.perf_counter(), 2000
+    for _ in range(calls):
+        objective_and_grad(presult.theta, pdata, spec, Objective())
+    per_call = (time.perf_counter() - start) / calls
+    print(f"  objective+gradient   {1e6 * per_call:8.1f} us per call on {len(runs)} rows")
+    gather_section(args.gather_runs)
+
+
+CONFIG = {  # the shape of a resolved config.yaml (sweep/train.py writes OmegaConf's YAML of it)
+    "model": {
+        "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_dim": 192, "vocab_size": 256
+    },
+    "quant": {"format": "kmeans", "bits": 2, "block_size": 64, "scale": "absmax", "qat_start": 0.0},
+    "train": {
+        "lr": 0.003, "tokens": 100000, "seed": 0, "batch_tokens": 2048, "seq_len": 128, "warmup": 0.05,
+        "schedule": "cosine", "weight_decay": 0.1, "grad_clip": 1.0, "eval_every": 10,
+    },
+    "data": {"corpus": "stdlib", "dtype": "uint16", "val_fraction": 0.05, "path": None},
+    "logger": {"wandb": {"mode": "disabled", "project": "bitlaw", "tags": []}},
+    "sweep": {"name": "bench"},
+}
+
+
+def write_run_dirs(root: Path, n_runs: int) -> None:
+    """n_runs completed run dirs, each with the four files a finished job leaves (the contract's writers)."""
+    import copy
+
+    import yaml
+
+    from sweep.contract import CONFIG as CONFIG_NAME
+    from sweep.contract import METRICS, RUN, SUMMARY, atomic_write_json, atomic_write_text, compute_run_id
+    from sweep.rundir import MetricsLog
+
+    for i in range(n_runs):
+        config = copy.deepcopy(CONFIG)
+        config["train"]["tokens"] = 100_000 + i
+        run_dir = root / f"model=base,point=k{i % 4},train.tokens={100_000 + i}"
+        run_dir.mkdir(parents=True)
+        atomic_write_text(run_dir / CONFIG_NAME, yaml.safe_dump(config, sort_keys=False))
+        meta = {
+            "run_id": compute_run_id(config), "format": "kmeans", "bits": 2, "P_w": 2.25, "N_total": 131392,
+            "N_nonembed": 98624, "N_quant": 98304, "N_hp": 33088, "D": 100_000 + i, "seed": 0,
+        }
+        atomic_write_json(run_dir / RUN, meta)
+        log = MetricsLog(run_dir / METRICS)
+        for step in range(12):  # a demo run's 12 log lines
+            log.append({"step": 10 * step, "loss": 3.0 - 0.01 * step, "val_loss": 3.1 - 0.01 * step})
+        summary = {"status": "completed", "final_val_loss": 2.9, "tokens_seen": 100_000 + i, "wall_s": 4.0}
+        atomic_write_json(run_dir / SUMMARY, summary)
+
+
+def plain_read(root: Path) -> int:
+    """The floor: read and parse the same four files per dir, no checks, no rows."""
+    import json
+
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    count = 0
+    for run_dir in sorted(p.parent for p in root.glob("*/run.json")):
+        json.loads((run_dir / "run.json").read_text())
+        json.loads((run_dir / "summary.json").read_text())
+        count += len([json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x])
+        yaml.load((run_dir / "config.yaml").read_text(), Loader=loader)
+    return count
+
+
+def gather_section(n_runs: int) -> None:
+    from fit.gather import gather
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "sweep"
+        start = time.perf_counter()
+        write_run_dirs(root, n_runs)
+        built = time.perf_counter() - start
+        print(f"\nbitlaw gather, {n_runs} synthetic run dirs (written in {built:.1f} s)")
+        plain_read(root)  # warm the page cache: both timings below read from memory
+        start = time.perf_counter()
+        plain_read(root)
+        t_plain = time.perf_counter() - start
+        start = time.perf_counter()
+        result = gather([root])
+        t_gather = time.perf_counter() - start
+        print(
+            f"  fit.gather.gather    {t_gather:8.2f} s  ({len(result.rows)} rows, "
+            f"{len(result.skipped)} skipped)  ({load_average()})"
+        )
+        print(f"  plain reader         {t_plain:8.2f} s  (json + C-yaml, same files)  ({load_average()})")
 
 
 if __name__ == "__main__":
