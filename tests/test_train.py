@@ -224,14 +224,16 @@ def test_submitit_timeout_signal_requeues_and_resumes(reference, tmp_path) -> No
 
     from sweep.train import TrainJob
 
-    cfg = config("point=kmeans2", "train.tokens=819200", "train.eval_every=100",
+    cfg = config("point=kmeans2", "train.tokens=4096000", "train.eval_every=500",
                  "train.checkpoint_every_s=1e9")
     uninterrupted = train(cfg, tmp_path / "uninterrupted")
     # a generous requeue budget: on a loaded machine an attempt makes ~90 steps, not ~400
     executor = submitit.LocalExecutor(folder=tmp_path / "submitit", max_num_timeout=40)
-    # timeout 12 s, SIGUSR2 5 s before it: each attempt is stopped ~7 s in (~2.5 s of it start-up), and
-    # the 800-step run needs at least two attempts
-    executor.update_parameters(timeout_min=0.2, signal_delay_s=5)
+    # timeout 30 s, SIGUSR2 5 s before it: each attempt is stopped ~25 s in (2.5 s of it start-up idle,
+    # ~6 s under load). submitit's local controller allows 6 attempts in all (max_retry, hard-coded): the
+    # 4000-step run needs >= 2 attempts on an idle machine and <= 4 on a loaded one (the old 12 s attempts
+    # ran out of attempts whenever the machine was busy)
+    executor.update_parameters(timeout_min=0.5, signal_delay_s=5)
     job = executor.submit(TrainJob(cfg, tmp_path / "run"))
     result = job.result()
     log = Path(job.paths.stderr).read_text() + Path(job.paths.stdout).read_text()
