@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fit.law import EFF_PREFIX, FULL_P
-from fit.objective import FitData, Objective, _rho
+from fit.objective import FitData, Objective, _rho, loss_and_slope
 
 FORMS = ("efficiency", "penalty")
 GAMMA_BOUNDS = (0.1, 50.0)  # same box as the precision law's γ (fit.fitting)
@@ -123,14 +123,7 @@ def objective_and_grad(theta: np.ndarray, data: FitData, spec: FormSpec, obj: Ob
     terms, log_n = _terms(theta[None, :], data, spec)
     lse, weights = _lse(terms)
     lse, log_n = lse[0], log_n[0]
-    if obj.space == "log":
-        resid, dresid_dlse = data.logL - lse, -1.0
-    else:
-        pred = np.exp(lse)
-        resid, dresid_dlse = data.L - pred, -pred
-    value, slope = _rho(resid, obj)
-    f = float((value * data.weight).sum())
-    coef = data.weight * slope * dresid_dlse  # d f / d lse, per row
+    f, coef = loss_and_slope(lse, data, obj)  # coef: d f / d lse, per row
     c = [coef * w[0] for w in weights]  # d f / d term_k, per row
     grad = [c[0].sum(), c[1].sum(), c[2].sum()]
     d_alpha, d_beta = -(c[0] * log_n).sum(), -(c[1] * data.logD).sum()

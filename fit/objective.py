@@ -149,6 +149,18 @@ def objective_batch(
     return np.where(np.isfinite(out), out, np.inf)
 
 
+def loss_and_slope(lse: np.ndarray, data: FitData, obj: Objective) -> tuple[float, np.ndarray]:
+    """(the objective at predicted log losses `lse` (n,), its derivative with respect to each lse (n,)):
+    the part of every law's analytic gradient that does not depend on the law's terms."""
+    if obj.space == "log":
+        resid, dresid_dlse = data.logL - lse, -1.0
+    else:
+        pred = np.exp(lse)
+        resid, dresid_dlse = data.L - pred, -pred
+    value, slope = _rho(resid, obj)
+    return float((value * data.weight).sum()), data.weight * slope * dresid_dlse
+
+
 def objective_and_grad(theta: np.ndarray, data: FitData, spec: LawSpec, obj: Objective) -> tuple:
     """Objective and its analytic gradient at one θ (k,).
 
@@ -172,14 +184,7 @@ def objective_and_grad(theta: np.ndarray, data: FitData, spec: LawSpec, obj: Obj
     total = e1 + e2 + e3
     lse = top + np.log(total)
     w1, w2, w3 = e1 / total, e2 / total, e3 / total
-    if obj.space == "log":
-        resid, dresid_dlse = data.logL - lse, -1.0
-    else:
-        pred = np.exp(lse)
-        resid, dresid_dlse = data.L - pred, -pred
-    value, slope = _rho(resid, obj)
-    f = float((value * data.weight).sum())
-    coef = data.weight * slope * dresid_dlse  # d f / d lse, per row
+    f, coef = loss_and_slope(lse, data, obj)  # coef: d f / d lse, per row
     c1, c2 = coef * w1, coef * w2  # d f / d t1, d f / d t2
     grad = [c1.sum(), c2.sum(), (coef * w3).sum()]
     d_alpha, d_beta = -(c1 * log_n).sum(), -(c2 * data.logD).sum()
