@@ -241,10 +241,8 @@ def recommend(
         unidentified.insert(0, f"every bit width predicts the same loss, {losses[0]:.4f}")
     elif not unidentified:
         winner.best = True
-    if winner is None:
-        return Recommendation(budget_bytes, tokens, fmt, ranked_by, rows, 0, notes, None, unidentified)
     largest = max(shapes, key=lambda s: (s.n_quant, -s.n_hp))
-    if winner.shape == largest and budget_bytes > 1.25 * winner.memory_bytes:
+    if winner is not None and winner.shape == largest and budget_bytes > 1.25 * winner.memory_bytes:
         notes.append(
             f"at {format_bytes(budget_bytes)} the winner is the family's largest shape ({largest.name}), "
             f"using only {format_bytes(winner.memory_bytes)}; a larger family "
@@ -259,18 +257,31 @@ def recommend(
         matrix = matrix[ok]
         n_resamples = len(matrix)
         if n_resamples:
+            # Every contender gets its interval, not only the winner: a forecast check (verify.json)
+            # compares each contender's measured loss with its own predicted CI.
+            for i, r in enumerate(live):
+                r.loss_ci = percentile_ci(matrix[:, i])
+        if n_resamples and winner is not None:
             low = matrix.min(axis=1, keepdims=True)
             untied = np.isclose(matrix, low, rtol=TIE, atol=0).sum(axis=1) == 1
             n_tied = int(n_resamples - untied.sum())
             wins = np.bincount(np.argmin(matrix[untied], axis=1), minlength=len(live))
             for i, r in enumerate(live):
                 r.win_share = float(wins[i] / n_resamples)
-            column = matrix[:, live.index(winner)]
-            lo, hi = np.percentile(column, [2.5, 97.5])
-            winner.loss_ci = (float(lo), float(hi))
+        elif winner is None:
+            n_resamples = 0  # every bit width ties: no win shares to report (the CIs above stay)
     return Recommendation(
         budget_bytes, tokens, fmt, ranked_by, rows, n_resamples, notes, winner, unidentified, n_tied
     )
+
+
+def percentile_ci(column: np.ndarray) -> tuple[float, float] | None:
+    """The 2.5/97.5 percentiles of one row's loss over the draws; None when a draw has no model there
+    (an infinite loss, capacity ≤ 0), since that interval is unbounded and JSON cannot carry it."""
+    if not np.all(np.isfinite(column)):
+        return None
+    lo, hi = np.percentile(column, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def smooth_n_eff(

@@ -128,6 +128,22 @@ def test_bootstrap_shares_and_ci(tmp_path: Path) -> None:
     assert np.allclose(by_hand, shares)
 
 
+def test_every_contender_gets_its_loss_ci(tmp_path: Path) -> None:
+    """verify.json compares each contender's measured loss with its own CI: every row with a model has one,
+    equal to the percentiles of that row's loss over the draws (recomputed by hand here)."""
+    path = write_fit(tmp_path / "wide.json", {"kmeans": with_samples(KMEANS, 300, 0.05, seed=2)})
+    rec = recommend(source_from_fit(load_fit(path)), 3e9, 1e11, resolve_arch("llama3:continuous"))
+    live = [r for r in rec.rows if r.shape is not None]
+    assert len(live) >= 3 and all(r.loss_ci is not None for r in live)
+    s = load_fit(path).bootstrap_samples("kmeans")
+    for r in live:
+        n_eff = r.n_law * capacity(r.p_w, s["gamma"])
+        losses = s["A"] * n_eff ** -s["alpha"] + s["B"] * 1e11 ** -s["beta"] + s["E"]
+        assert r.loss_ci == pytest.approx(tuple(np.percentile(losses, [2.5, 97.5])), rel=1e-12)
+    rows = json.loads(json.dumps([r.as_dict() for r in live]))
+    assert all(len(row["loss_ci"]) == 2 for row in rows)
+
+
 def test_n_convention_follows_the_fit(tmp_path: Path) -> None:
     path = write_fit(tmp_path / "fit.json", {"kmeans": KMEANS}, columns={"N": "N_total"}, n_convention="x")
     rec = recommend(source_from_fit(load_fit(path)), 8e9, 1e11, resolve_arch("llama3"), [4])
