@@ -85,22 +85,30 @@ def test_config_error_is_one_line_exit_2_before_training(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_grid_is_108_valid_runs_with_one_anchor_per_n_and_d() -> None:
+def test_demo_grid_is_27_trunks_of_3_budgets_with_one_anchor_per_n_and_d() -> None:
     jobs = grid("demo")
-    assert len(jobs) == 108
+    assert len(jobs) == 27  # 3 sizes x 9 points; each trunk trains 3 token budgets through its branches
     for job in jobs:
         from_dict(job)
     points = {}
     for job in jobs:
-        n_quant = param_counts(ModelConfig(**job["model"]))["N_quant"]
-        d = job["train"]["tokens"] or job["train"]["tokens_per_param"] * n_quant
-        points.setdefault((n_quant, d), []).append((job["quant"]["format"], job["quant"]["bits"]))
-    assert len(points) == 12
+        model = ModelConfig(**job["model"])
+        assert model.n_layers >= 2
+        n_quant = param_counts(model)["N_quant"]
+        train = job["train"]
+        assert train["schedule"] == "wsd" and train["lr"] == pytest.approx(0.128 / model.d_model)
+        budgets = sorted(train["branches"]) + [train["tokens"]]
+        assert len(budgets) == 3
+        # QAT switches on at the same step in every branch, well before the shortest branch decays
+        shortest_steps = budgets[0] // train["batch_tokens"]
+        assert 1 <= job["quant"]["qat_start"] < (1 - train["decay_fraction"]) * shortest_steps
+        for d in budgets:
+            points.setdefault((n_quant, d), []).append((job["quant"]["format"], job["quant"]["bits"]))
+    assert len(points) == 9
     sizes = sorted({n for n, _ in points})
-    # four sizes: the leave-largest-N-out extrapolation check needs three left to fit
-    assert len(sizes) >= 4 and sizes[-1] >= 4 * sizes[0]
-    for n in sizes:
-        assert len({d / n for m, d in points if m == n}) >= 2  # >= 2 budgets per size, different D/N
+    # the same D at every size (a fixed D/N grid cannot separate the N and D terms), and N over >= 5x
+    assert len(sizes) == 3 and sizes[-1] >= 5 * sizes[0]
+    assert len({frozenset(d for m, d in points if m == n) for n in sizes}) == 1
     for pairs in points.values():
         assert sorted(pairs) == sorted([(f, b) for f in ("kmeans", "uniform") for b in (1, 2, 3, 4)]
                                        + [("none", 16)])

@@ -1,0 +1,144 @@
+"""``bitlaw verify``: test a fit's forecast by training its memory-matched contenders (fit/verify.py).
+
+bitlaw verify plan FIT.json --runs RUNS.csv -o DIR [--format F] [--memory M] [--tokens D] [--arch A]
+    -> DIR/contenders.json, DIR/conf/contender/<point>.yaml, DIR/sweep_overrides.txt
+python -m sweep -m $(cat DIR/sweep_overrides.txt) hydra.sweep.dir=SWEEP     # trains the new contenders
+bitlaw gather SWEEP -o DIR/runs.csv
+bitlaw verify check DIR/contenders.json --runs DIR/runs.csv --runs RUNS.csv -o verify.json [--report R.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+SECTION = "## The forecast, tested"
+BEGIN, END = "<!-- bitlaw verify: begin -->", "<!-- bitlaw verify: end -->"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    steps = parser.add_subparsers(dest="step", required=True, metavar="{plan,check}")
+    plan = steps.add_parser(
+        "plan", help="pick each bit width's largest model under the budget, predict its loss"
+    )
+    plan.add_argument("fit", metavar="FIT.json")
+    plan.add_argument("--runs", required=True, help="the grid's runs table (what the fit was fitted on)")
+    plan.add_argument("-o", "--output", required=True, metavar="DIR", help="where the plan and configs go")
+    plan.add_argument("--format", default="kmeans", help="the recommending format (default kmeans)")
+    plan.add_argument("--memory", help="weight budget, e.g. 164kB (default: the grid's smallest bf16 model)")
+    plan.add_argument("--tokens", help="training tokens D (default: the grid's largest D)")
+    plan.add_argument(
+        "--arch",
+        default="scripts/demo_family.yaml",
+        help="the shapes to choose from: llama3 | bitlaw | a shapes .yaml/.json (default "
+        "scripts/demo_family.yaml)",
+    )
+    plan.add_argument("--experiment", default="demo", help="the grid's experiment: its recipe trains them")
+    check = steps.add_parser("check", help="set the contenders' measured losses beside the predictions")
+    check.add_argument("plan", metavar="CONTENDERS.json")
+    check.add_argument(
+        "--runs",
+        action="append",
+        required=True,
+        help="runs table(s) holding the contenders' runs (repeat; the first match wins)",
+    )
+    check.add_argument("-o", "--output", required=True, metavar="VERIFY.json")
+    check.add_argument("--report", metavar="REPORT.md", help="add (or replace) the forecast section there")
+
+
+def run(args: argparse.Namespace) -> int:
+    return plan(args) if args.step == "plan" else check(args)
+
+
+def plan(args: argparse.Namespace) -> int:
+    from fit.errors import InputError
+    from fit.fitfile import load_fit
+    from fit.memory import resolve_arch
+    from fit.table import read_frame
+    from fit.units import format_bytes, parse_memory, parse_tokens
+    from fit.verify import choose_contenders, contender_config
+    from sweep.contract import atomic_write_json, atomic_write_text
+
+    fitfile = load_fit(args.fit)
+    grid = read_frame(args.runs)
+    shapes = resolve_arch(args.arch)
+    budgets = parse_memory(args.memory) if args.memory else [None]
+    if len(budgets) != 1:
+        raise InputError(f"--memory: one budget, got {len(budgets)} ({args.memory})")
+    tokens = parse_tokens(args.tokens) if args.tokens else None
+    result = choose_contenders(fitfile, grid, args.format, shapes, budgets[0], tokens)
+
+    out = Path(args.output)
+    group = out / "conf" / "contender"
+    group.mkdir(parents=True, exist_ok=True)
+    for stale in group.glob("*.yaml"):
+        stale.unlink()
+    new = [c for c in result.contenders if not c.in_grid]
+    for c in new:
+        atomic_write_text(group / f"{c.config_name}.yaml", contender_config(c))
+    atomic_write_json(out / "contenders.json", result.as_dict())
+    overrides = [
+        f"experiment={args.experiment}",
+        f"hydra.searchpath=[file://{(out / 'conf').resolve()}]",
+        "~hydra.sweeper.params.model",  # the grid's axes give way to the contender axis
+        "~hydra.sweeper.params.point",
+        "train.branches=[]",
+        f"train.tokens={int(result.D)}",
+        "+contender=" + ",".join(c.config_name for c in new),
+    ]
+    atomic_write_text(out / "sweep_overrides.txt", "\n".join(overrides) + "\n")
+
+    print(
+        f"budget {format_bytes(result.budget_bytes)} ({result.budget_bytes:,.0f} bytes), D {result.D:,.0f}, "
+        f"format {result.format}; predicted winner: "
+        + (f"{result.predicted_winner} bits" if result.predicted_winner else "none")
+    )
+    for c in result.contenders:
+        ci = f" [{c.predicted_ci[0]:.4f}, {c.predicted_ci[1]:.4f}]" if c.predicted_ci else ""
+        where = "in the grid" if c.in_grid else f"to train: contender={c.config_name}"
+        print(
+            f"  {c.bits:>2} bits  {c.model:<8} N_quant {c.N_quant:>9,}  {c.memory_bytes:>9,.0f} B  "
+            f"predicted {c.predicted_loss:.4f}{ci}  ({where})"
+        )
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(
+        f"wrote {out / 'contenders.json'}, {len(new)} contender config(s) and {out / 'sweep_overrides.txt'}"
+    )
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    from fit.errors import InputError
+    from fit.table import read_frame
+    from fit.verify import ContenderPlan, render_markdown, verdict
+    from sweep.contract import atomic_write_json
+
+    try:
+        data = json.loads(Path(args.plan).read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"CONTENDERS.json: cannot read {args.plan}: {err}") from None
+    result = verdict(ContenderPlan.from_dict(data), [read_frame(path) for path in args.runs])
+    text = render_markdown(result)
+    atomic_write_json(args.output, result)
+    if args.report:
+        add_section(Path(args.report), text)
+    print(text, end="")
+    print(f"wrote {args.output}" + (f" and the section in {args.report}" if args.report else ""))
+    return 0
+
+
+def add_section(report: Path, body: str) -> None:
+    """Put the forecast section into the report, replacing an earlier one (re-running stays idempotent)."""
+    text = report.read_text() if report.exists() else ""
+    block = f"{BEGIN}\n{SECTION}\n\n{body}{END}\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    from sweep.contract import atomic_write_text
+
+    atomic_write_text(report, text)

@@ -1,0 +1,329 @@
+"""The forecast, tested: 1-Bit Wonder's memory-matched comparison run as a check of a fitted law.
+
+A fit predicts, for a weight-memory budget M and D tokens, which bit width's largest fitting model has the
+lowest loss. ``choose_contenders`` asks the recommendation for that model at every bit width (bf16 included),
+with its predicted loss and bootstrap interval; the sweep then trains the contenders the grid never trained,
+and ``verdict`` sets the measured losses beside the predictions (``verify.json``, docs/method.md §10).
+
+Only the contenders are new data: the fit never saw them, so a forecast that holds is out of sample in N and
+in model shape (the low-bit contenders are deeper than any grid model). The budget's default is the memory
+of the grid's smallest bf16 model: there the bf16 contender is a grid model and the 1-bit one is several
+times the grid's largest N, because the bf16 embedding and head take most of a tiny model's memory.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fit.errors import InputError
+from fit.fitfile import FitFile, prediction_interval
+from fit.memory import BF16_BITS, Shape, check_format, weight_bytes
+from fit.recommend import recommend, source_from_fit
+from fit.units import format_bytes, format_count
+
+SHAPE_COLUMNS = {
+    k: f"model.{k}" for k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "vocab_size")
+}
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One bit width's largest model under the budget, and what the fit says of it."""
+
+    bits: int
+    format: str  # "none" for the bf16 contender
+    model: str  # the shape's name in the family
+    shape: dict[str, int]
+    N_quant: int
+    memory_bytes: float
+    predicted_loss: float
+    predicted_ci: tuple[float, float] | None
+    in_grid: bool  # the grid trained this (shape, format, bits): its measured loss is in-sample
+
+    @property
+    def config_name(self) -> str:
+        """The option of the generated Hydra group ``contender`` that trains it."""
+        return "bf16" if self.format == "none" else f"{self.format}{self.bits}"
+
+
+@dataclass(frozen=True)
+class ContenderPlan:
+    format: str
+    budget_bytes: float
+    D: float
+    predicted_winner: int | None  # bits; None when the fit names no winner
+    contenders: list[Contender]
+    grid_max_N: float
+    warnings: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "budget_bytes": self.budget_bytes,
+            "D": self.D,
+            "predicted_winner": self.predicted_winner,
+            "grid_max_N": self.grid_max_N,
+            "warnings": list(self.warnings),
+            "contenders": [asdict(c) for c in self.contenders],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ContenderPlan:
+        try:
+            contenders = [
+                Contender(**{**c, "predicted_ci": tuple(c["predicted_ci"]) if c["predicted_ci"] else None})
+                for c in data["contenders"]
+            ]
+            return cls(
+                data["format"],
+                float(data["budget_bytes"]),
+                float(data["D"]),
+                data["predicted_winner"],
+                contenders,
+                float(data["grid_max_N"]),
+                list(data.get("warnings", [])),
+            )
+        except (KeyError, TypeError) as err:
+            raise InputError(f"contenders.json: not a contender plan ({err})") from None
+
+
+def _shape_mask(table: pd.DataFrame, shape: dict[str, int]) -> pd.Series:
+    missing = [col for col in SHAPE_COLUMNS.values() if col not in table.columns]
+    if missing:
+        raise InputError(
+            f"runs table: needs the model shape columns {', '.join(missing)} (bitlaw gather writes them)"
+        )
+    mask = pd.Series(True, index=table.index)
+    for key, col in SHAPE_COLUMNS.items():
+        mask &= pd.to_numeric(table[col], errors="coerce") == shape[key]
+    return mask
+
+
+def _point_mask(table: pd.DataFrame, shape: dict[str, int], fmt: str, bits: int) -> pd.Series:
+    mask = _shape_mask(table, shape) & (table["format"] == fmt)
+    return mask if fmt == "none" else mask & (pd.to_numeric(table["bits"], errors="coerce") == bits)
+
+
+def smallest_bf16_budget(table: pd.DataFrame) -> float:
+    """The weight memory of the grid's smallest bf16 model (the budget's default)."""
+    anchors = table[table["format"] == "none"]
+    if anchors.empty:
+        raise InputError(
+            "--memory: the runs table has no bf16 (format none) run to size the default budget on"
+        )
+    return float(
+        min(weight_bytes(q, h, BF16_BITS) for q, h in zip(anchors["N_quant"], anchors["N_hp"], strict=True))
+    )
+
+
+def choose_contenders(
+    fit: FitFile,
+    grid: pd.DataFrame,
+    fmt: str,
+    shapes: list[Shape],
+    budget_bytes: float | None = None,
+    tokens: float | None = None,
+    bits: tuple[int, ...] = (1, 2, 3, 4, BF16_BITS),
+) -> ContenderPlan:
+    """Per bit width the largest shape of ``shapes`` within the budget (default: the grid's smallest bf16
+    model's memory) at D = ``tokens`` (default: the grid's largest D), with the fit's loss and interval."""
+    fmt = check_format(fmt)
+    budget = smallest_bf16_budget(grid) if budget_bytes is None else float(budget_bytes)
+    D = float(grid["D"].max()) if tokens is None else float(tokens)
+    source = source_from_fit(fit)
+    rec = recommend(source, budget, D, shapes, bits=list(bits), fmt=fmt)
+    law = source.law(fmt)
+    contenders = []
+    for row in rec.rows:
+        if row.shape is None:
+            raise InputError(
+                f"--memory: {format_bytes(budget)} holds no shape of the family at {row.bits} bits"
+            )
+        shape = {k: getattr(row.shape, k) for k in SHAPE_COLUMNS}
+        p_law = law.law_p(row.bits, row.p_w)
+        interval = prediction_interval(fit, row.n_law, D, p_law, fmt=fmt)
+        ci = None if interval is None else (float(interval[0]), float(interval[1]))
+        predicted = float(fit.predict(row.n_law, D, p_law, fmt=fmt))
+        in_grid = bool(_point_mask(grid, shape, row.format, row.bits).any())
+        contenders.append(
+            Contender(
+                row.bits,
+                row.format,
+                row.shape.name,
+                shape,
+                row.shape.n_quant,
+                float(row.memory_bytes),
+                predicted,
+                ci,
+                in_grid,
+            )
+        )
+    warnings = list(rec.unidentified)
+    grid_max = float(grid["N_quant"].max())
+    new = [c for c in contenders if not c.in_grid]
+    if not new or max(c.N_quant for c in new) <= grid_max:
+        warnings.append(
+            f"no contender is larger than the grid's largest N ({format_count(grid_max)}): the test "
+            "is not out of sample in N; raise --memory"
+        )
+    winner = rec.best.bits if rec.best else None
+    return ContenderPlan(fmt, budget, D, winner, contenders, grid_max, warnings)
+
+
+def contender_config(contender: Contender) -> str:
+    """The Hydra config (group ``contender``) that trains one contender with the grid's recipe: the grid's
+    experiment supplies everything else, so the contender differs from a grid run only in shape and point."""
+    point = contender.config_name
+    lines = [
+        "# @package _global_",
+        f"# contender: {contender.bits}-bit {contender.format} {contender.model}, "
+        f"N_quant {contender.N_quant:,}, {contender.memory_bytes:,.0f} bytes of weights "
+        "(written by `bitlaw verify plan`)",
+        "defaults:",
+        f"  - override /point: {point}",
+        "model:",
+        *[f"  {k}: {v}" for k, v in contender.shape.items()],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def measured(
+    contender: Contender, D: float, tables: list[pd.DataFrame]
+) -> tuple[float | None, float | None, str | None]:
+    """(loss, its standard error, run id) of the contender's completed run at D, from the first table that has
+    it (the contender sweep first, then the grid). A branch of a longer trunk counts: it is the same run."""
+    for table in tables:
+        rows = table[_point_mask(table, contender.shape, contender.format, contender.bits)]
+        rows = rows[np.isclose(pd.to_numeric(rows["D"], errors="coerce"), D, rtol=0.01)]
+        if "status" in rows.columns:
+            rows = rows[rows["status"] == "completed"]
+        if len(rows):
+            row = rows.iloc[0]
+            se = row.get("final_val_loss_se")
+            se = float(se) if se is not None and pd.notna(se) else None
+            return float(row["loss"]), se, str(row.get("run", "")) or None
+    return None, None, None
+
+
+def verdict(plan: ContenderPlan, tables: list[pd.DataFrame]) -> dict[str, Any]:
+    """verify.json: the plan's predictions beside the measured losses, and whether the forecast held."""
+    rows = []
+    for c in plan.contenders:
+        loss, se, run = measured(c, plan.D, tables)
+        error = None if loss is None else c.predicted_loss - loss
+        inside = (
+            None if loss is None or c.predicted_ci is None else c.predicted_ci[0] <= loss <= c.predicted_ci[1]
+        )
+        rows.append(
+            {
+                "bits": c.bits,
+                "format": c.format,
+                "model": c.model,
+                "shape": c.shape,
+                "N_quant": c.N_quant,
+                "memory_bytes": c.memory_bytes,
+                "predicted_loss": c.predicted_loss,
+                "predicted_ci": list(c.predicted_ci) if c.predicted_ci else None,
+                "measured_loss": loss,
+                "measured_se": se,
+                "error": error,
+                "inside_ci": inside,
+                "in_grid": c.in_grid,
+                "run": run,
+            }
+        )
+    missing = [f"{r['bits']}-bit" for r in rows if r["measured_loss"] is None]
+    if missing:
+        raise InputError(
+            f"runs: no completed run at D={plan.D:.0f} for the {', '.join(missing)} contender(s); "
+            "train them first (bitlaw verify plan prints the command)"
+        )
+    by_bits = {r["bits"]: r for r in rows}
+    measured_best = min(rows, key=lambda r: r["measured_loss"])
+    predicted = by_bits.get(plan.predicted_winner) if plan.predicted_winner is not None else None
+    ranking_pred = [r["bits"] for r in sorted(rows, key=lambda r: r["predicted_loss"])]
+    ranking_meas = [r["bits"] for r in sorted(rows, key=lambda r: r["measured_loss"])]
+    runner_up = sorted(rows, key=lambda r: r["measured_loss"])[1]
+    margin = runner_up["measured_loss"] - measured_best["measured_loss"]
+    se = [r["measured_se"] for r in (measured_best, runner_up) if r["measured_se"] is not None]
+    return {
+        "format": plan.format,
+        "budget_bytes": plan.budget_bytes,
+        "D": plan.D,
+        "predicted_winner": None
+        if predicted is None
+        else {"bits": predicted["bits"], "model": predicted["model"]},
+        "measured_winner": {"bits": measured_best["bits"], "model": measured_best["model"]},
+        "winner_held": predicted is not None and predicted["bits"] == measured_best["bits"],
+        "measured_margin": margin,
+        "measured_margin_se": math.sqrt(sum(s * s for s in se)) if len(se) == 2 else None,
+        "ranking_predicted": ranking_pred,
+        "ranking_measured": ranking_meas,
+        "mean_abs_error": float(np.mean([abs(r["error"]) for r in rows])),
+        "max_abs_error": float(np.max([abs(r["error"]) for r in rows])),
+        "grid_max_N": plan.grid_max_N,
+        "warnings": plan.warnings,
+        "contenders": rows,
+    }
+
+
+def _bits_name(bits: int, fmt: str) -> str:
+    return "bf16" if fmt == "none" else f"{bits}-bit {fmt}"
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """The report's section: did the forecast hold, and by how much did each prediction miss."""
+    pred, meas = result["predicted_winner"], result["measured_winner"]
+    fmt = result["format"]
+    lines = [
+        f"Budget {format_bytes(result['budget_bytes'])} ({result['budget_bytes']:,.0f} bytes) of weights, "
+        f"D = {format_count(result['D'])} tokens, format {fmt}: each bit width's largest model of the family "
+        "within the budget, trained with the grid's recipe (the fit never saw the new ones).",
+        "",
+    ]
+    if pred is None:
+        lines.append(
+            "**The fit named no winner** (" + "; ".join(result["warnings"]) + "), so there was no "
+            f"forecast to test; the measured winner is {_bits_name(meas['bits'], fmt)} ({meas['model']})."
+        )
+    elif result["winner_held"]:
+        lines.append(
+            f"**The forecast held**: predicted and measured winner are both "
+            f"{_bits_name(pred['bits'], fmt)} ({pred['model']})."
+        )
+    else:
+        lines.append(
+            f"**The forecast did not hold**: predicted winner {_bits_name(pred['bits'], fmt)} "
+            f"({pred['model']}), measured winner {_bits_name(meas['bits'], fmt)} ({meas['model']})."
+        )
+    margin_se = result["measured_margin_se"]
+    noise = f" ± {margin_se:.3f} (SE of the two evals; paired windows make it smaller)" if margin_se else ""
+    lines += [
+        f"The measured winner leads the runner-up by {result['measured_margin']:.4f} nats{noise}. "
+        f"Ranking predicted {result['ranking_predicted']}, measured {result['ranking_measured']} "
+        "(bits; 16 = bf16). "
+        f"|predicted − measured|: mean {result['mean_abs_error']:.4f}, "
+        f"max {result['max_abs_error']:.4f} nats.",
+        "",
+        "| bits | model | N_quant | weight bytes | predicted loss [95 % CI] | measured loss "
+        "| predicted − measured | in CI | in grid |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["contenders"]:
+        ci = r["predicted_ci"]
+        ci_text = f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
+        star = " **(predicted)**" if pred and r["bits"] == pred["bits"] else ""
+        star += " **(measured)**" if r["bits"] == meas["bits"] else ""
+        inside = "—" if r["inside_ci"] is None else ("yes" if r["inside_ci"] else "no")
+        lines.append(
+            f"| {_bits_name(r['bits'], r['format'])}{star} | {r['model']} | {r['N_quant']:,} | "
+            f"{r['memory_bytes']:,.0f} | {r['predicted_loss']:.4f}{ci_text} | {r['measured_loss']:.4f} | "
+            f"{r['error']:+.4f} | {inside} | {'yes' if r['in_grid'] else 'no'} |"
+        )
+    lines += [f"\nwarning: {w}" for w in result["warnings"]]
+    return "\n".join(lines) + "\n"
