@@ -61,6 +61,10 @@ class TrainConfig:
     max_steps_this_run: int | None = None  # stop (and checkpoint) after this many steps of this process
     save_export: bool = True  # write export.pt with the packed weights
     keep_checkpoint: bool = False  # keep checkpoint/ (with the final state) after the run ends
+    # Not in conf/train/default.yaml on purpose: a new key there would change every run_id (they hash the
+    # resolved config), so existing sweeps would no longer be skipped. Set with `+train.compile=true`.
+    compile: bool | None = None  # torch.compile the blocks; null = on for CUDA, off on CPU
+    peak_flops: float | None = None  # the device's peak FLOP/s for MFU; null = a known GPU's bf16 peak
 
 
 @dataclass
@@ -195,6 +199,8 @@ def validate(job: JobConfig, check_paths: bool = True) -> None:
         _positive_int(t.threads, "train.threads")
     if t.max_steps_this_run is not None:
         _positive_int(t.max_steps_this_run, "train.max_steps_this_run")
+    if t.peak_flops is not None:
+        _require(t.peak_flops > 0, f"train.peak_flops must be > 0 (FLOP/s), got {t.peak_flops!r}")
 
     _require(d.corpus in CORPORA, f"data.corpus must be one of {', '.join(CORPORA)}, got {d.corpus!r}")
     _require(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction!r}")

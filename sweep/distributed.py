@@ -67,10 +67,12 @@ def init(device_type: str) -> DistInfo:
     return info
 
 
-def all_reduce_mean(value: float, info: DistInfo, device: torch.device) -> float:
+def all_reduce_mean(value: float | torch.Tensor, info: DistInfo, device: torch.device) -> float:
+    """The mean over ranks as a Python float. A tensor is read once, here: the loop calls this at log
+    steps only, where one host-device sync per log step is the price of the number."""
     if not info.enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+        return float(value)
+    t = torch.as_tensor(value, device=device).detach().double().reshape(1)
     dist.all_reduce(t)
     return float(t.item()) / info.world_size
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from sweep import branches as branching
-from sweep import checkpoint, data, distributed, quant
+from sweep import checkpoint, data, distributed, meters, quant
 from sweep.contract import CHECKPOINT, METRICS, SUMMARY, read_json
 from sweep.rundir import MetricsLog
 
@@ -75,10 +75,11 @@ def evaluate(model: torch.nn.Module, val: tuple[torch.Tensor, torch.Tensor], dev
 
 
 def forward_backward(trainable: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, micro: int,
-                     autocast: Any) -> float:
+                     autocast: Any) -> torch.Tensor:
     """Accumulate the gradient of the mean loss over this rank's batch, `micro` sequences at a time.
 
-    DDP all-reduces only on the last micro-batch (``no_sync`` before), once per optimizer step.
+    DDP all-reduces only on the last micro-batch (``no_sync`` before), once per optimizer step. Returns the
+    batch loss as a 0-d tensor on the device: reading it is a host-device sync, left to the log steps.
     """
     # x, y: (B_local, T)
     starts = list(range(0, len(x), micro))
@@ -93,7 +94,7 @@ def forward_backward(trainable: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
             loss = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten()) * (len(xb) / len(x))
             loss.backward()
         total += loss.detach()
-    return float(total)
+    return total
 
 
 @dataclass
@@ -121,7 +122,7 @@ class Trainer:
                  optimizer: torch.optim.Optimizer, quantized: list, corpus: Any, val: tuple, final_val: tuple,
                  device: torch.device, dist_info: Any, autocast: Any, total_steps: int, warmup: int,
                  qat_step: int | None, n_sequences: int, micro_sequences: int, plan: list, logger: Any,
-                 started: float, stop: Any, hooks: Any) -> None:
+                 started: float, stop: Any, hooks: Any, meter: Any = None) -> None:
         self.job, self.run_dir, self.run_id = job, run_dir, run_id
         self.model, self.trainable, self.optimizer, self.quantized = model, trainable, optimizer, quantized
         self.corpus, self.val, self.final_val = corpus, val, final_val
@@ -130,6 +131,7 @@ class Trainer:
         self.n_sequences, self.micro = n_sequences, micro_sequences
         self.plan, self.logger, self.started, self.stop = plan, logger, started, stop
         self.hooks = hooks  # save_checkpoint(done, extra), write_branch(branch, segment, outcome, wall_s)
+        self.meter = meter or meters.Meter(None, device)  # MFU, grad norm, peak memory at log steps
         t = job.train
         self.diverge_loss = t.diverge_loss or 1.5 * math.log(job.model.vocab_size)
         self.steps_this_run = 0
@@ -230,35 +232,44 @@ class Trainer:
                 group["lr"] = lr
             x, y = data.train_batch(self.corpus, t.seed, step, self.n_sequences, t.seq_len, self.dist.rank,
                                     self.dist.world_size)
+            quant.update(self.quantized)  # quantize once per optimizer step, for every micro-batch
             local_loss = forward_backward(self.trainable, x.to(self.device), y.to(self.device), self.micro,
                                           self.autocast)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
 
             done = step + 1
             self.steps_this_run += 1
             interval_tokens += t.batch_tokens
-            train_loss = distributed.all_reduce_mean(local_loss, self.dist, self.device)
-            interval_train_s += time.time() - step_started
             evaluate_now = done in segment.eval_at
+            log_now = done % t.log_every == 0 or evaluate_now
+            # A divergence check reads the loss: free on CPU (no device to wait for), so every step there
+            # as before; on CUDA it is a sync, so at log steps and the segment's end (a NaN stays a NaN).
+            check_now = log_now or done == last or self.device.type == "cpu"
+            status, reason, train_loss = "completed", None, math.nan
+            if check_now:
+                train_loss = distributed.all_reduce_mean(local_loss, self.dist, self.device)
+                if not math.isfinite(train_loss) or train_loss > self.diverge_loss:
+                    status = "diverged"
+                    reason = f"train loss {train_loss:.4g} at step {done} (limit {self.diverge_loss:.3g})"
             record: dict[str, Any] = {"step": done, "tokens": done * t.batch_tokens, "train_loss": train_loss,
                                       "lr": lr, "phase": "qat" if self.qat_step is not None
                                       and step >= self.qat_step else "warmup"}
-            if evaluate_now:
+            interval_train_s += time.time() - step_started
+            if evaluate_now and status == "completed":
+                quant.update(self.quantized)  # the step changed the weights; compiled code cannot check
                 # mid-run evaluations use the cheap subset; the final ones the whole validation set
                 val = self.final_val if done in finals else self.val
                 val_loss, val_se = evaluate(self.model, val, self.device, self.autocast, self.micro)
                 record["val_loss"] = val_loss
                 record["val_loss_se"] = val_se
                 segment.evals.append([done, val_loss, val_se])
-            status, reason = "completed", None
-            if not math.isfinite(train_loss) or train_loss > self.diverge_loss:
-                status = "diverged"
-                reason = f"train loss {train_loss:.4g} at step {done} (limit {self.diverge_loss:.3g})"
-            if done % t.log_every == 0 or evaluate_now or status != "completed":
+            if log_now or status != "completed":
                 # training throughput: update steps only, evaluation time excluded
-                record["tokens_per_s"] = interval_tokens / max(interval_train_s, 1e-9)
+                tokens_per_s = interval_tokens / max(interval_train_s, 1e-9)
+                record["tokens_per_s"] = tokens_per_s
+                record.update(self.meter.log_fields(tokens_per_s, grad_norm))
                 interval_train_s, interval_tokens = 0.0, 0
                 if self.dist.is_main:
                     segment.metrics.append(record)
@@ -267,7 +278,9 @@ class Trainer:
             if status != "completed":
                 return Outcome(status, done, reason)
 
-            stop_now = distributed.any_rank(self.stop.received is not None, self.dist, self.device)
+            # a stop flag from any rank is a collective (and a sync): every step alone, at log steps in DDP
+            stop_now = (not self.dist.enabled or log_now) and distributed.any_rank(
+                self.stop.received is not None, self.dist, self.device)
             limit_reached = t.max_steps_this_run is not None and self.steps_this_run >= t.max_steps_this_run \
                 and done < segment.total
             periodic = (t.checkpoint_every and done % t.checkpoint_every == 0) or \

@@ -25,7 +25,7 @@ import torch
 from omegaconf import OmegaConf
 
 from sweep import branches as branching
-from sweep import checkpoint, data, distributed, export, quant
+from sweep import checkpoint, data, distributed, export, meters, quant
 from sweep.config import ConfigError, JobConfig, default_threads, from_dict, resolve_device
 from sweep.contract import (
     CHECKPOINT,
@@ -214,6 +214,8 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=t.lr, betas=(t.beta1, t.beta2), fused=device.type == "cuda")
+    if t.compile if t.compile is not None else device.type == "cuda":
+        compile_blocks(model)
     trainable = model
     if dist_info.enabled:
         trainable = torch.nn.parallel.DistributedDataParallel(
@@ -307,7 +309,9 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
             n_sequences=n_sequences, micro_sequences=micro_sequences, plan=plan, logger=logger,
             started=started, stop=stop,
             hooks=SimpleNamespace(save_checkpoint=save_checkpoint, write_branch=write_branch,
-                                  on_stop=on_stop))
+                                  on_stop=on_stop),
+            meter=meters.Meter(meters.model_flops_per_token(m, t.seq_len), device,
+                               meters.peak_flops(device, t.peak_flops)))
         outcome = trainer.run(trunk, start_step, resume_branch)
     if outcome.status == "stopped":
         log.info("stopped after %d steps this run (train.max_steps_this_run); checkpoint at %d",
@@ -342,6 +346,15 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
         if logger:
             logger.finish(summary, exit_code=0 if completed else 1)
     return {**summary, "run_id": run_id}
+
+
+def compile_blocks(model: Llama) -> None:
+    """torch.compile each transformer block in place (``nn.Module.compile``): parameter names and state
+    dicts stay those of the plain model, so checkpoints, DDP and the export are unchanged. The delayed QAT
+    switch flips a Python flag on the QuantLinears, which the compiled code guards on: it recompiles once
+    at the switch (and once for evaluation under no_grad), within dynamo's cache limit."""
+    for layer in model.layers:
+        layer.compile()
 
 
 def branch_plan(job: JobConfig) -> list[branching.Branch]:

@@ -14,6 +14,7 @@ from sweep.app import CONF_DIR
 from sweep.branches import plan_branches
 from sweep.config import ConfigError
 from sweep.contract import compute_run_id
+from sweep.meters import MACHINE_FIELDS
 from sweep.train import train
 
 pytestmark = pytest.mark.slow  # ~35 s of real training on 2 cores
@@ -35,7 +36,7 @@ def config(*overrides: str) -> dict:
 
 def rows(run_dir: Path) -> list[dict]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "tokens_per_s"} for line in lines]
+    return [{k: v for k, v in json.loads(line).items() if k not in MACHINE_FIELDS} for line in lines]
 
 
 def summary(run_dir: Path) -> dict:

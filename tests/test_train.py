@@ -21,6 +21,7 @@ from sweep import export
 from sweep.app import CONF_DIR
 from sweep.config import ConfigError
 from sweep.contract import compute_run_id
+from sweep.meters import MACHINE_FIELDS
 from sweep.train import EXIT_PREEMPTED, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ def config(*overrides: str) -> dict:
 
 def metrics(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in rows]  # timing differs
+    return [{k: v for k, v in row.items() if k not in MACHINE_FIELDS} for row in rows]  # timing differs
 
 
 @pytest.fixture(scope="module")
