@@ -283,8 +283,12 @@ def compute_cost(
     per_token, formula = flops_per_token(frame)
     work = frame.assign(_fpt=per_token)
     trunks = work.groupby("trunk", sort=False).agg(D=("D", "max"), fpt=("_fpt", "max"))
-    tokens = float(trunks["D"].sum())
-    flops = float((trunks["D"] * trunks["fpt"]).sum())
+    if "train_tokens" in work:  # a planned experiment: each branch adds its cooldown to its trunk's D_max
+        tokens = float(work["train_tokens"].sum())
+        flops = float((work["train_tokens"] * work["_fpt"]).sum())
+    else:
+        tokens = float(trunks["D"].sum())
+        flops = float((trunks["D"] * trunks["fpt"]).sum())
     if tokens_per_s is not None:
         hours, rate = tokens / tokens_per_s / 3600, f"{tokens_per_s:g} tokens/s"
     else:

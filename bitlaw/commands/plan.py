@@ -111,7 +111,7 @@ def _compose_jobs(axes: dict[str, list[Any]], compose: Any, omegaconf: Any, cont
     group_keys = [k for k in axes if not _is_value_key(k)]
     composed: dict[tuple[str, ...], Any] = {}
     rows = []
-    for job in itertools.product(*axes.values()):
+    for index, job in enumerate(itertools.product(*axes.values())):
         chosen = dict(zip(axes, job, strict=True))
         groups = tuple(chosen[k].input_line for k in group_keys)
         if groups not in composed:
@@ -120,28 +120,40 @@ def _compose_jobs(axes: dict[str, list[Any]], compose: Any, omegaconf: Any, cont
         for key in axes:
             if key not in group_keys:
                 omegaconf.update(cfg, key, chosen[key].value(), merge=True)
-        rows.append(_job_row(cfg, contract))
+        rows.extend(_job_row(cfg, contract, trunk=f"job{index}"))
     return rows
 
 
-def _job_row(cfg: Any, contract: Any) -> dict[str, Any]:
+def _job_row(cfg: Any, contract: Any, trunk: str) -> list[dict[str, Any]]:
+    """The job's rows: one per token budget it yields (its WSD branches, then the trunk's own D), sharing a
+    ``trunk``; ``train_tokens`` is what each row trains beyond what its trunk already did (the branch's
+    cooldown), so a grid's cost counts the trunk once."""
+    from sweep.branches import decay_start
+
     m, q, t = cfg.model, cfg.quant, cfg.train
     counts = contract.param_counts(m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_dim, m.vocab_size)
     # as sweep/train.py: the target tokens, rounded up to whole batches (D = tokens seen, gather's D)
     target = int(float(t.tokens)) if t.tokens is not None else int(t.tokens_per_param * counts["N_quant"])
-    tokens = max(1, math.ceil(target / t.batch_tokens)) * t.batch_tokens
-    return {
+    steps = max(1, math.ceil(target / t.batch_tokens))
+    base = {
         "format": str(q.format),
         "bits": int(q.bits) if q.format != "none" else 16,
         "P": contract.bits_per_weight(q.format, int(q.bits), int(q.block_size), bool(q.binary_mean)),
         "N": float(counts["N_quant"]),
-        "D": float(tokens),
         "seed": int(t.seed),
         "model.d_model": m.d_model,
         "model.n_layers": m.n_layers,
         "model.vocab_size": m.vocab_size,
         "train.seq_len": t.seq_len,
     }
+    rows = [{**base, "D": float(steps * t.batch_tokens), "trunk": trunk,
+             "train_tokens": float(steps * t.batch_tokens)}]
+    for branch in sorted(int(float(b)) for b in (t.get("branches") or [])):
+        branch_steps = max(1, math.ceil(branch / t.batch_tokens))
+        cooldown = branch_steps - decay_start(branch_steps, float(t.decay_fraction))
+        rows.append({**base, "D": float(branch_steps * t.batch_tokens), "trunk": trunk,
+                     "train_tokens": float(cooldown * t.batch_tokens)})
+    return rows
 
 
 def load_grid(items: list[str]) -> tuple[Any, str]:
