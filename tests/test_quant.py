@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -183,3 +185,79 @@ def test_block_size_must_divide_in_features() -> None:
     model = Llama(ModelConfig(d_model=64, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=64))
     with pytest.raises(ValueError, match="block_size"):
         quant.prepare(model, QuantConfig(format="kmeans", bits=2, block_size=48))
+
+
+@pytest.mark.parametrize("fmt,bits", [("kmeans", 1), ("kmeans", 2), ("kmeans", 3), ("kmeans", 4),
+                                      ("uniform", 1), ("uniform", 2), ("uniform", 4), ("ternary", 2)])
+def test_fake_quantize_is_decode_of_encode_bit_for_bit(fmt: str, bits: int) -> None:
+    layer = make_linear(fmt, bits, gaussian(64, 256, seed=3))
+    fast = quant.fake_quantize(layer.weight, layer.kind, bits, 64, layer.scale_mode, layer.centroids)
+    assert torch.equal(fast, layer.quantized_weight())
+
+
+def test_nearest_centroid_is_bucketize_including_ties() -> None:
+    mids = torch.tensor([-1.0, 0.0, 0.5])
+    x = torch.cat([torch.randn(10_000), mids, torch.tensor([-2.0, 3.0])])  # values exactly at midpoints
+    assert torch.equal(quant.nearest_centroid(x, mids), torch.bucketize(x, mids))
+
+
+def _tiny_quantized(seed: int = 0) -> tuple[Llama, list]:
+    torch.manual_seed(seed)
+    model = Llama(ModelConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128))
+    config = QuantConfig(format="kmeans", bits=2)
+    quantized = quant.prepare(model, config)
+    quant.switch_on(quantized, config, seed=0)
+    return model, quantized
+
+
+def test_weights_are_quantized_once_per_optimizer_step(monkeypatch) -> None:
+    from sweep.loop import forward_backward
+
+    model, quantized = _tiny_quantized()
+    calls = []
+    real = quant.fake_quantize
+    monkeypatch.setattr(quant, "fake_quantize", lambda *a, **k: calls.append(1) or real(*a, **k))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randint(0, 256, (8, 32))
+    for _ in range(2):
+        forward_backward(model, x[:, :-1], x[:, 1:], 2, contextlib.nullcontext)  # 4 micro-batches
+        opt.step()
+        opt.zero_grad()
+    assert len(calls) == 2 * len(quantized)  # not 4x: the micro-batches share one quantization
+    model(x)  # the last step changed the weights: quantized again, once
+    model(x)  # nothing changed since: nothing re-quantized
+    assert len(calls) == 3 * len(quantized)
+
+
+def test_cached_quantization_gives_the_per_micro_batch_gradient_exactly() -> None:
+    """STE through the cached q(w) - w: the latent weights get the gradient of recomputing q(w) for every
+    micro-batch (what the loop did before), to the last bit."""
+    from sweep.loop import forward_backward
+
+    x = torch.randint(0, 256, (8, 33), generator=torch.Generator().manual_seed(2))
+    cached, quantized = _tiny_quantized()
+    forward_backward(cached, x[:, :-1], x[:, 1:], 2, contextlib.nullcontext)
+    reference, ref_quantized = _tiny_quantized()
+    for _, module in ref_quantized:  # the old forward: quantize in every call
+        module.forward = (lambda m: lambda inp: F.linear(inp, m.weight + (m.quantized_weight() - m.weight)
+                                                          .detach()))(module)
+    forward_backward(reference, x[:, :-1], x[:, 1:], 2, contextlib.nullcontext)
+    for (name, a), (_, b) in zip(cached.named_parameters(), reference.named_parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0, msg=name)
+
+
+def test_weight_update_invalidates_the_cache_and_load_restores_the_flag() -> None:
+    model, quantized = _tiny_quantized()
+    _, layer = quantized[0]
+    x = torch.randn(3, 64)
+    layer(x)
+    with torch.no_grad():
+        layer.weight.mul_(2.0)  # any in-place update (an optimizer step) bumps the version counter
+    torch.testing.assert_close(layer(x), x @ layer.quantized_weight().t())
+    fresh = Llama(model.config)
+    fresh_quantized = quant.prepare(fresh, QuantConfig(format="kmeans", bits=2))
+    assert not fresh_quantized[0][1].enabled
+    fresh.load_state_dict(model.state_dict())
+    assert all(m.enabled for _, m in fresh_quantized)  # the Python flag follows the loaded buffer
+    assert "layers.0.attention.wq.delta" not in model.state_dict()  # the cache is not checkpointed
+    torch.testing.assert_close(fresh(torch.arange(16)[None]), model(torch.arange(16)[None]))
