@@ -37,6 +37,8 @@ def _from_submitit() -> tuple[DistInfo, str, int] | None:
     env = submitit.JobEnvironment()
     if env.num_tasks <= 1:
         return None
+    # nodes x tasks_per_node tasks: global_rank over all of them, local_rank (the GPU) within a node; the
+    # first node of the allocation hosts the rendezvous, which every task can name from SLURM_JOB_NODELIST
     master = env.hostnames[0] if env.hostnames else "127.0.0.1"
     # a port derived from the job id: tasks agree on it without talking, and concurrent jobs rarely collide
     port = 20000 + int("".join(ch for ch in str(env.job_id) if ch.isdigit()) or "0") % 20000
@@ -51,6 +53,11 @@ def _from_torchrun() -> tuple[DistInfo, str, int] | None:
     return info, os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500"))
 
 
+def backend_for(device_type: str) -> str:
+    """nccl between GPUs (within and across nodes), gloo between CPU processes."""
+    return "nccl" if device_type == "cuda" else "gloo"
+
+
 def init(device_type: str) -> DistInfo:
     """Join the process group if this process is one of several tasks; otherwise a no-op."""
     if dist.is_available() and dist.is_initialized():
@@ -59,7 +66,7 @@ def init(device_type: str) -> DistInfo:
     if found is None:
         return DistInfo()
     info, master, port = found
-    backend = "nccl" if device_type == "cuda" else "gloo"
+    backend = backend_for(device_type)
     dist.init_process_group(backend, init_method=f"tcp://{master}:{port}", rank=info.rank,
                             world_size=info.world_size, timeout=datetime.timedelta(minutes=10))
     if device_type == "cuda":
