@@ -15,6 +15,7 @@ import numpy as np
 from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
+from fit.lbfgsb import minimize_lbfgsb
 from fit.objective import FitData, LawSpec, Objective, log_terms, objective_and_grad, objective_batch
 
 GRIDS = ("coarse", "default", "fine")
@@ -133,15 +134,18 @@ def local_fit(
         [lo if lo is not None else -np.inf for lo, _ in box],
         [hi if hi is not None else np.inf for _, hi in box],
     )
-    return minimize(
-        objective_fn(spec),
-        theta0,
-        args=(data, spec, obj),
-        jac=True,
-        method="L-BFGS-B",
-        bounds=box,
-        options={"ftol": ftol, "gtol": gtol, "maxiter": maxiter},
-    )
+    if any(lo is not None and lo == hi for lo, hi in box):
+        # minimize drops pinned variables (lb == ub) from the problem; keep its iterates for those fits
+        return minimize(
+            objective_fn(spec),
+            theta0,
+            args=(data, spec, obj),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=box,
+            options={"ftol": ftol, "gtol": gtol, "maxiter": maxiter},
+        )
+    return minimize_lbfgsb(objective_fn(spec), theta0, (data, spec, obj), box, ftol, gtol, maxiter)
 
 
 def polish(
