@@ -277,9 +277,12 @@ def flops_per_token(frame: pd.DataFrame) -> tuple[np.ndarray, str]:
 
 
 def compute_cost(
-    frame: pd.DataFrame, flops_per_s: float = DEFAULT_FLOPS_PER_S, tokens_per_s: float | None = None
+    frame: pd.DataFrame, flops_per_s: float = DEFAULT_FLOPS_PER_S, tokens_per_s: float | None = None,
+    rate_label: str | None = None,
 ) -> dict[str, Any]:
-    """Runs, trunks, tokens, FLOPs and hours.  A trunk trains once to its largest D; its branches share it."""
+    """Runs, trunks, tokens, FLOPs and hours.  A trunk trains once to its largest D; its branches share it.
+    ``separate_runs_*`` and ``saving``: the cost of training every row as its own run to its D, and the
+    share of FLOPs the branches save against that.  ``rate_label`` names the throughput (e.g. an MFU)."""
     per_token, formula = flops_per_token(frame)
     work = frame.assign(_fpt=per_token)
     trunks = work.groupby("trunk", sort=False).agg(D=("D", "max"), fpt=("_fpt", "max"))
@@ -289,10 +292,13 @@ def compute_cost(
     else:
         tokens = float(trunks["D"].sum())
         flops = float((trunks["D"] * trunks["fpt"]).sum())
+    # the same rows trained as separate runs, one per D: what the branches save
+    separate_tokens = float(work["D"].sum())
+    separate_flops = float((work["D"] * work["_fpt"]).sum())
     if tokens_per_s is not None:
         hours, rate = tokens / tokens_per_s / 3600, f"{tokens_per_s:g} tokens/s"
     else:
-        hours, rate = flops / flops_per_s / 3600, f"{flops_per_s:g} FLOP/s"
+        hours, rate = flops / flops_per_s / 3600, rate_label or f"{flops_per_s:g} FLOP/s"
     return {
         "runs": int(len(frame)),
         "trunks": int(len(trunks)),
@@ -301,6 +307,10 @@ def compute_cost(
         "flops_formula": formula,
         "hours": hours,
         "throughput": rate,
+        "separate_runs_tokens": separate_tokens,
+        "separate_runs_flops": separate_flops,
+        "separate_runs_hours": hours * separate_flops / flops if flops else 0.0,
+        "saving": 1.0 - flops / separate_flops if separate_flops else 0.0,
     }
 
 

@@ -50,6 +50,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rate.add_argument(
         "--tokens-per-s", type=float, help="throughput for hours, in training tokens per second"
     )
+    rate.add_argument(
+        "--mfu", type=float, help="throughput for GPU-hours as a model-FLOPs utilisation (e.g. 0.4, or one "
+        "measured: metrics.jsonl's mfu) of --peak-flops"
+    )
+    parser.add_argument(
+        "--peak-flops", type=float, default=989e12, help="one GPU's peak for --mfu (default 989e12: "
+        "H100/H200 SXM dense bf16)"
+    )
+    parser.add_argument(
+        "--cost", action="store_true", help="only the compute cost (runs, trunks, tokens, FLOPs, hours, the "
+        "branches' saving): no law needed, nothing simulated"
+    )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
@@ -230,7 +242,9 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError(f"--simulations: {args.simulations} is not allowed; use 2 or more (e.g. 40)")
     if args.workers < 1:
         raise InputError(f"--workers: {args.workers} is not allowed; use 1 or more")
-    for name in ("flops_per_s", "tokens_per_s"):
+    if args.mfu is not None and not (math.isfinite(args.mfu) and 0 < args.mfu <= 1):
+        raise InputError(f"--mfu: {args.mfu} is not allowed; use a fraction in (0, 1], e.g. 0.4")
+    for name in ("flops_per_s", "tokens_per_s", "peak_flops"):
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise InputError(f"--{name.replace('_', '-')}: {value} is not allowed; use a positive rate")
@@ -244,8 +258,21 @@ def run(args: argparse.Namespace) -> int:
     from fit.recommend import parse_memory
 
     _check(args)
+    flops_per_s, rate_label = args.flops_per_s or DEFAULT_FLOPS_PER_S, None
+    if args.mfu is not None:  # GPU-hours at a stated or measured MFU
+        flops_per_s = args.mfu * args.peak_flops
+        rate_label = f"{100 * args.mfu:.3g} % MFU of {args.peak_flops:g} FLOP/s per GPU (GPU-hours)"
+    if args.cost:
+        from fit.plan import compute_cost
+
+        grid, label = load_grid(args.grid)
+        cost = compute_cost(grid, flops_per_s, args.tokens_per_s, rate_label)
+        print(json.dumps({"grid": label, "compute": cost}, indent=2) if args.json else
+              "\n".join([f"plan: {label}; compute only (--cost)", *_cost_lines(cost)]))
+        return 0
     if bool(args.law) == bool(args.preset):
-        raise InputError("--law/--preset: give exactly one (a fit.json, or a preset such as 1bw-kmeans)")
+        raise InputError("--law/--preset: give exactly one (a fit.json, or a preset such as 1bw-kmeans), or "
+                         "--cost for the compute cost alone")
     started = time.perf_counter()
     source = load_source(args.law, args.preset)
     fit = load_fit(args.law) if args.law else None
@@ -268,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
         args.seed,
         budget[0],
         shapes,
-        args.flops_per_s or DEFAULT_FLOPS_PER_S,
+        flops_per_s,
         args.tokens_per_s,
         args.workers,
         progress=None if args.json or not sys.stderr.isatty() else lambda m: print(m, file=sys.stderr),
@@ -289,6 +316,15 @@ def _compute_line(c: dict[str, Any]) -> str:
         f"{c['flops']:.3g} FLOPs, "
         f"{c['hours']:.3g} h at {c['throughput']}"
     )
+
+
+def _cost_lines(c: dict[str, Any]) -> list[str]:
+    from fit.recommend import format_count
+
+    return [f"compute, whole grid: {_compute_line(c)}", f"  FLOPs = {c['flops_formula']}",
+            f"  one run per D instead of branches: {format_count(c['separate_runs_tokens'])} tokens, "
+            f"{c['separate_runs_flops']:.3g} FLOPs, {c['separate_runs_hours']:.3g} h; the branches save "
+            f"{100 * c['saving']:.0f} %"]
 
 
 def render(report: dict[str, Any]) -> str:
@@ -326,7 +362,7 @@ def render(report: dict[str, Any]) -> str:
             )
         lines.append(f"  compute of these runs: {_compute_line(f['compute'])}")
     c = report["compute"]
-    lines += ["", f"compute, whole grid: {_compute_line(c)}", f"  FLOPs = {c['flops_formula']}"]
+    lines += ["", *_cost_lines(c)]
     lines += [f"note: {n}" for n in report["notes"]]
     lines.append(f"({report['seconds']:.1f} s)")
     return "\n".join(lines)
