@@ -21,14 +21,15 @@ from fit.verify import ContenderPlan, choose_contenders, smallest_bf16_budget, v
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILY = REPO / "scripts" / "demo_family.yaml"
-GRID_MODELS = ("r49k", "r111k", "r295k")
+GRID_MODELS = ("r49k", "base", "r295k")
 TRUTH = {"A": 60.0, "B": 100.0, "E": 1.2, "alpha": 0.3, "beta": 0.4, "gamma": 3.0}
-D_GRID = (125952, 250880, 500736)
+D_GRID = (250880, 500736, 750592)
 
 
 def grid_table() -> pd.DataFrame:
     """The demo grid's rows (shape columns as `bitlaw gather` writes them), losses from TRUTH."""
     shapes = {s.name: s for s in file_shapes(FAMILY)}
+    shapes["base"] = shapes["d64x2"]
     acct = BitAccounting()
     rows = []
     for name in GRID_MODELS:
