@@ -243,6 +243,7 @@ def run_fits(table: Table, opts: FitOptions) -> dict[str, Any]:
                 entry["two_stage"] = True  # A, B, E, alpha, beta are the 16-bit anchors' Chinchilla fit
             if job.data.P is not None:  # recommend refuses bit widths outside what the fit saw
                 entry["P_range"] = [float(job.data.P[rows].min()), float(job.data.P[rows].max())]
+            entry["data_range"] = _data_range(job.data, rows)
             if profiles:
                 entry["gamma_profile"] = profiles[group]
             if len(job.names) > 1:
@@ -253,6 +254,16 @@ def run_fits(table: Table, opts: FitOptions) -> dict[str, Any]:
     if opts.bootstrap > 0:
         _attach_bootstrap(jobs, results, fits, frame, opts)
     return {"fits": fits, "extrapolation": _pooled_extrapolation(fits)}
+
+
+def _data_range(data: FitData, rows: np.ndarray) -> dict[str, list[float]]:
+    """The fitted rows' N, D (and P) spans: predict and recommend warn on questions far outside them
+    without re-reading the data file (which may have moved or changed since the fit)."""
+    out = {"N": [float(data.N[rows].min()), float(data.N[rows].max())],
+           "D": [float(data.D[rows].min()), float(data.D[rows].max())]}
+    if data.P is not None:
+        out["P"] = [float(data.P[rows].min()), float(data.P[rows].max())]
+    return out
 
 
 def _information(job: Job, theta: np.ndarray, obj: Objective) -> dict[str, Any]:
