@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 FAMILY = REPO / "scripts" / "demo_family.yaml"
 GRID_MODELS = ("r49k", "base", "r295k")
 TRUTH = {"A": 60.0, "B": 100.0, "E": 1.2, "alpha": 0.3, "beta": 0.4, "gamma": 3.0}
-D_GRID = (250880, 500736, 750592)
+D_GRID = (500736, 750592, 1000448)
 
 
 def grid_table() -> pd.DataFrame:
