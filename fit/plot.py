@@ -26,9 +26,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from fit.answer import n_eff_of
 from fit.caveats import data_range
 from fit.fitfile import FitFile
-from fit.law import capacity, predict_loss
+from fit.law import law_of, predict_loss
 from fit.memory import BitAccounting, resolve_arch
 from fit.presets import LawSource
 from fit.recommend import bits_label, format_bytes, recommend, smooth_n_eff
@@ -253,6 +254,11 @@ def plot_isoloss(inp: PlotInputs, path: Path) -> Path:
 # ----------------------------------------------------------------------------- 3. N_eff vs P_w
 
 
+def _law_label(params: dict[str, float]) -> str:
+    precision = law_of(params) == "precision"
+    return f"γ = {params['gamma']:.2f}" if precision else f"{law_of(params)} law"
+
+
 def plot_neff_vs_pw(inp: PlotInputs, path: Path) -> Path:
     fmt = inp.primary
     bits = [1, 2, 3, 4, 5, 6, 8, 16]
@@ -262,7 +268,6 @@ def plot_neff_vs_pw(inp: PlotInputs, path: Path) -> Path:
     ax = fig.subplots()
     cmap = matplotlib.colormaps["plasma"]
     law = inp.source.law(fmt)
-    gamma, offset = law.params["gamma"], law.params.get("offset", 0.0)
     unstarred = 0
     for i, budget in enumerate(sorted(inp.budgets)):
         n_eff = smooth_n_eff(inp.source, fmt, budget, anchors, bits, inp.acct)
@@ -272,7 +277,7 @@ def plot_neff_vs_pw(inp: PlotInputs, path: Path) -> Path:
         ax.plot(p_w, n_eff, marker="o", ms=4, color=colour, label=format_bytes(budget))
         best = int(np.nanargmax(n_eff))
         p_law = law.law_p(bits[best], p_w[best])
-        n_law = n_eff[best] / float(capacity(p_law, gamma, offset))
+        n_law = n_eff[best] / n_eff_of(law.params, 1.0, p_law)  # any law form (fit.answer)
         # an optimum the fit never saw (a model far larger than its runs) is the law extrapolated: no star
         if _inside(inp.ranges, N=n_law, P=p_law):
             ax.plot(p_w[best], n_eff[best], marker="*", ms=15, color=colour, mec="black", zorder=4)
@@ -287,7 +292,7 @@ def plot_neff_vs_pw(inp: PlotInputs, path: Path) -> Path:
     ax.set_ylabel("N_eff of the largest model that fits (parameters)")
     ax.set_title(
         f"Effective parameters under a weight-memory budget\n(smooth {inp.arch.partition(':')[0]} family, "
-        f"γ = {gamma:.2f}); ★ = optimum"
+        f"{_law_label(law.params)}); ★ = optimum"
         + (_unstarred_note(unstarred, inp.ranges) if unstarred else ""),
         fontsize=10,
     )

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fit.answer import can_answer, check_answerable, check_law, loss_matrix, n_eff_of
 from fit.caveats import blocking_flags, fit_flags, flag_warnings, pooled_warning
 from fit.errors import InputError
 from fit.fitfile import FitFile
-from fit.law import capacity
 from fit.memory import BF16_BITS, BitAccounting, Interpolation, Shape, check_format, shape_bytes
 from fit.presets import FormatLaw, LawSource
 from fit.units import (  # noqa: F401 (re-exported: the CLI and tests import them from here)
@@ -46,6 +46,7 @@ class FitSource(LawSource):
 
     flags: dict[str, list[str]] = field(default_factory=dict)
     caveats: tuple[str, ...] = ()  # about the fit as a whole (e.g. formats pooled without --by format)
+    data_ranges: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # fit.json's
 
     def flags_for(self, fmt: str) -> list[str]:
         return self.flags.get(fmt, self.flags.get("all", []))
@@ -64,27 +65,25 @@ def warnings_for(source: LawSource, fmt: str) -> list[str]:
 
 def source_from_fit(fitfile: FitFile) -> LawSource:
     """A fit.json as a LawSource: every fit entry, its bootstrap samples, and the N convention it used."""
-    if fitfile.law != "precision":
-        raise InputError(
-            f"{fitfile.path}: recommend needs a precision-law fit (law 'precision', with gamma); this one is "
-            f"{fitfile.law!r} — refit with `bitlaw fit DATA --law precision --by format`"
-        )
+    check_law(fitfile.law, str(fitfile.path))
     data = fitfile.data
     column = str((data.get("columns") or {}).get("N", "N"))
     # fit.json says quant|nonembed|total, or that N came as given from a column (then its name decides).
     convention = str(data.get("n_convention"))
     if convention not in ("quant", "nonembed", "total"):
         convention = N_COLUMN_CONVENTION.get(column, "quant")
-    laws, ranges = {}, {}
+    laws, ranges, spans = {}, {}, {}
     for fmt in fitfile.formats:
         laws[fmt] = FormatLaw(fmt, fitfile.params(fmt), fitfile.bootstrap_samples(fmt))
         entry = fitfile.entry(fmt)
         p_range = entry.get("P_range") or (entry.get("data_range") or {}).get("P")
         if isinstance(p_range, list | tuple) and len(p_range) == 2:
             ranges[fmt] = (float(p_range[0]), float(p_range[1]))
+        spans[fmt] = {k: (float(v[0]), float(v[1])) for k, v in (entry.get("data_range") or {}).items()}
     caveats = tuple(pooled_warning(fitfile))
     return FitSource(
-        str(fitfile.path), laws, convention, p_range=ranges, flags=fit_flags(fitfile), caveats=caveats
+        str(fitfile.path), laws, convention, p_range=ranges, flags=fit_flags(fitfile), caveats=caveats,
+        data_ranges=spans,
     )
 
 
@@ -169,20 +168,6 @@ def check_bits_in_range(source: LawSource, fmt: str, bits: list[int], acct: BitA
         )
 
 
-def _loss_matrix(params: dict[str, np.ndarray], n: np.ndarray, p: np.ndarray, D: float) -> np.ndarray:
-    """Loss for every (parameter draw, row): draws broadcast on axis 0, rows on axis 1."""
-    gamma = params["gamma"][:, None]
-    offset = params.get("offset", np.zeros_like(params["gamma"]))[:, None]
-    n_eff = n[None, :] * capacity(p[None, :], gamma, offset)
-    # (K, rows): a capacity ≤ 0 (P below γ·offset) means the law has no model there: infinite loss.
-    with np.errstate(invalid="ignore", divide="ignore"):
-        loss = (
-            params["A"][:, None] * n_eff ** (-params["alpha"][:, None])
-            + (params["B"] * D ** (-params["beta"]) + params["E"])[:, None]
-        )
-    return np.where(n_eff > 0, loss, np.inf)
-
-
 def recommend(
     source: LawSource,
     budget_bytes: float,
@@ -212,12 +197,13 @@ def recommend(
         p_w = acct.p_w(b, fmt)
         fitting = [s for s in shapes if shape_bytes(s, p_w) <= budget_bytes]
         row = Row(b, "none" if b == BF16_BITS else fmt, p_w, None)
+        check_answerable(law.params, [b], [law.law_p(b, p_w)])  # an efficiency fit knows only its P
         if fitting:
             row.shape = max(fitting, key=lambda s: (s.n_quant, -s.n_hp))
             row.memory_bytes = shape_bytes(row.shape, p_w)
             row.n_law = float(row.shape.n_for(source.n_convention))
             p_law = law.law_p(b, p_w)
-            row.n_eff = float(row.n_law * capacity(p_law, law.params["gamma"], law.params.get("offset", 0.0)))
+            row.n_eff = n_eff_of(law.params, row.n_law, p_law)
         rows.append(row)
     live = [r for r in rows if r.shape is not None]
 
@@ -226,7 +212,7 @@ def recommend(
     p = np.array([law.law_p(r.bits, r.p_w) for r in live])
     if law.has_loss:
         point = {k: np.array([v]) for k, v in law.params.items()}
-        losses = _loss_matrix(point, n, p, tokens)[0]
+        losses = loss_matrix(point, n, p, tokens)[0]
         for r, value in zip(live, losses, strict=True):
             r.loss = float(value)
         tied = np.isclose(losses, np.min(losses), rtol=TIE, atol=0).sum() > 1
@@ -251,8 +237,9 @@ def recommend(
 
     n_resamples = n_tied = 0
     if law.samples and law.has_loss:
-        draws = {k: law.samples.get(k, np.full_like(law.samples["gamma"], v)) for k, v in law.params.items()}
-        matrix = _loss_matrix(draws, n, p, tokens)  # (K, rows)
+        size = len(next(iter(law.samples.values())))
+        draws = {k: np.asarray(law.samples.get(k, np.full(size, v)), float) for k, v in law.params.items()}
+        matrix = loss_matrix(draws, n, p, tokens)  # (K, rows)
         ok = np.all(np.isfinite([draws[k] for k in draws]), axis=0)
         matrix = matrix[ok]
         n_resamples = len(matrix)
@@ -307,8 +294,8 @@ def smooth_n_eff(
             continue
         n_quant, n_hp = path.counts(t)
         n_law = {"quant": n_quant, "total": n_quant + n_hp}.get(source.n_convention, n_quant)
-        f = capacity(law.law_p(b, p_w), law.params["gamma"], law.params.get("offset", 0.0))
-        out.append(n_law * float(f))
+        p_law = law.law_p(b, p_w)
+        out.append(n_eff_of(law.params, n_law, p_law) if can_answer(law.params, p_law) else math.nan)
     return np.array(out)
 
 

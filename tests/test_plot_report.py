@@ -141,7 +141,7 @@ def test_report_without_data_still_links_its_figures(study: Path, tmp_path: Path
         (["plot", "fit.json", "--data", "missing.csv", "-o", "x"], "DATA missing.csv: no such file"),
         (["plot", "fit.json", "-o", "x", "--arch", "gpt2"], "--arch: unknown architecture 'gpt2'"),
         (["report", "fit.json", "-o", "x", "--memory", "lots"], "--memory: cannot parse 'lots'"),
-        (["report", "chinchilla.json", "-o", "x"], "needs a precision-law fit"),
+        (["report", "chinchilla.json", "-o", "x"], "needs a law with a bits-per-weight term"),
         (["report", "nope.json", "-o", "x"], "fit file nope.json does not exist"),
     ],
 )

@@ -6,12 +6,14 @@ import argparse
 import json
 import sys
 
+from fit.answer import can_answer, query_warnings
 from fit.errors import InputError
 from fit.fitfile import load_fit
 from fit.memory import BitAccounting, resolve_arch
 from fit.presets import PRESETS, LawSource, get_preset
 from fit.recommend import (
     DEFAULT_BITS,
+    FitSource,
     Recommendation,
     parse_bits,
     parse_memory,
@@ -77,6 +79,8 @@ def chosen_bits(given: str | None, source: LawSource, acct: BitAccounting) -> li
         law = source.law(fmt)
         # the rule of fit.recommend.check_bits_in_range, which refuses a width outside the span
         keep = [b for b in keep if p_range[0] - 1e-9 <= law.law_p(b, acct.p_w(b, fmt)) <= p_range[1] + 1e-9]
+        # an efficiency fit has an eff only at the P it fitted: leave out widths it cannot answer
+        keep = [b for b in keep if can_answer(law.params, law.law_p(b, acct.p_w(b, fmt)))]
     return keep or list(DEFAULT_BITS)
 
 
@@ -105,6 +109,9 @@ def run_recommendations(args: argparse.Namespace) -> tuple[LawSource, list[Recom
 def run(args: argparse.Namespace) -> int:
     source, recs = run_recommendations(args)
     warnings = warnings_for(source, recs[0].format)  # the fit's flags: an answer must not hide them
+    if isinstance(source, FitSource):  # and a question far outside the fitted N, D (fit.json data_range)
+        n_values = [r.n_law for rec in recs for r in rec.rows if r.shape is not None]
+        warnings += query_warnings(source.data_ranges, recs[0].format, recs[0].tokens, n_values)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:
