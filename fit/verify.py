@@ -44,6 +44,7 @@ class Contender:
     predicted_loss: float
     predicted_ci: tuple[float, float] | None
     in_grid: bool  # the grid trained this (shape, format, bits): its measured loss is in-sample
+    P: float  # the law's bits per weight for it (P_w: bits + the block scales' share)
 
     @property
     def config_name(self) -> str:
@@ -161,6 +162,7 @@ def choose_contenders(
                 predicted,
                 ci,
                 in_grid,
+                float(p_law),
             )
         )
     warnings = list(rec.unidentified)
@@ -272,8 +274,27 @@ def verdict(plan: ContenderPlan, tables: list[pd.DataFrame]) -> dict[str, Any]:
     }
 
 
+def other_form(plan: ContenderPlan, result: dict[str, Any], fit: FitFile, name: str) -> dict[str, Any]:
+    """Another fitted form's forecast for the same contenders, scored against the same measured losses."""
+    fmt = plan.format if plan.format in fit.formats else "all"
+    if fmt not in fit.formats:
+        fits = ", ".join(fit.formats)
+        raise InputError(f"--compare {name}: no fit for format {plan.format!r} (fits: {fits})")
+    measured_by_bits = {r["bits"]: r["measured_loss"] for r in result["contenders"]}
+    predicted = {c.bits: float(fit.predict(c.N_quant, plan.D, c.P, fmt=fmt)) for c in plan.contenders}
+    winner = min(predicted, key=predicted.get)
+    return {
+        "fit": name,
+        "law": fit.law,
+        "predicted_loss": {str(b): v for b, v in predicted.items()},
+        "predicted_winner": winner,
+        "winner_held": winner == result["measured_winner"]["bits"],
+        "mean_abs_error": float(np.mean([abs(predicted[b] - measured_by_bits[b]) for b in predicted])),
+    }
+
+
 def _bits_name(bits: int, fmt: str) -> str:
-    return "bf16" if fmt == "none" else f"{bits}-bit {fmt}"
+    return "bf16" if fmt == "none" or bits == BF16_BITS else f"{bits}-bit {fmt}"
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -324,6 +345,13 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"| {_bits_name(r['bits'], r['format'])}{star} | {r['model']} | {r['N_quant']:,} | "
             f"{r['memory_bytes']:,.0f} | {r['predicted_loss']:.4f}{ci_text} | {r['measured_loss']:.4f} | "
             f"{r['error']:+.4f} | {inside} | {'yes' if r['in_grid'] else 'no'} |"
+        )
+    for other in result.get("other_forms", []):
+        held = "held" if other["winner_held"] else "did not hold"
+        lines.append(
+            f"\nThe {other['law']} form ({other['fit']}) predicts "
+            f"{_bits_name(other['predicted_winner'], fmt)} wins: its forecast {held}; "
+            f"mean |predicted − measured| {other['mean_abs_error']:.4f} nats."
         )
     lines += [f"\nwarning: {w}" for w in result["warnings"]]
     return "\n".join(lines) + "\n"

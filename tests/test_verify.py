@@ -245,3 +245,47 @@ def test_a_contender_config_trains_with_the_grids_recipe(setup: tuple[Path, Path
         assert cfg["train"][key] == demo["train"][key]
     assert cfg["quant"]["qat_start"] == demo["quant"]["qat_start"]
     assert cfg["train"]["branches"] == [] and cfg["train"]["tokens"] == max(D_GRID)
+
+
+def test_other_forms_forecast_the_same_contenders(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    """--compare: an efficiency-law fit whose effs are the precision law's capacities (bf16's as 1) predicts
+    the same losses up to bf16's own capacity, hence the same winner; its errors are scored alike."""
+    from fit.law import capacity
+
+    fit, grid = setup
+    out = tmp_path / "verify"
+    assert main(["verify", "plan", str(fit), "--runs", str(grid), "-o", str(out)]) == 0
+    plan = ContenderPlan.from_dict(json.loads((out / "contenders.json").read_text()))
+    full = float(capacity(16.0, TRUTH["gamma"]))
+    effs = {f"{c.P:g}": float(capacity(c.P, TRUTH["gamma"])) / full for c in plan.contenders if c.bits != 16}
+    a = TRUTH["A"] * full ** -TRUTH["alpha"]  # the efficiency form's N has bf16 at eff 1
+    other = tmp_path / "efficiency.json"
+    other.write_text(
+        json.dumps(
+            {
+                "law": "efficiency",
+                "fits": {
+                    "kmeans": {**{k: TRUTH[k] for k in ("B", "E", "alpha", "beta")}, "A": a, "eff": effs}
+                },
+            }
+        )
+    )
+    runs = tmp_path / "contenders.csv"
+    measured_table(plan, {c.bits: c.predicted_loss for c in plan.contenders}).to_csv(runs, index=False)
+    argv = [
+        "verify",
+        "check",
+        str(out / "contenders.json"),
+        "--runs",
+        str(runs),
+        "-o",
+        str(tmp_path / "v.json"),
+        "--compare",
+        str(other),
+    ]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "v.json").read_text())
+    (form,) = result["other_forms"]
+    assert form["law"] == "efficiency" and form["winner_held"]
+    assert form["predicted_winner"] == result["measured_winner"]["bits"]
+    assert form["mean_abs_error"] < 1e-9

@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     check.add_argument("-o", "--output", required=True, metavar="VERIFY.json")
     check.add_argument("--report", metavar="REPORT.md", help="add (or replace) the forecast section there")
+    check.add_argument("--compare", metavar="FIT.json", action="append", default=[],
+                       help="another form's fit (e.g. --law efficiency): its forecast of the same contenders")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,15 +114,19 @@ def plan(args: argparse.Namespace) -> int:
 
 def check(args: argparse.Namespace) -> int:
     from fit.errors import InputError
+    from fit.fitfile import load_fit
     from fit.table import read_frame
-    from fit.verify import ContenderPlan, render_markdown, verdict
+    from fit.verify import ContenderPlan, other_form, render_markdown, verdict
     from sweep.contract import atomic_write_json
 
     try:
         data = json.loads(Path(args.plan).read_text())
     except (OSError, ValueError) as err:
         raise InputError(f"CONTENDERS.json: cannot read {args.plan}: {err}") from None
-    result = verdict(ContenderPlan.from_dict(data), [read_frame(path) for path in args.runs])
+    contender_plan = ContenderPlan.from_dict(data)
+    others = [(load_fit(path), path) for path in args.compare]  # a bad file fails before anything is written
+    result = verdict(contender_plan, [read_frame(path) for path in args.runs])
+    result["other_forms"] = [other_form(contender_plan, result, fit, path) for fit, path in others]
     text = render_markdown(result)
     atomic_write_json(args.output, result)
     if args.report:
