@@ -37,8 +37,11 @@ step "2/8 sweep: experiment=demo on the local launcher (27 trunks, 81 runs; comp
 step "3/8 gather the run dirs into $OUT/runs.csv"
 "$BIN/bitlaw" gather "$SWEEP" -o "$OUT/runs.csv"
 
-step "4/8 fit the precision-aware law per format, bootstrap x$BOOTSTRAP by trunk"
+step "4/8 fit the precision-aware law per format, bootstrap x$BOOTSTRAP by trunk; and the law's other forms"
 "$BIN/bitlaw" fit "$OUT/runs.csv" -o "$OUT/fit.json" --law precision --by format --bootstrap "$BOOTSTRAP"
+for law in efficiency penalty; do
+  "$BIN/bitlaw" fit "$OUT/runs.csv" -o "$OUT/fit_$law.json" --law "$law" --by format
+done
 
 step "5/8 the forecast: each bit width's largest model at the grid's smallest bf16 model's memory ($FORMAT)"
 "$BIN/bitlaw" verify plan "$OUT/fit.json" --runs "$OUT/runs.csv" --format "$FORMAT" -o "$OUT/verify"
@@ -62,7 +65,8 @@ step "7/8 plots and report into $OUT (the law's forms compared)"
 
 step "8/8 the forecast, tested: predicted vs measured contenders -> $OUT/verify.json"
 "$BIN/bitlaw" verify check "$OUT/verify/contenders.json" --runs "$OUT/verify/runs.csv" --runs "$OUT/runs.csv" \
-  -o "$OUT/verify.json" --report "$OUT/report.md"
+  -o "$OUT/verify.json" --report "$OUT/report.md" --compare "$OUT/fit_efficiency.json" \
+  --compare "$OUT/fit_penalty.json"
 for fmt in kmeans uniform; do
   "$BIN/bitlaw" recommend "$OUT/fit.json" --format "$fmt" --memory "$MEMORY" --tokens "$TOKENS" \
     --arch llama3:continuous
