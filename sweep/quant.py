@@ -219,6 +219,18 @@ def fit_centroids(x: torch.Tensor, k: int, seed: int, tol: float = 1e-4, max_ite
     return centroids.float()
 
 
+class StraightThrough(torch.autograd.Function):
+    """Forward: the precomputed fake-quantized weight; backward: the gradient to the latent weight as is."""
+
+    @staticmethod
+    def forward(ctx: object, latent: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return value.view_as(value)  # a view: no copy of the weight per micro-batch
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
 class QuantLinear(nn.Linear):
     """An ``nn.Linear`` whose weight is fake-quantized in forward once it is switched on.
 
@@ -227,12 +239,13 @@ class QuantLinear(nn.Linear):
     as a Python bool, because reading a CUDA tensor in forward is a host-device sync on every call (and a
     graph break under torch.compile); the two are set together and ``enabled`` is re-read on load.
 
-    Quantize once per optimizer step: ``q(w) - w`` is kept in the non-persistent buffer ``delta`` and
-    recomputed only when the weight (or codebook) changed, as told by the tensors' version counters, which
+    Quantize once per optimizer step: ``w + (q(w) - w)`` is kept in the non-persistent buffer ``ste_weight``
+    and recomputed only when the weight (or codebook) changed, as told by the tensors' version counters, which
     every in-place update (optimizer step, ``load_state_dict``, ``copy_``) bumps. All micro-batches of a
-    step, and every evaluation batch, reuse it. The forward ``w + delta`` is the same expression as the
-    straight-through ``w + (q(w) - w).detach()``, so the values and the identity gradient to ``w`` are
-    unchanged bit for bit.
+    step, and every evaluation batch, reuse it. ``w + (q(w) - w)`` is the value the straight-through
+    ``w + (q(w) - w).detach()`` computed in every forward, so the forward values are unchanged bit for bit;
+    StraightThrough hands the upstream gradient to ``w`` unchanged, as that expression's add did, without
+    an add (and an autograd node) per micro-batch.
     """
 
     def __init__(self, in_features: int, out_features: int, config: QuantConfig,
@@ -245,7 +258,7 @@ class QuantLinear(nn.Linear):
         self.enabled = False
         n_centroids = 2**config.bits if self.kind == "kmeans" else 0
         self.register_buffer("centroids", torch.zeros(n_centroids, device=device))
-        self.register_buffer("delta", torch.zeros(0, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("ste_weight", torch.zeros(0, device=device, dtype=dtype), persistent=False)
         self._delta_key: tuple | None = None
         self._codebook: tuple[list[float], list[float]] | None = None  # centroids as floats (kmeans)
         self._codebook_key: tuple | None = None
@@ -274,7 +287,7 @@ class QuantLinear(nn.Linear):
 
     @torch.no_grad()
     def update_quantized(self) -> None:
-        """Recompute ``delta = q(w) - w`` if the latent weight or the codebook changed since the last time."""
+        """Recompute ``ste_weight = w + (q(w) - w)`` if the latent weight or the codebook changed since."""
         if not self.enabled or self._delta_key == self._version_key():
             return
         w, c = self.weight, self.centroids
@@ -284,10 +297,11 @@ class QuantLinear(nn.Linear):
             self._codebook_key = codebook_key
         delta = fake_quantize(w, self.kind, self.bits, self.block_size, self.scale_mode, c,
                               self.binary_mean, self._codebook) - w
-        if self.delta.shape == w.shape and self.delta.dtype == w.dtype and self.delta.device == w.device:
-            self.delta.copy_(delta)  # in place: a compiled graph holds this buffer as an input
+        buf = self.ste_weight
+        if buf.shape == w.shape and buf.dtype == w.dtype and buf.device == w.device:
+            torch.add(w, delta, out=buf)  # in place: a compiled graph holds this buffer as an input
         else:
-            self.delta = delta
+            self.ste_weight = w + delta
         self._delta_key = self._version_key()
 
     @torch.no_grad()
@@ -308,7 +322,7 @@ class QuantLinear(nn.Linear):
             # eager: a no-op unless the weight changed; compiled code relies on update(), called by the loop
             # before each step and evaluation, since the graph cannot keep Python-side cache state
             self.update_quantized()
-        return F.linear(x, self.weight + self.delta)  # straight-through: the delta carries no gradient
+        return F.linear(x, StraightThrough.apply(self.weight, self.ste_weight))
 
 
 def is_block_linear(name: str) -> bool:

@@ -16,8 +16,8 @@ from sweep.train import train
 # 12 steps of 512 tokens on the tiny rung, 2-bit k-means switched on at step 4, a micro-batch of 2 sequences
 SHORT = ["model=tiny", "point=kmeans2", "train.tokens=6144", "train.batch_tokens=512", "train.seq_len=64",
          "train.micro_batch_tokens=128", "train.threads=1", "train.eval_every=6", "train.eval_tokens=1024",
-         "train.final_eval_spacing=1", "train.log_every=1", "data.max_bytes=2000000", "logger.wandb.mode=disabled",
-         "quant.qat_start=4", "train.lr=0.001"]
+         "train.final_eval_spacing=1", "train.log_every=1", "data.max_bytes=2000000",
+         "logger.wandb.mode=disabled", "quant.qat_start=4", "train.lr=0.001"]
 
 
 def config(*overrides: str) -> dict:
