@@ -21,7 +21,10 @@ from fit.fitfile import FitFile
 from fit.fitting import GAMMA_BOUNDS
 from fit.memory import resolve_arch
 from fit.plot import PlotInputs, commit, discard, stage_plots
+from fit.plot_forms import CAPTION as EFF_CAPTION
+from fit.plot_forms import plot_eff_vs_gamma
 from fit.recommend import format_bytes, format_count, recommend
+from fit.report_forms import FormComparison, compare_in_report, section_forms
 from fit.table import prepare_table, read_frame
 
 ONE_BIT_WONDER_GAMMA = {"kmeans": 3.32, "uniform": 3.71}
@@ -33,6 +36,7 @@ CAPTIONS = {
     "neff_vs_pw": "N_eff of the largest model that fits vs P_w, one curve per memory budget; ★ = optimum.",
     "pred_vs_obs": "Predicted vs observed loss; rings: the largest N predicted by the fit that held it out.",
     "best_bits": "Best bit width vs budget, with the share of bootstrap resamples each bit width wins.",
+    "eff_vs_gamma": EFF_CAPTION,
 }
 
 
@@ -48,6 +52,7 @@ class ReportInputs:
     command: str  # this report's own command line
     earlier_commands: tuple[str, ...] = ()  # what produced the data (sweep, gather), in order
     tables: tuple[pd.DataFrame, pd.DataFrame] | None = None  # load_runs(data_path), when already loaded
+    forms: FormComparison | None = None  # the law forms compared (set by build_report)
 
 
 def _git_sha() -> str:
@@ -323,6 +328,12 @@ def build_report(inp: ReportInputs) -> Path:
     inp.tokens = plot_inputs.tokens  # its default: the largest D of the fit's data
     staged = stage_plots(plot_inputs, inp.out_dir / "plots")
     try:
+        forms = compare_in_report(inp.fitfile, runs, workers=2)
+        if "efficiency" in forms.documents and "precision" in forms.documents:
+            temporary = inp.out_dir / "plots" / ".eff_vs_gamma.png.partial"
+            staged.append(("eff_vs_gamma", temporary, inp.out_dir / "plots" / "eff_vs_gamma.png"))
+            plot_eff_vs_gamma(forms.documents["efficiency"], forms.documents["precision"], temporary)
+        inp.forms = forms
         report = _write_report(inp, plot_inputs, raw, runs, {name: final for name, _, final in staged})
     except BaseException:
         discard(staged)
@@ -349,6 +360,8 @@ def _write_report(
     if runs is not None:
         lines += section_format_gap(runs)
     lines += section_recommendation(inp, plot_inputs)
+    if inp.forms is not None:
+        lines += section_forms(inp.forms)
     lines += ["## Figures", ""]
     for name, path in plots.items():
         relative = path.relative_to(inp.out_dir).as_posix()
