@@ -10,7 +10,11 @@
    *summed* Huber objective of both answers, computed by the same function.
 2. Precision law on a 200-run synthetic grid: one fit, then 1000 bootstrap refits on 1 and 2 workers, and
    the cost of one objective evaluation (what L-BFGS-B pays hundreds of times per refit).
-3. ``bitlaw gather`` of 10,000 synthetic run dirs written in a temp dir with the run-dir contract's own
+3. The demo table (results/demo/runs.csv, 108 runs, --law precision --by format): the bootstrap per format
+   with 2 workers, L-BFGS-B through ``scipy.optimize.minimize`` (before) and through fit.lbfgsb's lean
+   driver (after; identical draws, checked here too).  ``--demo-resamples`` (default 200) sets K; the
+   figure is scaled to seconds per 1000 resamples per format (issue 14's target: <= 10 s).
+4. ``bitlaw gather`` of 10,000 synthetic run dirs written in a temp dir with the run-dir contract's own
    writers (run.json, summary.json, metrics.jsonl, config.yaml), against a plain reader of the same files.
 The machine's load average is printed next to the figures: timings on a shared box are only comparable at
 similar load.
@@ -86,10 +90,15 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--gather-runs", type=int, default=10_000, help="run dirs for the gather timing")
     parser.add_argument("--gather-only", action="store_true", help="only the gather timing")
+    parser.add_argument("--demo-resamples", type=int, default=200, help="K for the demo-table bootstrap")
+    parser.add_argument("--demo-only", action="store_true", help="only the demo-table bootstrap timing")
     args = parser.parse_args()
     print(f"start: {load_average()}")
     if args.gather_only:
         gather_section(args.gather_runs)
+        return
+    if args.demo_only:
+        demo_bootstrap_section(args.demo_resamples)
         return
 
     frame = epoch_240()
@@ -148,7 +157,43 @@ def main() -> None:
         objective_and_grad(presult.theta, pdata, spec, Objective())
     per_call = (time.perf_counter() - start) / calls
     print(f"  objective+gradient   {1e6 * per_call:8.1f} us per call on {len(runs)} rows")
+    demo_bootstrap_section(args.demo_resamples)
     gather_section(args.gather_runs)
+
+
+def demo_bootstrap_section(resamples: int) -> None:
+    """Before/after on the demo table: the same draws, timed with minimize and with fit.lbfgsb."""
+    import fit.fitting
+    from fit.engine import FitOptions, bootstrap_units, build_jobs
+    from fit.lbfgsb import _scipy, minimize_lbfgsb
+    from fit.staged import fit_any
+    from fit.table import load_table
+
+    path = Path(__file__).resolve().parents[1] / "results" / "demo" / "runs.csv"
+    if not path.is_file():
+        print(f"\ndemo-table bootstrap: {path} not found (make demo writes it); skipped")
+        return
+    table = load_table(path, require=("N", "D", "loss", "P", "format"))
+    opts = FitOptions(law="precision", by="format")
+    jobs = build_jobs(table, opts)
+    units, _ = bootstrap_units(table.frame)
+    boot = [BootJob(j.data, j.spec, opts.objective, fit_any(j.data, j.spec, opts.objective).theta, j.row_ids)
+            for j in jobs]  # fmt: skip
+
+    def via_minimize(fun, x0, args, box, ftol, gtol, maxiter):
+        return _scipy(fun, x0, args, box, ftol, gtol, maxiter, 10, 20)
+
+    print(f"\nDemo table, {len(table.frame)} runs, bootstrap x{resamples}, 2 workers")
+    draws = {}
+    for label, driver in (("before (minimize)", via_minimize), ("after (fit.lbfgsb)", minimize_lbfgsb)):
+        fit.fitting.minimize_lbfgsb = driver
+        start = time.perf_counter()
+        draws[label] = run_bootstrap(boot, units, resamples, seed=0, workers=2, progress=False)
+        per_format = (time.perf_counter() - start) / len(boot) * 1000 / resamples
+        print(f"  {label:20s} {per_format:7.1f} s per format per 1000 resamples  ({load_average()})")
+    fit.fitting.minimize_lbfgsb = minimize_lbfgsb
+    same = all(np.array_equal(a, b, equal_nan=True) for a, b in zip(*draws.values(), strict=True))
+    print(f"  identical draws: {same}")
 
 
 CONFIG = {  # the shape of a resolved config.yaml (sweep/train.py writes OmegaConf's YAML of it)
