@@ -17,7 +17,7 @@ DEFAULT_BUDGETS = "1GB,2GB,4GB,8GB,16GB,32GB,64GB"
 
 def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
     """Options ``plot`` and ``report`` share."""
-    parser.add_argument("fit", nargs="?", metavar="FIT.json", help="a precision-law fit")
+    parser.add_argument("fit", nargs="?", metavar="FIT.json", help="a precision, efficiency or penalty fit")
     parser.add_argument("--data", metavar="RUNS", help="the runs table the fit used (CSV, JSONL or Parquet)")
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write into")
     parser.add_argument(

@@ -27,7 +27,7 @@ from fit.recommend import (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("fit", nargs="?", metavar="FIT.json", help="a precision-law fit (or use --preset)")
+    parser.add_argument("fit", nargs="?", metavar="FIT.json", help="a fit with a P term (or --preset)")
     parser.add_argument("--preset", help=f"published constants instead of a fit: {', '.join(PRESETS)}")
     parser.add_argument(
         "--memory",
