@@ -415,9 +415,11 @@ def stage_plots(inp: PlotInputs, out_dir: Path) -> list[tuple[str, Path, Path]]:
     ``out_dir``: [(name, temporary, final)]. On any error the temporaries drawn so far are removed."""
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = [("loss_vs_n", plot_loss_vs_n)] if inp.runs is not None else []
-    if all(law.has_loss for law in inp.source.laws.values()):
+    # isoloss spans a continuous P axis: an efficiency fit knows eff only at the P it fitted
+    if all(law.has_loss and law_of(law.params) != "efficiency" for law in inp.source.laws.values()):
         figures.append(("isoloss", plot_isoloss))
-    figures.append(("neff_vs_pw", plot_neff_vs_pw))
+    if not any(law_of(law.params) == "penalty" for law in inp.source.laws.values()):
+        figures.append(("neff_vs_pw", plot_neff_vs_pw))  # the penalty law has no N_eff: no such figure
     if inp.runs is not None:
         figures.append(("pred_vs_obs", plot_pred_vs_obs))
     figures.append(("best_bits", plot_best_bits))

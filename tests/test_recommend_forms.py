@@ -81,3 +81,14 @@ def test_predict_answers_every_form(fits: dict[str, Path], capsys: pytest.Captur
         value = float(capsys.readouterr().out.split()[0])
         truth = float(predict_loss(KMEANS_TRUTH, 1e7, 1e9, 2.25))
         assert value == pytest.approx(truth, rel=0.02)
+
+
+@pytest.mark.parametrize("law", ["efficiency", "penalty"])
+def test_plot_draws_from_any_form(fits: dict[str, Path], law: str, tmp_path: Path) -> None:
+    """plot reads the same source: every figure that form can answer; the penalty law has no N_eff (no
+    neff_vs_pw.png), the efficiency law no eff between its fitted P (no isoloss.png over a continuous P)."""
+    assert main(["plot", str(fits[law]), "-o", str(tmp_path), "--memory", "1GB,8GB", "--tokens", "1e10"]) == 0
+    written = sorted(p.name for p in (tmp_path).rglob("*.png"))
+    assert "best_bits.png" in written
+    assert ("isoloss.png" in written) == (law == "penalty")
+    assert ("neff_vs_pw.png" in written) == (law == "efficiency")
