@@ -18,9 +18,11 @@ from fit.fitfile import FitFile, sha256_of
 # extrapolation the data cannot vouch for: 10x is one decade, about what a leave-largest-N-out check covers.
 RANGE_FACTOR = 10.0
 # Flags that leave the bit-width ranking identified: they concern only the D term (which adds the same
-# B·D^-β to every bit width at fixed D) or say the quantized runs beat the anchor. Every other flag,
-# including ones added later, withholds the winner: a law that is not identified cannot rank.
-RANKING_SAFE = ("eff_above_1", "few_distinct_D")
+# B·D^-β to every bit width at fixed D), only E (the same additive constant for every bit width: at fixed D
+# the ranking is by A·N_eff^-α alone, decided by γ once α > 0, which exponent_at_zero and the tied
+# resamples guard), or say the quantized runs beat the anchor. They still print as warnings: an absolute
+# loss leans on E. Every other flag, including ones added later, withholds the winner.
+RANKING_SAFE = ("eff_above_1", "few_distinct_D", "E_unidentified")
 D_ONLY_DETAIL = ("beta=", "B=")
 
 

@@ -82,9 +82,10 @@ def test_a_flag_withholds_the_winner_but_keeps_the_point_estimate(tmp_path: Path
 
 
 def test_which_flags_block_a_ranking() -> None:
-    d_only = ["exponent_at_zero: beta=0.001: ...", "few_distinct_D: only 2", "eff_above_1: x"]
-    assert blocking_flags(d_only) == []
-    kept = ["E_unidentified: E=0", "no_16bit_anchor: no row", "exponent_at_zero: alpha=0", "new_flag: ?"]
+    same_for_every_width = ["exponent_at_zero: beta=0.001: ...", "few_distinct_D: only 2", "eff_above_1: x",
+                            "E_unidentified: E=0"]
+    assert blocking_flags(same_for_every_width) == []
+    kept = ["no_16bit_anchor: no row", "exponent_at_zero: alpha=0", "gamma_at_bound: 50", "new_flag: ?"]
     assert blocking_flags(kept) == kept
 
 
