@@ -31,7 +31,7 @@ if [[ ${PLAN:-0} == 1 || ! -s $OUT/plan.txt || conf/experiment/demo.yaml -nt $OU
 fi
 cat "$OUT/plan.txt"
 
-step "2/8 sweep: experiment=demo on the local launcher (27 trunks, 81 runs; completed ones are skipped)"
+step "2/8 sweep: experiment=demo on the local launcher (36 trunks, 108 runs; completed ones are skipped)"
 "$BIN/python" -m sweep -m experiment=demo hydra.sweep.dir="$SWEEP" "${SWEEP_ARGS[@]}"
 
 step "3/8 gather the run dirs into $OUT/runs.csv"
