@@ -51,6 +51,13 @@ step "6/8 train the contenders the grid never trained (same recipe, the grid's l
 "$BIN/python" -m sweep -m "${CONTENDERS[@]}" hydra.sweep.dir="$VERIFY_SWEEP" "${SWEEP_ARGS[@]}"
 "$BIN/bitlaw" gather "$VERIFY_SWEEP" -o "$OUT/verify/runs.csv"
 
+step "6b/8 the shape control: the same budget with two-layer contenders (width grows instead of depth)"
+"$BIN/bitlaw" verify plan "$OUT/fit.json" --runs "$OUT/runs.csv" --format "$FORMAT" -o "$OUT/verify_wide" \
+  --arch scripts/demo_family_wide.yaml
+mapfile -t CONTENDERS_WIDE < "$OUT/verify_wide/sweep_overrides.txt"
+"$BIN/python" -m sweep -m "${CONTENDERS_WIDE[@]}" hydra.sweep.dir="${VERIFY_SWEEP}_wide" "${SWEEP_ARGS[@]}"
+"$BIN/bitlaw" gather "${VERIFY_SWEEP}_wide" -o "$OUT/verify_wide/runs.csv"
+
 step "7/8 plots and report into $OUT (the law's forms compared)"
 "$BIN/bitlaw" report "$OUT/fit.json" --data "$OUT/runs.csv" -o "$OUT" --memory "$MEMORY" --tokens "$TOKENS" \
   --preceded-by "make demo  # = scripts/demo.sh, which runs:" \
@@ -67,6 +74,10 @@ step "8/8 the forecast, tested: predicted vs measured contenders -> $OUT/verify.
 "$BIN/bitlaw" verify check "$OUT/verify/contenders.json" --runs "$OUT/verify/runs.csv" --runs "$OUT/runs.csv" \
   -o "$OUT/verify.json" --report "$OUT/report.md" --compare "$OUT/fit_efficiency.json" \
   --compare "$OUT/fit_penalty.json"
+"$BIN/bitlaw" verify check "$OUT/verify_wide/contenders.json" --runs "$OUT/verify_wide/runs.csv" \
+  --runs "$OUT/runs.csv" -o "$OUT/verify_wide.json" --report "$OUT/report.md" \
+  --title "The forecast, tested on two-layer contenders (shape control)" \
+  --compare "$OUT/fit_efficiency.json" --compare "$OUT/fit_penalty.json"
 for fmt in kmeans uniform; do
   "$BIN/bitlaw" recommend "$OUT/fit.json" --format "$fmt" --memory "$MEMORY" --tokens "$TOKENS" \
     --arch llama3:continuous

@@ -174,6 +174,9 @@ def test_check_holds_when_the_runs_match_the_law(setup: tuple[Path, Path], tmp_p
     text = report.read_text()
     assert text.count("## The forecast, tested") == 1 and "**The forecast held**" in text
     assert text.startswith("# Report\n\nbody\n")
+    assert main([*argv, "--title", "The forecast, tested again"]) == 0  # a second title: a second section
+    text = report.read_text()
+    assert text.count("## The forecast, tested\n") == 1 and text.count("## The forecast, tested again\n") == 1
 
 
 def test_check_says_when_the_forecast_fails(setup: tuple[Path, Path], tmp_path: Path) -> None:

@@ -14,8 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-SECTION = "## The forecast, tested"
-BEGIN, END = "<!-- bitlaw verify: begin -->", "<!-- bitlaw verify: end -->"
+SECTION = "The forecast, tested"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     check.add_argument("-o", "--output", required=True, metavar="VERIFY.json")
     check.add_argument("--report", metavar="REPORT.md", help="add (or replace) the forecast section there")
+    check.add_argument("--title", default=SECTION,
+                       help=f"the section's title (default {SECTION!r}); one section per title")
     check.add_argument("--compare", metavar="FIT.json", action="append", default=[],
                        help="another form's fit (e.g. --law efficiency): its forecast of the same contenders")
 
@@ -130,19 +131,20 @@ def check(args: argparse.Namespace) -> int:
     text = render_markdown(result)
     atomic_write_json(args.output, result)
     if args.report:
-        add_section(Path(args.report), text)
+        add_section(Path(args.report), text, args.title)
     print(text, end="")
     print(f"wrote {args.output}" + (f" and the section in {args.report}" if args.report else ""))
     return 0
 
 
-def add_section(report: Path, body: str) -> None:
+def add_section(report: Path, body: str, title: str = SECTION) -> None:
     """Put the forecast section into the report, replacing an earlier one (re-running stays idempotent)."""
     text = report.read_text() if report.exists() else ""
-    block = f"{BEGIN}\n{SECTION}\n\n{body}{END}\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1].lstrip("\n")
+    begin, end = f"<!-- bitlaw verify: {title} -->", f"<!-- bitlaw verify end: {title} -->"
+    block = f"{begin}\n## {title}\n\n{body}{end}\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1].lstrip("\n")
     else:
         text = text.rstrip("\n") + "\n\n" + block
     from sweep.contract import atomic_write_text
