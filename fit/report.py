@@ -1,6 +1,7 @@
 """A Markdown report of a precision-law study: data, fits with CIs and flags, extrapolation, the observed
 k-means − uniform gap, γ against 1-Bit Wonder, the recommendation across budgets, the figures, and the exact
-commands that produced it. Every number is computed here from fit.json and the runs table.
+commands that produced it. Every number is computed here
+from fit.json and the runs table.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fit.errors import InputError
 from fit.fitfile import FitFile
 from fit.fitting import GAMMA_BOUNDS
 from fit.memory import resolve_arch
+from fit.observed import render as observed_counts
 from fit.plot import PlotInputs, commit, discard, stage_plots
 from fit.plot_forms import CAPTION as EFF_CAPTION
 from fit.plot_forms import plot_eff_vs_gamma
@@ -264,7 +266,7 @@ def section_format_gap(runs: pd.DataFrame) -> list[str]:
             for b, r in by_bits.iterrows()
         ],
     )
-    return lines + [""]
+    return lines + ["", "### Counts from the runs alone (no fit)", "", observed_counts(runs)]
 
 
 def section_recommendation(inp: ReportInputs, plot_inputs: PlotInputs) -> list[str]:
