@@ -42,6 +42,9 @@ step "4/8 fit the precision-aware law per format, bootstrap x$BOOTSTRAP by trunk
 for law in efficiency penalty; do
   "$BIN/bitlaw" fit "$OUT/runs.csv" -o "$OUT/fit_$law.json" --law "$law" --by format
 done
+# Quartet's two-stage fit as a check on gamma: A, B, E, alpha, beta from the bf16 anchors alone, then gamma.
+"$BIN/bitlaw" fit "$OUT/runs.csv" -o "$OUT/fit_two_stage.json" --law precision --by format --two-stage \
+  --bootstrap 200
 
 step "5/8 the forecast: each bit width's largest model at the grid's smallest bf16 model's memory ($FORMAT)"
 "$BIN/bitlaw" verify plan "$OUT/fit.json" --runs "$OUT/runs.csv" --format "$FORMAT" -o "$OUT/verify"
