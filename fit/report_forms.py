@@ -138,6 +138,7 @@ def verdict(rows: list[dict[str, Any]]) -> str:
         same = by_held is by_aic
         text += "; held-out error agrees" if same else f"; held-out error is lowest for {by_held['law']}"
     flagged = list(dict.fromkeys(by_aic["flags"]))
-    if flagged:
-        text += f" (flagged: {', '.join(flagged)})"
+    if flagged:  # the preferred form's own flags, said next to its name, not after another form's
+        name = f"**{by_aic['law']}** form"
+        text = text.replace(name, f"{name} (flagged: {', '.join(flagged)})", 1)
     return text + "."
