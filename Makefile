@@ -53,7 +53,8 @@ slurm-up:
 slurm-down:
 	scripts/slurm-down.sh
 
-# The main job: real CPU sweep -> fit -> report -> recommendation (scripts/demo.sh; ~10 min on 2 cores).
+# The main job: plan -> real CPU sweep -> fits -> report -> the forecast tested (scripts/demo.sh; ~36 min
+# of 2 idle cores from scratch, ~3 min when every run is done: results/demo/README.md).
 demo: install
 	BIN=$(BIN) scripts/demo.sh
 
