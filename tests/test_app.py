@@ -117,15 +117,17 @@ def test_demo_grid_is_36_trunks_of_3_budgets_with_one_anchor_per_n_and_d() -> No
 
 @pytest.mark.slow
 def test_cluster_grid_composes_and_validates() -> None:
-    jobs = grid("cluster", ("data.path=/data/tokens.bin",), scalar_keys=("train.tokens",))
-    assert len(jobs) == 6 * 5 * 9
+    """54 trunks (6 sizes x 9 points), each training 5 token budgets through its WSD branches."""
+    jobs = grid("cluster", ("data.path=/data/tokens.bin",))
+    assert len(jobs) == 6 * 9
     non_embed = set()
     for job in jobs:
         from_dict(job, check_paths=False)  # the token file lives on the cluster, not here
         assert job["train"]["device"] == "cuda" and job["data"]["corpus"] == "tokens"
         non_embed.add(param_counts(ModelConfig(**job["model"]))["N_nonembed"])
+        budgets = {float(b) for b in job["train"]["branches"]} | {float(job["train"]["tokens"])}
+        assert budgets == {1.5e9, 3e9, 6.5e9, 13e9, 26e9}
     assert 25e6 <= min(non_embed) <= 35e6 and 0.9e9 <= max(non_embed) <= 1.1e9
-    assert {float(j["train"]["tokens"]) for j in jobs} == {1.5e9, 3e9, 6.5e9, 13e9, 26e9}
 
 
 @pytest.mark.slow
