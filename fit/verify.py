@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from fit.errors import InputError
-from fit.fitfile import FitFile, prediction_interval
+from fit.fitfile import FitFile
 from fit.memory import BF16_BITS, Shape, check_format, weight_bytes
 from fit.recommend import recommend, source_from_fit
 from fit.units import format_bytes, format_count
@@ -146,10 +146,8 @@ def choose_contenders(
                 f"--memory: {format_bytes(budget)} holds no shape of the family at {row.bits} bits"
             )
         shape = {k: getattr(row.shape, k) for k in SHAPE_COLUMNS}
-        p_law = law.law_p(row.bits, row.p_w)
-        interval = prediction_interval(fit, row.n_law, D, p_law, fmt=fmt)
-        ci = None if interval is None else (float(interval[0]), float(interval[1]))
-        predicted = float(fit.predict(row.n_law, D, p_law, fmt=fmt))
+        # the recommendation's own loss and bootstrap interval for this row (recommend computes both)
+        ci = None if row.loss_ci is None else (float(row.loss_ci[0]), float(row.loss_ci[1]))
         in_grid = bool(_point_mask(grid, shape, row.format, row.bits).any())
         contenders.append(
             Contender(
@@ -159,10 +157,10 @@ def choose_contenders(
                 shape,
                 row.shape.n_quant,
                 float(row.memory_bytes),
-                predicted,
+                float(row.loss),
                 ci,
                 in_grid,
-                float(p_law),
+                float(law.law_p(row.bits, row.p_w)),
             )
         )
     warnings = list(rec.unidentified)
