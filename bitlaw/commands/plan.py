@@ -140,7 +140,7 @@ def _job_row(cfg: Any, contract: Any, trunk: str) -> list[dict[str, Any]]:
     """The job's rows: one per token budget it yields (its WSD branches, then the trunk's own D), sharing a
     ``trunk``; ``train_tokens`` is what each row trains beyond what its trunk already did (the branch's
     cooldown), so a grid's cost counts the trunk once."""
-    from sweep.branches import decay_start
+    from sweep.branches import BranchError, plan_branches
 
     m, q, t = cfg.model, cfg.quant, cfg.train
     counts = contract.param_counts(m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_dim, m.vocab_size)
@@ -160,11 +160,13 @@ def _job_row(cfg: Any, contract: Any, trunk: str) -> list[dict[str, Any]]:
     }
     rows = [{**base, "D": float(steps * t.batch_tokens), "trunk": trunk,
              "train_tokens": float(steps * t.batch_tokens)}]
-    for branch in sorted(int(float(b)) for b in (t.get("branches") or [])):
-        branch_steps = max(1, math.ceil(branch / t.batch_tokens))
-        cooldown = branch_steps - decay_start(branch_steps, float(t.decay_fraction))
-        rows.append({**base, "D": float(branch_steps * t.batch_tokens), "trunk": trunk,
-                     "train_tokens": float(cooldown * t.batch_tokens)})
+    try:  # the schedule sweep/train.py trains: each branch forks where its decay starts
+        branches = plan_branches(t, str(q.format), q.qat_start)
+    except BranchError as err:
+        raise InputError(str(err)) from None
+    for branch in branches:
+        rows.append({**base, "D": float(branch.steps * t.batch_tokens), "trunk": trunk,
+                     "train_tokens": float((branch.steps - branch.fork_step) * t.batch_tokens)})
     return rows
 
 
