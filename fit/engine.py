@@ -51,6 +51,7 @@ class FitOptions:
     extrapolate: bool = True
     profile: bool = True  # γ profile (precision law): a 13-point diagnostic curve in fit.json
     two_stage: bool = False  # Chinchilla on the 16-bit anchors first, then the precision terms with it frozen
+    stratify: bool = True  # bootstrap within each design point (format, P): fit.engine.bootstrap_strata
 
 
 @dataclass
@@ -300,15 +301,35 @@ def bootstrap_units(frame: pd.DataFrame) -> tuple[np.ndarray, str]:
     return np.unique(key.astype(str), return_inverse=True)[1].reshape(-1), name
 
 
+def bootstrap_strata(frame: pd.DataFrame, unit_of_row: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+    """Each unit's stratum, the design point (format, P) of its first row, and the strata's name; (None,
+    None) for a table without both columns or with one point (the plain bootstrap).  A resample then holds,
+    at every point, as many trunks as the design does: the bf16 anchors that pin γ are never all dropped
+    (fit.bootstrap.draw_counts says why)."""
+    if not {"format", "P"} <= set(frame.columns):
+        return None, None
+    fmt = frame["format"].astype(str).str.lower()
+    fmt = fmt.where(~fmt.isin(ANCHOR_FORMATS), "anchor")  # bf16 and none are one anchor point per P
+    point = (fmt + "@" + frame["P"].astype(str)).to_numpy()
+    first_row = np.unique(unit_of_row, return_index=True)[1]
+    stratum = np.unique(point[first_row], return_inverse=True)[1].reshape(-1)
+    if stratum.max(initial=0) == 0:
+        return None, None
+    return stratum, "format×P"
+
+
 def _attach_bootstrap(
     jobs: list[Job], results: list, fits: dict, frame: pd.DataFrame, opts: FitOptions
 ) -> None:
     unit_of_row, unit = bootstrap_units(frame)
+    strata, strata_name = bootstrap_strata(frame, unit_of_row) if opts.stratify else (None, None)
     boot_jobs = [
         BootJob(j.data, j.spec, opts.objective, r.theta, j.row_ids, opts.two_stage)
         for j, r in zip(jobs, results, strict=True)
     ]
-    draws = run_bootstrap(boot_jobs, unit_of_row, opts.bootstrap, opts.seed, opts.workers, opts.progress)
+    draws = run_bootstrap(
+        boot_jobs, unit_of_row, opts.bootstrap, opts.seed, opts.workers, opts.progress, strata
+    )
     for job, thetas in zip(jobs, draws, strict=True):
         per_draw = [params_of(theta, job.spec) for theta in thetas]  # K × groups × params
         for group, name in enumerate(job.names):
@@ -324,6 +345,7 @@ def _attach_bootstrap(
             fits[name]["bootstrap_samples"] = samples
             fits[name]["bootstrap_level"] = 0.95
             fits[name]["bootstrap_unit"] = unit
+            fits[name]["bootstrap_strata"] = strata_name
             fits[name]["bootstrap_failed"] = int(np.sum(~np.isfinite(thetas).all(axis=1)))
 
 

@@ -93,6 +93,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="K",
         help="K bootstrap refits, resampling trunks (`trunk`[+`seed`]), else runs, else rows; 95%% CIs",
     )
+    parser.add_argument(
+        "--bootstrap-strata",
+        choices=("point", "none"),
+        default="point",
+        help="point (default): resample within each design point (format, P), so every resample keeps the "
+        "design's anchors; none: across the whole table",
+    )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     parser.add_argument("--workers", type=int, default=2, help="bootstrap worker processes (default: 2)")
     parser.add_argument(
@@ -151,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=True if args.progress else None,
         two_stage=args.two_stage,
+        stratify=args.bootstrap_strata == "point",
     )
     result = run_fits(table, opts)
     data_path = Path(args.data)
@@ -170,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
             "two_stage": args.two_stage,
             "grid": args.grid,
             "bootstrap": args.bootstrap,
+            "bootstrap_strata": args.bootstrap_strata,
             "seed": args.seed,
             "anchor": "rows of format none/bf16 with P >= 8 join every per-format fit" if args.by else None,
         },
