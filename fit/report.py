@@ -55,6 +55,7 @@ class ReportInputs:
     earlier_commands: tuple[str, ...] = ()  # what produced the data (sweep, gather), in order
     tables: tuple[pd.DataFrame, pd.DataFrame] | None = None  # load_runs(data_path), when already loaded
     forms: FormComparison | None = None  # the law forms compared (set by build_report)
+    form_fits: tuple[FitFile, ...] = ()  # fits of the other forms to compare as they are (--forms)
 
 
 def _git_sha() -> str:
@@ -330,7 +331,7 @@ def build_report(inp: ReportInputs) -> Path:
     inp.tokens = plot_inputs.tokens  # its default: the largest D of the fit's data
     staged = stage_plots(plot_inputs, inp.out_dir / "plots")
     try:
-        forms = compare_in_report(inp.fitfile, runs, workers=2)
+        forms = compare_in_report(inp.fitfile, runs, workers=2, given=inp.form_fits)
         if "efficiency" in forms.documents and "precision" in forms.documents:
             temporary = inp.out_dir / "plots" / ".eff_vs_gamma.png.partial"
             staged.append(("eff_vs_gamma", temporary, inp.out_dir / "plots" / "eff_vs_gamma.png"))

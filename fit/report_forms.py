@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fit.compare import compare_forms
+from fit.errors import InputError
 from fit.fitfile import FitFile
 
 FORMS = ("precision", "efficiency", "penalty")
@@ -29,9 +30,13 @@ class FormComparison:
     skipped: str = ""  # why there is no comparison (then documents/rows are empty)
 
 
-def compare_in_report(fitfile: FitFile, runs: Any | None, workers: int = 1) -> FormComparison:
+def compare_in_report(
+    fitfile: FitFile, runs: Any | None, workers: int = 1, given: tuple[FitFile, ...] = ()
+) -> FormComparison:
     """Fit the forms the report's fit.json is not, on its rows (``runs``: fit.report.load_runs' canonical
-    table, already mapped and filtered as the fit's data was), and compare all three."""
+    table, already mapped and filtered as the fit's data was), and compare all three.  ``given``: fits of
+    the other forms already made (``bitlaw report --forms``), used as they are instead of refitted; the
+    comparison refuses them unless they were fitted to the same rows with the same objective."""
     data = fitfile.data
     if runs is None:
         return FormComparison({}, {}, "no runs table given (--data): nothing to refit the other forms on")
@@ -53,8 +58,10 @@ def compare_in_report(fitfile: FitFile, runs: Any | None, workers: int = 1) -> F
     )
     keep = {k: data.get(k) for k in ("loss", "delta", "space", "by")}
     documents = {fitfile.law: _with_information(data, table.frame, objective)}
+    check_given_forms(fitfile, given)
+    documents.update({other.law: other.data for other in given})
     for law in FORMS:
-        if law == fitfile.law:
+        if law in documents:
             continue
         opts = FitOptions(
             law=law, by="format", tie=bool(options.get("tie_exponents")), objective=objective, grid="coarse",
@@ -63,6 +70,18 @@ def compare_in_report(fitfile: FitFile, runs: Any | None, workers: int = 1) -> F
         )
         documents[law] = {"law": law, **keep, "data": info, **run_fits(table, opts)}
     return FormComparison(documents, compare_forms(documents))
+
+
+def check_given_forms(fitfile: FitFile, given: tuple[FitFile, ...]) -> None:
+    """At most one fit of each form, none of them the report's own form."""
+    seen = {fitfile.law}
+    for other in given:
+        if other.law not in FORMS or other.law in seen:
+            raise InputError(
+                f"--forms: {other.path} is a {other.law!r} fit; allowed: one fit of each form other than the "
+                f"report's {fitfile.law!r} ({', '.join(f for f in FORMS if f != fitfile.law)})"
+            )
+        seen.add(other.law)
 
 
 def _with_information(data: dict[str, Any], frame: Any, objective: Any) -> dict[str, Any]:

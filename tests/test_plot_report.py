@@ -152,6 +152,9 @@ def test_report_without_data_still_links_its_figures(study: Path, tmp_path: Path
         (["report", "fit.json", "-o", "x", "--memory", "lots"], "--memory: cannot parse 'lots'"),
         (["report", "chinchilla.json", "-o", "x"], "needs a law with a bits-per-weight term"),
         (["report", "nope.json", "-o", "x"], "fit file nope.json does not exist"),
+        (["report", "fit.json", "--data", "runs.csv", "-o", "x", "--forms", "fit.json"],
+         "--forms: fit.json is a 'precision' fit; allowed: one fit of each form other than"),
+        (["report", "fit.json", "-o", "x", "--forms", "fit.json"], "--forms: needs --data"),
     ],
 )
 def test_bad_input_is_one_line(study: Path, tmp_path: Path, monkeypatch, capsys, argv, message) -> None:
@@ -184,3 +187,23 @@ def test_single_fit_for_all_formats(study: Path, tmp_path: Path, capsys) -> None
     report = (tmp_path / "r" / "report.md").read_text()
     assert len(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)) == 5
     assert "### all" in report and "| 8 GB | 1-bit |" in report
+
+
+def test_report_compares_given_form_fits_as_they_are(study: Path, tmp_path: Path, capsys) -> None:
+    """--forms: the efficiency fit is used as given (its AIC appears in the table), not refitted."""
+    runs = study / "runs.csv"
+    for law in ("precision", "efficiency"):
+        code, _, err = run_cli(capsys, "fit", runs, "-o", tmp_path / f"{law}.json", "--law", law,
+                               "--by", "format")  # fmt: skip
+        assert code == 0, err
+    given = json.loads((tmp_path / "efficiency.json").read_text())
+    out = tmp_path / "results"
+    code, _, err = run_cli(capsys, "report", tmp_path / "precision.json", "--data", runs, "-o", out,
+                           "--forms", tmp_path / "efficiency.json")  # fmt: skip
+    assert code == 0, err
+    report = (out / "report.md").read_text()
+    assert f"--forms {tmp_path / 'efficiency.json'}" in report  # the report's own command line says so
+    for fmt in ("kmeans", "uniform"):
+        forms = report.split(f"### Law forms, {fmt}")[1].split("###")[0]
+        row = next(line for line in forms.splitlines() if line.startswith("| efficiency |"))
+        assert f"{given['fits'][fmt]['information']['aic']:.1f}" in row

@@ -15,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preceded-by", metavar="CMD", action="append", default=[],
                         help="a command that produced the data (e.g. the sweep, gather), listed before the "
                         "fit's own in the report's Commands block; repeat in order")
+    parser.add_argument("--forms", metavar="FIT.json", action="append", default=[],
+                        help="a fit of another law form (efficiency, penalty) of the same rows, compared "
+                        "as it is instead of refitted with coarse starts; repeat for each form")
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -33,6 +36,8 @@ def command_line(args: argparse.Namespace) -> str:
     ):
         if value != default:
             argv += [flag, str(value)]
+    for form in args.forms:
+        argv += ["--forms", form]
     return shlex.join(argv)
 
 
@@ -45,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from fit.memory import resolve_arch
     from fit.recommend import parse_memory, parse_tokens, source_from_fit
     from fit.report import ReportInputs, build_report, load_runs
+    from fit.report_forms import check_given_forms
 
     if not args.fit:
         raise InputError("FIT.json: required (the report describes a fit; make one with `bitlaw fit`)")
@@ -54,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
     resolve_arch(args.arch)
     budgets, tokens = parse_memory(args.memory), parse_tokens(args.tokens) if args.tokens else None
     bits = tuple(chosen_bits(args.bits, source, acct))
+    form_fits = tuple(load_fit(path) for path in args.forms)
+    if form_fits and not args.data:
+        raise InputError("--forms: needs --data (the forms are compared on the runs table's rows)")
+    check_given_forms(fitfile, form_fits)  # before -o is made: a refused option leaves nothing behind
     tables = load_runs(fitfile, Path(args.data)) if args.data else None  # a bad table: refused before -o
     out = output_dir(args.output)  # last: a bad option above leaves no empty directory behind
     formats = list(tables[1]["format"].unique()) if tables is not None and "format" in tables[1] else None
@@ -70,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         command=command_line(args),
         earlier_commands=tuple(args.preceded_by),
         tables=tables,
+        form_fits=form_fits,
     )
     report = build_report(inputs)
     print(f"wrote {report}")
