@@ -262,8 +262,10 @@ def format_summary(document: dict[str, Any]) -> str:
             lines.append(f"  extrapolation: skipped ({extrap.get('reason')})")
         lines += [f"  FLAG {flag}" for flag in entry["flags"]]
     if document["options"]["bootstrap"]:
+        strata = next((e.get("bootstrap_strata") for e in document["fits"].values()), None)
+        within = f" within each {strata} point" if strata else ""
         lines.append(
-            f"bootstrap: {document['options']['bootstrap']} resamples by {data['bootstrap_unit']}, "
+            f"bootstrap: {document['options']['bootstrap']} resamples by {data['bootstrap_unit']}{within}, "
             f"seed {document['options']['seed']}; CIs are 2.5-97.5 percentiles"
         )
     pooled = document["extrapolation"]
