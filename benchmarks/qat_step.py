@@ -47,7 +47,8 @@ class Stepper:
         self.device = device
         self.model = Llama(config).to(device)
         q = quant.QuantConfig(format=fmt, bits=bits)
-        quant.switch_on(quant.prepare(self.model, q), q, seed=0)
+        self.quantized = quant.prepare(self.model, q)
+        quant.switch_on(self.quantized, q, seed=0)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, fused=device.type == "cuda")
         self.x = torch.randint(0, config.vocab_size, (batch, seq_len), device=device)
         self.y = torch.randint(0, config.vocab_size, (batch, seq_len), device=device)
@@ -56,6 +57,7 @@ class Stepper:
     def step(self, record: bool) -> None:
         sync(self.device)
         start = time.perf_counter()
+        quant.update(self.quantized)  # as the training loop does before each step
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             logits = self.model(self.x)
         F.cross_entropy(logits.float().flatten(0, 1), self.y.flatten()).backward()

@@ -370,6 +370,7 @@ def refresh(quantized: list[tuple[str, QuantLinear]], config: QuantConfig, seed:
 
 def update(quantized: list[tuple[str, QuantLinear]]) -> None:
     """Quantize every switched-on weight that changed since its last quantization (once per optimizer
-    step; a no-op otherwise)."""
-    for _, module in quantized:
-        module.update_quantized()
+    step; a no-op otherwise), the tensors that share a quantizer in one batched computation."""
+    from sweep import quant_batch  # imported here: quant_batch builds on this module
+
+    quant_batch.update(quantized)
