@@ -61,8 +61,8 @@ class TrainConfig:
     max_steps_this_run: int | None = None  # stop (and checkpoint) after this many steps of this process
     save_export: bool = True  # write export.pt with the packed weights
     keep_checkpoint: bool = False  # keep checkpoint/ (with the final state) after the run ends
-    # Not in conf/train/default.yaml on purpose: a new key there would change every run_id (they hash the
-    # resolved config), so existing sweeps would no longer be skipped. Set with `+train.compile=true`.
+    # Volatile keys (sweep.contract.VOLATILE_KEYS): how a run executes and meters, not what it trains, so
+    # they stay out of the run id and adding them to conf/train/default.yaml kept every existing id.
     compile: bool | None = None  # torch.compile the blocks; null = on for CUDA, off on CPU
     peak_flops: float | None = None  # the device's peak FLOP/s for MFU; null = a known GPU's bf16 peak
 

@@ -125,6 +125,8 @@ VOLATILE_KEYS = (
     "train.log_every",
     "train.keep_checkpoint",
     "train.save_export",
+    "train.compile",  # how the step runs (like train.device): compiled and eager train the same experiment
+    "train.peak_flops",  # only the MFU meter reads it
     "hydra",
 )
 # Keys added after runs existed, whose empty value (null, []) means what the runs did before the key existed:

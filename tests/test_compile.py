@@ -32,8 +32,8 @@ def losses(run_dir: Path) -> list[float]:
 
 @pytest.mark.slow  # inductor compiles each block's graphs on the CPU: ~1-2 min on 2 cores
 def test_compiled_training_matches_eager_through_the_qat_switch(tmp_path) -> None:
-    eager = train(config("+train.compile=false"), tmp_path / "eager")
-    compiled = train(config("+train.compile=true"), tmp_path / "compiled")
+    eager = train(config("train.compile=false"), tmp_path / "eager")
+    compiled = train(config("train.compile=true"), tmp_path / "compiled")
     assert eager["status"] == compiled["status"] == "completed"
     a, b = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
     assert len(a) == len(b) == 12

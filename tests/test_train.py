@@ -100,7 +100,8 @@ def test_completed_run_is_skipped_and_other_run_ids_are_refused(reference) -> No
 def test_run_id_ignores_volatile_keys() -> None:
     base = compute_run_id(config("point=kmeans2"))
     assert compute_run_id(config("point=kmeans2", "logger.wandb.mode=offline", "train.threads=2",
-                                 "train.device=cpu", "sweep.name=other")) == base
+                                 "train.device=cpu", "sweep.name=other", "train.compile=true",
+                                 "train.peak_flops=1e12")) == base
     assert compute_run_id(config("point=kmeans3")) != base
     assert compute_run_id(config("point=kmeans2", "train.seed=1")) != base
 
