@@ -26,8 +26,26 @@ def _group_key(module: QuantLinear) -> tuple:
             w.device)
 
 
-def fake_quantize_kmeans_blocks(blocks: torch.Tensor, scale_mode: str, tables: torch.Tensor) -> torch.Tensor:
-    """K-means fake quantization of (n_blocks, B) blocks, block i with the sorted codebook ``tables[i]``.
+def block_codebooks(modules: list[QuantLinear], counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tables, midpoints): each block's sorted codebook (n_blocks, k) and its midpoints (n_blocks, k-1).
+
+    They change only when a codebook does (a fit or a load), so the chunk's first module keeps them, keyed
+    by every member's identity and centroid version: rebuilding them was a quarter of a batched update."""
+    key = tuple((id(m), m.centroids._version, m.centroids.data_ptr()) for m in modules)
+    cached = getattr(modules[0], "_block_codebooks", None)
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    centroids = torch.stack([m.centroids for m in modules])
+    tables = centroids.repeat_interleave(torch.tensor(counts, device=centroids.device), 0).contiguous()
+    mids = ((tables[:, 1:] + tables[:, :-1]) / 2).contiguous()  # as sweep.quant.midpoints, per row
+    modules[0]._block_codebooks = (key, tables, mids)
+    return tables, mids
+
+
+def fake_quantize_kmeans_blocks(blocks: torch.Tensor, scale_mode: str, tables: torch.Tensor,
+                                mids: torch.Tensor) -> torch.Tensor:
+    """K-means fake quantization of (n_blocks, B) blocks, block i with the sorted codebook ``tables[i]``
+    (midpoints ``mids[i]``).
 
     Equals ``sweep.quant.fake_quantize`` per tensor bit for bit: the nearest centroid's index is the number
     of midpoints strictly below the normalised weight (what ``bucketize`` returns, ties to the lower
@@ -40,7 +58,6 @@ def fake_quantize_kmeans_blocks(blocks: torch.Tensor, scale_mode: str, tables: t
     block_size = blocks.shape[-1]
     scales = block_scales(blocks, block_size, scale_mode).squeeze(-2)  # (n_blocks, 1)
     normalised = blocks / scales
-    mids = (tables[:, 1:] + tables[:, :-1]) / 2  # as sweep.quant.midpoints, per row
     codes = torch.zeros_like(normalised)
     term = torch.empty_like(normalised)
     for j in range(mids.shape[1]):
@@ -69,9 +86,7 @@ def _update_chunk(modules: list[QuantLinear]) -> None:
     counts = [w.numel() // block_size for w in weights]
     blocks = torch.cat([w.reshape(-1, block_size) for w in weights])  # (n_blocks, B)
     if kind == "kmeans":
-        tables = torch.stack([m.centroids for m in modules]).repeat_interleave(
-            torch.tensor(counts, device=blocks.device), 0)  # (n_blocks, k): each block's codebook
-        quantized_blocks = fake_quantize_kmeans_blocks(blocks, mode, tables)
+        quantized_blocks = fake_quantize_kmeans_blocks(blocks, mode, *block_codebooks(modules, counts))
     else:
         quantized_blocks = fake_quantize(blocks, kind, bits, block_size, mode, binary_mean=first.binary_mean)
     deltas = quantized_blocks.sub_(blocks).split(counts)  # q - w, as the per-tensor path

@@ -118,3 +118,16 @@ def train_losses(fmt: str, bits: int, batched_update: bool, steps: int = 6) -> l
                                       ("uniform", 3)])
 def test_training_losses_identical(fmt: str, bits: int) -> None:
     assert train_losses(fmt, bits, batched_update=True) == train_losses(fmt, bits, batched_update=False)
+
+
+def test_refitted_codebook_is_used() -> None:
+    """The per-block codebook tables are cached; a re-fit (or a load) bumps the centroids' version."""
+    config = quant.QuantConfig(format="kmeans", bits=3)
+    modules = make_modules(config)
+    quant.update(modules)
+    quant.refresh(modules, config, seed=11)
+    quant.update(modules)
+    for _, m in modules:
+        expected = m.weight + (quant.fake_quantize(m.weight, m.kind, m.bits, m.block_size, m.scale_mode,
+                                                   m.centroids) - m.weight)
+        assert torch.equal(m.ste_weight, expected)
