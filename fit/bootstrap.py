@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from fit import batched
 from fit.fitting import BLAS_LIMIT
 from fit.objective import FitData, Objective
 from fit.staged import Spec, refit_any
@@ -70,11 +71,16 @@ def _refit_chunk(jobs: list[BootJob], unit_of_row: np.ndarray, counts: np.ndarra
 def _refit_into(
     out: list[np.ndarray], jobs: list[BootJob], unit_of_row: np.ndarray, counts: np.ndarray
 ) -> None:
-    for i, unit_counts in enumerate(counts):
-        row_weight = unit_counts[unit_of_row].astype(float)  # (n_table_rows,)
-        for j, job in enumerate(jobs):
-            data = job.data.with_weight(job.data.weight * row_weight[job.row_ids])
-            out[j][i] = refit_any(job.theta, data, job.spec, job.objective, job.two_stage)
+    row_weight = counts[:, unit_of_row].astype(float)  # (k_chunk, n_table_rows)
+    for j, job in enumerate(jobs):
+        weight = job.data.weight[None, :] * row_weight[:, job.row_ids]
+        if batched.supports(job.spec, job.objective):  # all resamples at once (fit/batched.py says why)
+            out[j][:] = batched.refit_batch(
+                job.theta, job.data, weight, job.spec, job.objective, job.two_stage
+            )
+            continue
+        for i, w in enumerate(weight):  # the efficiency and penalty forms: one L-BFGS-B refit each
+            out[j][i] = refit_any(job.theta, job.data.with_weight(w), job.spec, job.objective, job.two_stage)
 
 
 class _Progress:
