@@ -11,9 +11,14 @@
 2. Precision law on a 200-run synthetic grid: one fit, then 1000 bootstrap refits on 1 and 2 workers, and
    the cost of one objective evaluation (what L-BFGS-B pays hundreds of times per refit).
 3. The demo table (results/demo/runs.csv, 108 runs, --law precision --by format): the bootstrap per format
-   with 2 workers, L-BFGS-B through ``scipy.optimize.minimize`` (before) and through fit.lbfgsb's lean
-   driver (after; identical draws, checked here too).  ``--demo-resamples`` (default 200) sets K; the
-   figure is scaled to seconds per 1000 resamples per format (issue 14's target: <= 10 s).
+   with 2 workers, every resample by L-BFGS-B (fit.staged.refit_any: before) and by fit/batched.py's
+   batched Newton refit with its L-BFGS-B fallback (after), same resamples, and the 95 % CIs of both side
+   by side.  ``--demo-resamples`` (default 200) sets K; the figure is scaled to seconds per 1000 resamples
+   per format (issue 14's target: <= 10 s); ``--two-stage`` times the two-stage fit (whose bootstrap
+   keeps L-BFGS-B; the "after" line then times refit_batch's two-stage path, which fit.bootstrap does not
+   use).  Measured, K = 200, load 6.2-6.6 on 2 cores (the test suite running alongside): joint 228.0 s ->
+   194.2 s per format per 1000, CIs moved <= 1.5e-4 of their width; two-stage, load 4.4-5.3: 90.6 s ->
+   104.4 s.  The whole `bitlaw fit ... --bootstrap 1000`: 3 min 52 s (user 3:04) -> 2 min 31 s (user 1:39).
 4. ``bitlaw gather`` of 10,000 synthetic run dirs written in a temp dir with the run-dir contract's own
    writers (run.json, summary.json, metrics.jsonl, config.yaml), against a plain reader of the same files.
 The machine's load average is printed next to the figures: timings on a shared box are only comparable at
@@ -92,13 +97,14 @@ def main() -> None:
     parser.add_argument("--gather-only", action="store_true", help="only the gather timing")
     parser.add_argument("--demo-resamples", type=int, default=200, help="K for the demo-table bootstrap")
     parser.add_argument("--demo-only", action="store_true", help="only the demo-table bootstrap timing")
+    parser.add_argument("--two-stage", action="store_true", help="demo-table bootstrap of the two-stage fit")
     args = parser.parse_args()
     print(f"start: {load_average()}")
     if args.gather_only:
         gather_section(args.gather_runs)
         return
     if args.demo_only:
-        demo_bootstrap_section(args.demo_resamples)
+        demo_bootstrap_section(args.demo_resamples, args.two_stage)
         return
 
     frame = epoch_240()
@@ -161,12 +167,13 @@ def main() -> None:
     gather_section(args.gather_runs)
 
 
-def demo_bootstrap_section(resamples: int) -> None:
-    """Before/after on the demo table: the same draws, timed with minimize and with fit.lbfgsb."""
-    import fit.fitting
-    from fit.engine import FitOptions, bootstrap_units, build_jobs
-    from fit.lbfgsb import _scipy, minimize_lbfgsb
-    from fit.staged import fit_any
+def demo_bootstrap_section(resamples: int, two_stage: bool = False) -> None:
+    """Before/after on the demo table, same draws: every resample by L-BFGS-B (fit.staged.refit_any, the path
+    before fit/batched.py) and by the batched Newton refit with its L-BFGS-B fallback; CIs side by side."""
+    import fit.bootstrap
+    from fit.bootstrap import percentile_ci
+    from fit.engine import FitOptions, bootstrap_strata, bootstrap_units, build_jobs
+    from fit.staged import fit_any, params_of
     from fit.table import load_table
 
     path = Path(__file__).resolve().parents[1] / "results" / "demo" / "runs.csv"
@@ -174,36 +181,52 @@ def demo_bootstrap_section(resamples: int) -> None:
         print(f"\ndemo-table bootstrap: {path} not found (make demo writes it); skipped")
         return
     table = load_table(path, require=("N", "D", "loss", "P", "format"))
-    opts = FitOptions(law="precision", by="format")
+    opts = FitOptions(law="precision", by="format", two_stage=two_stage)
     jobs = build_jobs(table, opts)
     units, _ = bootstrap_units(table.frame)
-    boot = [BootJob(j.data, j.spec, opts.objective, fit_any(j.data, j.spec, opts.objective).theta, j.row_ids)
-            for j in jobs]  # fmt: skip
-
-    def via_minimize(fun, x0, args, box, ftol, gtol, maxiter):
-        return _scipy(fun, x0, args, box, ftol, gtol, maxiter, 10, 20)
-
-    print(f"\nDemo table, {len(table.frame)} runs, bootstrap x{resamples}, 2 workers")
+    strata, _ = bootstrap_strata(table.frame, units)
+    fits = [fit_any(j.data, j.spec, opts.objective, two_stage=two_stage).theta for j in jobs]
+    boot = [
+        BootJob(j.data, j.spec, opts.objective, t, j.row_ids, two_stage)
+        for j, t in zip(jobs, fits, strict=True)
+    ]
+    kind = "two-stage" if two_stage else "joint"
+    print(f"\nDemo table, {len(table.frame)} runs, precision law ({kind}), bootstrap x{resamples}, 2 workers")
+    supports = fit.bootstrap.batched.supports
     draws = {}
-    for label, driver in (("before (minimize)", via_minimize), ("after (fit.lbfgsb)", minimize_lbfgsb)):
-        fit.fitting.minimize_lbfgsb = driver
+    for label, batched_on in (("before (L-BFGS-B)", False), ("after (batched)", True)):
+        fit.bootstrap.batched.supports = supports if batched_on else (lambda spec, obj: False)
         start = time.perf_counter()
-        draws[label] = run_bootstrap(boot, units, resamples, seed=0, workers=2, progress=False)
+        draws[label] = run_bootstrap(
+            boot, units, resamples, seed=0, workers=2, progress=False, stratum_of_unit=strata
+        )
         per_format = (time.perf_counter() - start) / len(boot) * 1000 / resamples
-        print(f"  {label:20s} {per_format:7.1f} s per format per 1000 resamples  ({load_average()})")
-    fit.fitting.minimize_lbfgsb = minimize_lbfgsb
-    same = all(np.array_equal(a, b, equal_nan=True) for a, b in zip(*draws.values(), strict=True))
-    print(f"  identical draws: {same}")
+        print(f"  {label:18s} {per_format:7.1f} s per format per 1000 resamples  ({load_average()})")
+    fit.bootstrap.batched.supports = supports
+    for job, old, new in zip(jobs, *draws.values(), strict=True):
+        for group, name in enumerate(job.names):
+            for key in params_of(old[0], job.spec)[group]:
+                a = percentile_ci(np.array([params_of(t, job.spec)[group][key] for t in old]))
+                b = percentile_ci(np.array([params_of(t, job.spec)[group][key] for t in new]))
+                shift = max(abs(a[0] - b[0]), abs(a[1] - b[1])) / (a[1] - a[0])
+                ci = f"CI before [{a[0]:.6g}, {a[1]:.6g}]  after [{b[0]:.6g}, {b[1]:.6g}]"
+                print(f"  {name:8s} {key:6s} {ci}  shift {shift:.1e} of the width")
 
 
 CONFIG = {  # the shape of a resolved config.yaml (sweep/train.py writes OmegaConf's YAML of it)
-    "model": {
-        "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_dim": 192, "vocab_size": 256
-    },
+    "model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_dim": 192, "vocab_size": 256},
     "quant": {"format": "kmeans", "bits": 2, "block_size": 64, "scale": "absmax", "qat_start": 0.0},
     "train": {
-        "lr": 0.003, "tokens": 100000, "seed": 0, "batch_tokens": 2048, "seq_len": 128, "warmup": 0.05,
-        "schedule": "cosine", "weight_decay": 0.1, "grad_clip": 1.0, "eval_every": 10,
+        "lr": 0.003,
+        "tokens": 100000,
+        "seed": 0,
+        "batch_tokens": 2048,
+        "seq_len": 128,
+        "warmup": 0.05,
+        "schedule": "cosine",
+        "weight_decay": 0.1,
+        "grad_clip": 1.0,
+        "eval_every": 10,
     },
     "data": {"corpus": "stdlib", "dtype": "uint16", "val_fraction": 0.05, "path": None},
     "logger": {"wandb": {"mode": "disabled", "project": "bitlaw", "tags": []}},
@@ -228,8 +251,16 @@ def write_run_dirs(root: Path, n_runs: int) -> None:
         run_dir.mkdir(parents=True)
         atomic_write_text(run_dir / CONFIG_NAME, yaml.safe_dump(config, sort_keys=False))
         meta = {
-            "run_id": compute_run_id(config), "format": "kmeans", "bits": 2, "P_w": 2.25, "N_total": 131392,
-            "N_nonembed": 98624, "N_quant": 98304, "N_hp": 33088, "D": 100_000 + i, "seed": 0,
+            "run_id": compute_run_id(config),
+            "format": "kmeans",
+            "bits": 2,
+            "P_w": 2.25,
+            "N_total": 131392,
+            "N_nonembed": 98624,
+            "N_quant": 98304,
+            "N_hp": 33088,
+            "D": 100_000 + i,
+            "seed": 0,
         }
         atomic_write_json(run_dir / RUN, meta)
         log = MetricsLog(run_dir / METRICS)

@@ -74,7 +74,9 @@ def _refit_into(
     row_weight = counts[:, unit_of_row].astype(float)  # (k_chunk, n_table_rows)
     for j, job in enumerate(jobs):
         weight = job.data.weight[None, :] * row_weight[:, job.row_ids]
-        if batched.supports(job.spec, job.objective):  # all resamples at once (fit/batched.py says why)
+        # all resamples at once (fit/batched.py says why); two-stage keeps L-BFGS-B: its 12-row stage 1
+        # stalls on kinks in most resamples, and the fallback then made it slower (benchmarks/fit_speed.py)
+        if batched.supports(job.spec, job.objective) and not job.two_stage:
             out[j][:] = batched.refit_batch(
                 job.theta, job.data, weight, job.spec, job.objective, job.two_stage
             )
