@@ -18,7 +18,8 @@
    keeps L-BFGS-B; the "after" line then times refit_batch's two-stage path, which fit.bootstrap does not
    use).  Measured, K = 200, load 6.2-6.6 on 2 cores (the test suite running alongside): joint 228.0 s ->
    194.2 s per format per 1000, CIs moved <= 1.5e-4 of their width; two-stage, load 4.4-5.3: 90.6 s ->
-   104.4 s.  The whole `bitlaw fit ... --bootstrap 1000`: 3 min 52 s (user 3:04) -> 2 min 31 s (user 1:39).
+   104.4 s.  The whole `bitlaw fit ... --bootstrap 1000`: 3 min 52 s (user 3:04, load ~3) -> 1 min 18 s
+   (user 1:38, load ~2.6; two bootstrap chunks per worker).
 4. ``bitlaw gather`` of 10,000 synthetic run dirs written in a temp dir with the run-dir contract's own
    writers (run.json, summary.json, metrics.jsonl, config.yaml), against a plain reader of the same files.
 The machine's load average is printed next to the figures: timings on a shared box are only comparable at
