@@ -14,11 +14,11 @@
    with 2 workers, every resample by L-BFGS-B (fit.staged.refit_any: before) and by fit/batched.py's
    batched Newton refit with its L-BFGS-B fallback (after), same resamples, and the 95 % CIs of both side
    by side.  ``--demo-resamples`` (default 200) sets K; the figure is scaled to seconds per 1000 resamples
-   per format (issue 14's target: <= 10 s); ``--two-stage`` times the two-stage fit (whose bootstrap
-   keeps L-BFGS-B; the "after" line then times refit_batch's two-stage path, which fit.bootstrap does not
-   use).  Measured, K = 200, 2 cores: joint 55.2 s -> 29.8 s per format per 1000 at load 1.9 (two
-   bootstrap chunks per worker; 228.0 -> 194.2 s at load 6.2-6.6 with chunks of 50), CIs moved <= 1.5e-4 of
-   their width; two-stage, load 4.4-5.3: 90.6 s -> 104.4 s through refit_batch.  The whole
+   per format (issue 14's target: <= 10 s); ``--two-stage`` times the two-stage fit, whose bootstrap
+   keeps L-BFGS-B (both lines then take that path).  Measured, K = 200, 2 cores: joint 55.2 s -> 29.8 s
+   per format per 1000 at load 1.9 (two bootstrap chunks per worker; 228.0 -> 194.2 s at load 6.2-6.6
+   with chunks of 50), CIs moved <= 1.5e-4 of their width; two-stage through refit_batch, before
+   fit.bootstrap stopped using it there, load 4.4-5.3: 90.6 s -> 104.4 s.  The whole
    `bitlaw fit ... --bootstrap 1000`: 3 min 52 s (user 3:04, load ~3) -> 1 min 18 s (user 1:38, load ~2.6).
 4. ``bitlaw gather`` of 10,000 synthetic run dirs written in a temp dir with the run-dir contract's own
    writers (run.json, summary.json, metrics.jsonl, config.yaml), against a plain reader of the same files.
