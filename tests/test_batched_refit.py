@@ -123,23 +123,13 @@ def test_gradient_and_hessian_match_the_objective(spec, loss):
         assert np.abs(hess[i] - fd).max() < 1e-7 * np.abs(fd).max()
 
 
-def test_precision_law_no_draw_worse_and_same_intervals():
+@pytest.mark.parametrize("precision, n_resamples", [(True, 60), (False, 40)], ids=["precision", "chinchilla"])
+def test_no_draw_worse_and_same_intervals(precision: bool, n_resamples: int):
     runs, _ = _table()
-    data = FitData(runs["N"], runs["D"], runs["loss"], runs["P"])
-    spec = LawSpec(precision=True)
+    data = FitData(runs["N"], runs["D"], runs["loss"], runs["P"] if precision else None)
+    spec = LawSpec(precision=precision)
     theta = fit_any(data, spec, OBJ, grid="coarse").theta
-    weight = _weights(len(runs), 60)
-    new, old = _both(theta, data, weight, spec)
-    _assert_no_worse(new, old, data, weight, spec)
-    _ci_close(new, old, spec)
-
-
-def test_chinchilla_law_no_draw_worse():
-    runs, _ = _table()
-    data = FitData(runs["N"], runs["D"], runs["loss"])
-    spec = LawSpec()
-    theta = fit_any(data, spec, OBJ, grid="coarse").theta
-    weight = _weights(len(runs), 40)
+    weight = _weights(len(runs), n_resamples)
     new, old = _both(theta, data, weight, spec)
     _assert_no_worse(new, old, data, weight, spec)
     _ci_close(new, old, spec)
