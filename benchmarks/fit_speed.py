@@ -20,6 +20,8 @@
    with chunks of 50), CIs moved <= 1.5e-4 of their width; two-stage through refit_batch, before
    fit.bootstrap stopped using it there, load 4.4-5.3: 90.6 s -> 104.4 s.  The whole
    `bitlaw fit ... --bootstrap 1000`: 3 min 52 s (user 3:04, load ~3) -> 1 min 18 s (user 1:38, load ~2.6).
+   With up to 5000 Newton steps (fit/batched.py MAX_ITER; 2026-12-02, load 1.4): 28.3 s per format per 1000
+   (L-BFGS-B alone 44.9 s), and the whole command 44 s idle (60 s with the 500-step cap).
 4. ``bitlaw gather`` of 10,000 synthetic run dirs written in a temp dir with the run-dir contract's own
    writers (run.json, summary.json, metrics.jsonl, config.yaml), against a plain reader of the same files.
 The machine's load average is printed next to the figures: timings on a shared box are only comparable at
