@@ -24,7 +24,7 @@ install: $(STAMP)
 lint: install
 	$(BIN)/ruff check .
 
-# The full suite (~15 min on 2 cores, README), with its 15 slowest tests listed.
+# The full suite (~14-18 min on 2 cores, README), with its 15 slowest tests listed.
 test: lint slurm-up
 	$(BIN)/pytest -q --durations=15
 
