@@ -49,9 +49,8 @@ def draw_counts(
     seeds) are still resampled, so the interval keeps the spread between sizes and seeds."""
     n_units = int(unit_of_row.max()) + 1
     rng = np.random.default_rng(seed)
-    if stratum_of_unit is None or len(np.unique(stratum_of_unit)) <= 1:
-        picks = rng.integers(0, n_units, size=(n_resamples, n_units))
-        return np.stack([np.bincount(row, minlength=n_units) for row in picks])
+    if stratum_of_unit is None:
+        stratum_of_unit = np.zeros(n_units, dtype=int)
     counts = np.zeros((n_resamples, n_units), dtype=int)
     for stratum in np.unique(stratum_of_unit):
         members = np.flatnonzero(stratum_of_unit == stratum)
@@ -77,9 +76,7 @@ def _refit_into(
         # all resamples at once (fit/batched.py says why); two-stage keeps L-BFGS-B: its 12-row stage 1
         # stalls on kinks in most resamples, and the fallback then made it slower (benchmarks/fit_speed.py)
         if batched.supports(job.spec, job.objective) and not job.two_stage:
-            out[j][:] = batched.refit_batch(
-                job.theta, job.data, weight, job.spec, job.objective, job.two_stage
-            )
+            out[j][:] = batched.refit_batch(job.theta, job.data, weight, job.spec, job.objective)
             continue
         for i, w in enumerate(weight):  # the efficiency and penalty forms: one L-BFGS-B refit each
             out[j][i] = refit_any(job.theta, job.data.with_weight(w), job.spec, job.objective, job.two_stage)

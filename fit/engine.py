@@ -308,8 +308,8 @@ def bootstrap_strata(frame: pd.DataFrame, unit_of_row: np.ndarray) -> tuple[np.n
     (fit.bootstrap.draw_counts says why)."""
     if not {"format", "P"} <= set(frame.columns):
         return None, None
-    fmt = frame["format"].astype(str).str.lower()
-    fmt = fmt.where(~fmt.isin(ANCHOR_FORMATS), "anchor")  # bf16 and none are one anchor point per P
+    # the rows that join every per-format fit (bf16, none) are one anchor point per P
+    fmt = frame["format"].astype(str).str.lower().where(~_anchor_mask(frame), "anchor")
     point = (fmt + "@" + frame["P"].astype(str)).to_numpy()
     first_row = np.unique(unit_of_row, return_index=True)[1]
     stratum = np.unique(point[first_row], return_inverse=True)[1].reshape(-1)

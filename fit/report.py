@@ -1,7 +1,6 @@
 """A Markdown report of a precision-law study: data, fits with CIs and flags, extrapolation, the observed
 k-means − uniform gap, γ against 1-Bit Wonder, the recommendation across budgets, the figures, and the exact
-commands that produced it. Every number is computed here
-from fit.json and the runs table.
+commands that produced it. Every number is computed here from fit.json and the runs table.
 """
 
 from __future__ import annotations
