@@ -25,7 +25,16 @@ import numpy as np
 
 from fit.fitting import canonical
 from fit.law import FULL_P
-from fit.objective import FitData, LawSpec, Objective, _lse, _rho, log_terms, objective_and_grad
+from fit.objective import (
+    FitData,
+    LawSpec,
+    Objective,
+    _lse,
+    _rho,
+    log_terms,
+    objective_and_grad,
+    objective_batch,
+)
 from fit.staged import MIN_DISTINCT, anchor_data, n_base, refit_any, spec_bounds
 
 GTOL = 5e-11  # projected-gradient ∞-norm at which a resample has converged
@@ -98,15 +107,6 @@ def _derivatives(theta: np.ndarray, data: FitData, spec: LawSpec):
 def _gram(x: np.ndarray, weight: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Σ_rows weight·x yᵀ for (K, n, k) arrays: a stacked matrix product, one small product per resample."""
     return np.matmul((x * weight[:, :, None]).transpose(0, 2, 1), y)
-
-
-def values(theta: np.ndarray, weight: np.ndarray, data: FitData, spec: LawSpec, obj: Objective) -> np.ndarray:
-    """The objective at θ (K, k) under row weights (K, n): (K,), +inf where not finite."""
-    lse = _lse(*log_terms(theta, data, spec)[:3])[0]
-    value, _ = _rho(data.logL[None, :] - lse, obj)
-    with np.errstate(invalid="ignore", over="ignore"):
-        out = (value * weight).sum(axis=1)
-    return np.where(np.isfinite(out), out, np.inf)
 
 
 def value_grad_hess(
@@ -213,7 +213,7 @@ def _backtrack(theta, f, step, lo, hi, weight, data, spec, obj):
         if not len(todo):
             break
         trial = np.clip(theta[todo] + t[todo, None] * step[todo], lo[todo], hi[todo])
-        f_trial = values(trial, weight[todo], data, spec, obj)
+        f_trial = objective_batch(trial, data, spec, obj, weight=weight[todo])
         ok = f_trial < f[todo]
         new[todo[ok]], f_new[todo[ok]], moved[todo[ok]] = trial[ok], f_trial[ok], True
         todo = todo[~ok]

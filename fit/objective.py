@@ -127,9 +127,16 @@ def _lse(t1: np.ndarray, t2: np.ndarray, t3: np.ndarray) -> tuple[np.ndarray, tu
 
 
 def objective_batch(
-    thetas: np.ndarray, data: FitData, spec: LawSpec, obj: Objective, log_n: np.ndarray | None = None
+    thetas: np.ndarray,
+    data: FitData,
+    spec: LawSpec,
+    obj: Objective,
+    log_n: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Objective at many parameter vectors at once: thetas (S, k) -> (S,).  Used to screen the start grid.
+    """Objective at many parameter vectors at once: thetas (S, k) -> (S,).  Used to screen the start grid
+    and, with a row weight per vector (``weight`` (S, n); default ``data.weight``), by the batched bootstrap
+    refits (fit.batched).
 
     ``log_n`` (n,) is log N_eff when every θ shares the same γ and p0 (the screening loop passes it so the
     capacity factor is computed once per γ value, not once per start)."""
@@ -145,7 +152,7 @@ def objective_batch(
     resid = data.logL - lse if obj.space == "log" else data.L - np.exp(lse)
     value, _ = _rho(resid, obj)
     with np.errstate(invalid="ignore", over="ignore"):
-        out = (value * data.weight).sum(axis=1)  # (S,)
+        out = (value * (data.weight if weight is None else weight)).sum(axis=1)  # (S,)
     return np.where(np.isfinite(out), out, np.inf)
 
 
