@@ -295,9 +295,13 @@ class QuantLinear(nn.Linear):
         if self.kind == "kmeans" and self._codebook_key != codebook_key:
             self._codebook = codebook_lists(c)  # the one sync, after a fit or a load
             self._codebook_key = codebook_key
-        delta = fake_quantize(w, self.kind, self.bits, self.block_size, self.scale_mode, c,
-                              self.binary_mean, self._codebook) - w
-        buf = self.ste_weight
+        self.store_delta(fake_quantize(w, self.kind, self.bits, self.block_size, self.scale_mode, c,
+                                       self.binary_mean, self._codebook) - w)
+
+    @torch.no_grad()
+    def store_delta(self, delta: torch.Tensor) -> None:
+        """``ste_weight = w + delta`` (delta = q(w) − w, shaped like w), and mark it current."""
+        w, buf = self.weight, self.ste_weight
         if buf.shape == w.shape and buf.dtype == w.dtype and buf.device == w.device:
             torch.add(w, delta, out=buf)  # in place: a compiled graph holds this buffer as an input
         else:

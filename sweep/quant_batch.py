@@ -91,12 +91,7 @@ def _update_chunk(modules: list[QuantLinear]) -> None:
         quantized_blocks = fake_quantize(blocks, kind, bits, block_size, mode, binary_mean=first.binary_mean)
     deltas = quantized_blocks.sub_(blocks).split(counts)  # q - w, as the per-tensor path
     for module, w, delta in zip(modules, weights, deltas, strict=True):
-        buf = module.ste_weight
-        if buf.shape == w.shape and buf.dtype == w.dtype and buf.device == w.device:
-            torch.add(w, delta.view_as(w), out=buf)  # in place: a compiled graph holds this buffer
-        else:
-            module.ste_weight = w + delta.view_as(w)
-        module._delta_key = module._version_key()
+        module.store_delta(delta.view_as(w))
 
 
 @torch.no_grad()
