@@ -9,10 +9,11 @@ same shapes on this machine. On CUDA it also prints MFU against a peak you pass 
 SXM dense bf16 ≈ 989). Targets (issues 6, 12): QAT overhead ≤ 5 % at every CPU rung, k-means fit ≤ 1 s per
 1M weights, ≥ 50 % of torch.mm on CPU, MFU ≥ 40 % on a GPU at ~100M parameters. The points are timed
 interleaved, step by step, so load on a shared machine falls on all of them alike. Each step begins with
-``quant.update`` (the batched quantization), as the training loop's does. Latest figures (2026-12-02, load
-1.0-1.4, batch 1024): QAT overhead k-means +5 … +25 %, uniform +1 … +15 % (r49k, r111k, r786k; r295k
-swung −10 … +31 %), so the ≤ 5 % target is not met yet; docs/method.md ("CPU QAT overhead") has the
-table and where the time goes.
+``quant.update`` (the batched quantization), as the training loop's does.
+Latest figures (2026-12-02, idle, batch 1024, after the StraightThrough node
+was replaced by ``w + delta``): QAT overhead k-means +8 … +18 %, uniform +7 … +11 % over r49k … r786k,
+so the ≤ 5 % target is not met yet; docs/method.md ("CPU QAT overhead") has the table and where the
+time goes.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def _update_chunk(modules: list[QuantLinear]) -> None:
 
 @torch.no_grad()
 def update(quantized: list[tuple[str, QuantLinear]], max_elements: int = CHUNK_ELEMENTS) -> None:
-    """Recompute ``ste_weight = w + (q(w) - w)`` for every switched-on module whose weight or codebook
+    """Recompute ``ste_delta = q(w) - w`` for every switched-on module whose weight or codebook
     changed since its last quantization, batched per quantizer group in chunks of `max_elements`."""
     groups: dict[tuple, list[QuantLinear]] = {}
     for _, module in quantized:

@@ -259,5 +259,5 @@ def test_weight_update_invalidates_the_cache_and_load_restores_the_flag() -> Non
     assert not fresh_quantized[0][1].enabled
     fresh.load_state_dict(model.state_dict())
     assert all(m.enabled for _, m in fresh_quantized)  # the Python flag follows the loaded buffer
-    assert "layers.0.attention.wq.ste_weight" not in model.state_dict()  # the cache is not checkpointed
+    assert "layers.0.attention.wq.ste_delta" not in model.state_dict()  # the cache is not checkpointed
     torch.testing.assert_close(fresh(torch.arange(16)[None]), model(torch.arange(16)[None]))

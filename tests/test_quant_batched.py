@@ -35,7 +35,7 @@ def per_tensor(modules: list[tuple[str, quant.QuantLinear]]) -> list[torch.Tenso
                                        m.binary_mean))
         m._delta_key = None
         m.update_quantized()
-        out.append(m.ste_weight.clone())
+        out.append(m.ste_weight().clone())
     return out
 
 
@@ -55,7 +55,7 @@ def test_batched_update_equals_per_tensor(fmt: str, bits: int, scale: str, mean:
     for max_elements in (quant_batch.CHUNK_ELEMENTS, 8192):  # one batch; several chunks, a lone tensor
         for _, m in modules:
             m._delta_key = None
-            m.ste_weight.zero_()
+            m.ste_delta.zero_()
         quant_batch.update(modules, max_elements)
         check(modules, expected, (fmt, bits, scale, mean, max_elements))
 
@@ -63,9 +63,9 @@ def test_batched_update_equals_per_tensor(fmt: str, bits: int, scale: str, mean:
 def check(modules: list[tuple[str, quant.QuantLinear]], expected: list[torch.Tensor], case: tuple) -> None:
     for index, (_, m) in enumerate(modules):
         fq, ste = expected[2 * index], expected[2 * index + 1]
-        assert torch.equal(m.ste_weight, ste), (case, index)
-        # the buffer holds w + (q - w); its bits must match the per-tensor buffer's, sign of zero included
-        assert torch.equal(m.ste_weight.view(torch.int32), ste.view(torch.int32))
+        assert torch.equal(m.ste_weight(), ste), (case, index)
+        # forward uses w + (q - w); its bits must match the per-tensor path's, sign of zero included
+        assert torch.equal(m.ste_weight().view(torch.int32), ste.view(torch.int32))
         assert torch.equal(fq, quant.fake_quantize(m.weight, m.kind, m.bits, m.block_size, m.scale_mode,
                                                    m.centroids, m.binary_mean))
 
@@ -74,20 +74,20 @@ def test_batched_update_skips_fresh_and_disabled_modules() -> None:
     config = quant.QuantConfig(format="kmeans", bits=2)
     modules = make_modules(config)
     quant.update(modules)
-    buffers = [m.ste_weight.data_ptr() for _, m in modules]
+    buffers = [m.ste_delta.data_ptr() for _, m in modules]
     modules[1][1].set_enabled(False)
     with torch.no_grad():
         modules[2][1].weight.mul_(1.5)  # only this one is stale
-    before = [m.ste_weight.clone() for _, m in modules]
+    before = [m.ste_delta.clone() for _, m in modules]
     quant.update(modules)
-    assert [m.ste_weight.data_ptr() for _, m in modules] == buffers  # written in place
+    assert [m.ste_delta.data_ptr() for _, m in modules] == buffers  # written in place
     for index, (_, m) in enumerate(modules):
         if index != 2:
-            assert torch.equal(m.ste_weight, before[index])
+            assert torch.equal(m.ste_delta, before[index])
     m = modules[2][1]
     expected = m.weight + (quant.fake_quantize(m.weight, m.kind, m.bits, m.block_size, m.scale_mode,
                                                m.centroids) - m.weight)
-    assert torch.equal(m.ste_weight, expected)
+    assert torch.equal(m.ste_weight(), expected)
 
 
 def train_losses(fmt: str, bits: int, batched_update: bool, steps: int = 6) -> list[float]:
@@ -130,4 +130,4 @@ def test_refitted_codebook_is_used() -> None:
     for _, m in modules:
         expected = m.weight + (quant.fake_quantize(m.weight, m.kind, m.bits, m.block_size, m.scale_mode,
                                                    m.centroids) - m.weight)
-        assert torch.equal(m.ste_weight, expected)
+        assert torch.equal(m.ste_weight(), expected)

@@ -226,15 +226,22 @@ def test_submitit_timeout_signal_requeues_and_resumes(reference, tmp_path) -> No
 
     from sweep.train import TrainJob
 
-    cfg = config("point=kmeans2", "train.tokens=2048000", "train.eval_every=500",
+    # timeout 30 s, SIGUSR2 5 s before it: each attempt is stopped ~25 s in (2.5 s of it start-up idle,
+    # ~6 s under load). submitit's local controller allows 6 attempts in all (max_retry, hard-coded). A
+    # fixed step count was wrong on some machine: 2000 steps took 3 attempts at load 0.9 (~42 steps/s) but
+    # finished inside the first attempt on an idle new machine (~90 steps/s). So the run is sized to ~40 s
+    # of this machine's measured speed: 2-3 attempts at that speed, <= 5 if it halves meanwhile.
+    calibration_steps = 200
+    start = time.perf_counter()
+    train(config("point=kmeans2", f"train.tokens={calibration_steps * 1024}", "train.eval_every=500"),
+          tmp_path / "calibration")
+    steps_per_s = calibration_steps / (time.perf_counter() - start)
+    steps = min(max(round(40 * steps_per_s), 1000), 8000)
+    cfg = config("point=kmeans2", f"train.tokens={steps * 1024}", "train.eval_every=500",
                  "train.checkpoint_every_s=1e9")
     uninterrupted = train(cfg, tmp_path / "uninterrupted")
     # a generous requeue budget: on a loaded machine an attempt makes ~90 steps, not ~400
     executor = submitit.LocalExecutor(folder=tmp_path / "submitit", max_num_timeout=40)
-    # timeout 30 s, SIGUSR2 5 s before it: each attempt is stopped ~25 s in (2.5 s of it start-up idle,
-    # ~6 s under load). submitit's local controller allows 6 attempts in all (max_retry, hard-coded): the
-    # 2000-step run took 3 attempts at load 0.9 here (~42 steps/s; a 4000-step one took 5), so >= 2 on a
-    # faster machine and <= 5 on a loaded one (the old 12 s attempts ran out whenever the machine was busy)
     executor.update_parameters(timeout_min=0.5, signal_delay_s=5)
     job = executor.submit(TrainJob(cfg, tmp_path / "run"))
     result = job.result()
