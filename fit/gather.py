@@ -108,6 +108,28 @@ def _identity_mismatch(meta: dict[str, Any], config: dict[str, Any] | None) -> s
             "run; move this dir aside and re-run its sweep to train it again")
 
 
+def read_config(run_dir: Path, warnings: list[str]) -> tuple[dict[str, Any], Path | None]:
+    """The run's resolved config and the file it came from: config.json (jobs since 2026-12-02 write it
+    beside config.yaml; JSON parses ~20x faster than YAML is constructed), else config.yaml (older run
+    dirs), else Hydra's composed copy (a job that died before writing either); ({}, None) without any."""
+    json_path = run_dir / contract.CONFIG_JSON
+    if json_path.is_file():
+        loaded = contract.read_json(json_path)
+        if loaded is not None:
+            return loaded, json_path
+        warnings.append(f"{json_path}: unreadable, torn or not a JSON object; read config.yaml instead")
+    for path in (run_dir / contract.CONFIG, run_dir / contract.HYDRA_CONFIG):
+        if not path.is_file():
+            continue
+        try:
+            loaded = yaml.load(path.read_text(), Loader=SAFE_LOADER)  # a safe loader: plain data only
+        except (OSError, yaml.YAMLError) as err:
+            warnings.append(f"{path}: unreadable ({str(err).splitlines()[0]}); config columns empty")
+            return {}, path
+        return (loaded if isinstance(loaded, dict) else {}), path
+    return {}, None
+
+
 def read_run(run_dir: Path, sweep: Path, n_convention: str, result: Gathered, include_all: bool) -> None:
     """Append the run's row to ``result.rows``, or record why it is skipped."""
     meta = contract.read_json(run_dir / contract.RUN)
@@ -130,19 +152,9 @@ def read_run(run_dir: Path, sweep: Path, n_convention: str, result: Gathered, in
         result.skipped.append(Skipped(run_dir, status, str(summary.get("reason") or "no reason recorded")))
         if not include_all:
             return
-    config: dict[str, Any] = {}
-    config_path = run_dir / contract.CONFIG
-    if not config_path.is_file():  # a job that died before writing it: Hydra's composed copy is the next best
-        config_path = run_dir / contract.HYDRA_CONFIG
-    if config_path.is_file():
-        try:
-            loaded = yaml.load(config_path.read_text(), Loader=SAFE_LOADER)  # a safe loader: plain data only
-            config = loaded if isinstance(loaded, dict) else {}
-        except (OSError, yaml.YAMLError) as err:
-            result.warnings.append(
-                f"{config_path}: unreadable ({str(err).splitlines()[0]}); config columns empty"
-            )
-    mismatch = _identity_mismatch(meta, config if config_path.name == contract.CONFIG else None)
+    config, config_path = read_config(run_dir, result.warnings)
+    own = config_path is not None and config_path.name in (contract.CONFIG, contract.CONFIG_JSON)
+    mismatch = _identity_mismatch(meta, config if own else None)
     if mismatch:
         # never a row, even with --all: its numbers would be filed under another run's id, format and bits
         result.skipped.append(Skipped(run_dir, MISMATCHED, mismatch))

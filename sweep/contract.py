@@ -24,6 +24,7 @@ from typing import Any
 
 # ----------------------------------------------------------------------------- file names
 CONFIG = "config.yaml"        # the resolved config of the run
+CONFIG_JSON = "config.json"   # the same config as JSON: what gather reads (YAML construction was 55 % of it)
 RUN = "run.json"              # identity, written at start (run_id, format, bits, P_w, counts, D, seed, ...)
 METRICS = "metrics.jsonl"     # one JSON object per log step
 SUMMARY = "summary.json"      # written last: status completed | diverged | failed, final_val_loss, ...

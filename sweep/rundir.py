@@ -1,5 +1,5 @@
-"""The training side of the run dir: the metrics log. File names, atomic writes and the run id are the
-run-dir contract (sweep/contract.py), shared with fit/.
+"""The training side of the run dir: the resolved config and the metrics log. File names, atomic writes and
+the run id are the run-dir contract (sweep/contract.py), shared with fit/.
 
 ``metrics.jsonl`` is appended line by line (flushed); on resume it is cut back to the checkpoint's step so no
 step appears twice.
@@ -9,8 +9,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from sweep.contract import atomic_write_text, read_jsonl
+from omegaconf import OmegaConf
+
+from sweep.contract import CONFIG, CONFIG_JSON, atomic_write_json, atomic_write_text, read_jsonl
+
+
+def write_config(run_dir: Path, config: dict[str, Any]) -> None:
+    """The run's resolved config twice: config.yaml for people, config.json for gather (the same plain data;
+    json parses ~20x faster than YAML is constructed: 10,000 run dirs were 1.8 s of YAML, measured).
+    JSON first, so a dir with config.yaml always has its JSON twin."""
+    plain = OmegaConf.to_container(OmegaConf.create(config))
+    atomic_write_json(run_dir / CONFIG_JSON, plain)
+    atomic_write_text(run_dir / CONFIG, OmegaConf.to_yaml(OmegaConf.create(plain)))
 
 
 class MetricsLog:

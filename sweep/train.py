@@ -22,19 +22,16 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 from sweep import branches as branching
 from sweep import checkpoint, data, distributed, export, meters, quant
 from sweep.config import ConfigError, JobConfig, default_threads, from_dict, resolve_device
 from sweep.contract import (
     CHECKPOINT,
-    CONFIG,
     METRICS,
     RUN,
     SUMMARY,
     atomic_write_json,
-    atomic_write_text,
     compute_run_id,
     read_json,
 )
@@ -48,7 +45,7 @@ from sweep.loop import (
     steps_from,
 )
 from sweep.model import Llama, param_counts
-from sweep.rundir import MetricsLog
+from sweep.rundir import MetricsLog, write_config
 from sweep.wandb_logger import WandbLogger
 
 log = logging.getLogger("sweep.train")
@@ -253,7 +250,7 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
                  f" (branch {progress['branch']['name']})" if progress.get("branch") else "")
     resume_branch = progress.pop("branch", None)
     if dist_info.is_main:
-        atomic_write_text(run_dir / CONFIG, OmegaConf.to_yaml(OmegaConf.create(job.raw)))
+        write_config(run_dir, job.raw)
         (run_dir / SUMMARY).unlink(missing_ok=True)  # a failed attempt's summary: this one is running
         if mode == "resume":
             # inside a branch the trunk stopped at the fork: its log ends there
@@ -288,7 +285,7 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
             info.pop(key, None)
         if completed:
             info["export"] = export.export(model, quantized, q, counts, branch_dir if t.save_export else None)
-        atomic_write_text(branch_dir / CONFIG, OmegaConf.to_yaml(OmegaConf.create(config)))
+        write_config(branch_dir, config)
         atomic_write_json(branch_dir / RUN, info)
         atomic_write_json(branch_dir / SUMMARY, {
             "status": outcome.status, "final_val_loss": final if completed else None,

@@ -70,12 +70,16 @@ def _assert_no_worse(new, old, data, weight, spec, two_stage=False):
     assert ok.all(), (f_new - f_old)[~ok]
 
 
-def _ci_close(new, old, spec, tol=0.05):
+def _ci_close(new, old, spec, tol=0.05, same=None):
+    """The 95 % intervals of both sets of draws agree to `tol` of their width; `same` (bool per draw)
+    restricts them to the draws where both reached the same objective (elsewhere the batched draw is
+    strictly better, and the L-BFGS-B draw is not the resample's optimum)."""
+    keep = np.ones(len(new), dtype=bool) if same is None else same
     for name in ("A", "B", "E", "alpha", "beta", "gamma"):
         if name == "gamma" and not spec.precision:
             continue
-        a = np.array([named_params(t, spec)[0][name] for t in old if np.isfinite(t).all()])
-        b = np.array([named_params(t, spec)[0][name] for t in new if np.isfinite(t).all()])
+        a = np.array([named_params(t, spec)[0][name] for t in old[keep] if np.isfinite(t).all()])
+        b = np.array([named_params(t, spec)[0][name] for t in new[keep] if np.isfinite(t).all()])
         lo_a, hi_a = np.percentile(a, [2.5, 97.5])
         lo_b, hi_b = np.percentile(b, [2.5, 97.5])
         assert max(abs(lo_a - lo_b), abs(hi_a - hi_b)) < tol * (hi_a - lo_a), name
@@ -212,4 +216,10 @@ def test_demo_table_no_draw_worse_and_same_intervals():
         weight = job.data.weight[None, :] * counts[:, units][:, job.row_ids]
         new, old = _both(theta, job.data, weight, job.spec)
         _assert_no_worse(new, old, job.data, weight, job.spec)
-        _ci_close(new, old, job.spec)
+        f_new = _objectives(new, job.data, weight, job.spec)
+        f_old = _objectives(old, job.data, weight, job.spec)
+        better = f_new < f_old - 1e-9 * (1 + np.abs(f_old))
+        # one uniform resample of these 100 (2026-12-02): 0.4 % lower objective, α 0.59 vs 0.71, where the
+        # L-BFGS-B refit stopped short; the intervals are compared where both found the same optimum
+        assert better.sum() <= 3
+        _ci_close(new, old, job.spec, same=~better)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -51,8 +52,12 @@ def reference(tmp_path_factory) -> tuple[Path, dict]:
 def test_a_run_learns_and_writes_a_complete_run_dir(reference) -> None:
     run_dir, summary = reference
     assert summary["status"] == "completed"
-    assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "run.json", "metrics.jsonl", "summary.json",
-                                                     "export.pt"}
+    assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "config.json", "run.json", "metrics.jsonl",
+                                                     "summary.json", "export.pt"}
+    # the JSON twin gather reads is the same plain data as the YAML, and gives the run's id
+    resolved = json.loads((run_dir / "config.json").read_text())
+    assert resolved == yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert compute_run_id(resolved) == json.loads((run_dir / "run.json").read_text())["run_id"]
     run = json.loads((run_dir / "run.json").read_text())
     for key in ("run_id", "format", "bits", "P_w", "N_total", "N_nonembed", "N_quant", "N_hp", "D", "seed",
                 "git_sha", "corpus_sha256", "torch_version", "host", "slurm_job_id", "submitit_job_id",
