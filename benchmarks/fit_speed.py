@@ -11,18 +11,20 @@
 2. Precision law on a 200-run synthetic grid: one fit, then 1000 bootstrap refits on 1 and 2 workers, and
    the cost of one objective evaluation (what L-BFGS-B pays hundreds of times per refit).
 3. The demo table (results/demo/runs.csv, 108 runs, --law precision --by format): the bootstrap per format
-   with 2 workers, every resample by L-BFGS-B (fit.staged.refit_any: before) and by fit/batched.py's
+   with 2 workers, every resample by L-BFGS-B (fit.solve.staged.refit_any: before) and by
+   fit/solve/batched.py's
    batched Newton refit with its L-BFGS-B fallback (after), same resamples, and the 95 % CIs of both side
    by side.  ``--demo-resamples`` (default 200) sets K; the figure is scaled to seconds per 1000 resamples
    per format (issue 14's target: <= 10 s); ``--two-stage`` times the two-stage fit, whose bootstrap
    keeps L-BFGS-B (both lines then take that path).  Measured, K = 200, 2 cores: joint 55.2 s -> 29.8 s
    per format per 1000 at load 1.9 (two bootstrap chunks per worker; 228.0 -> 194.2 s at load 6.2-6.6
    with chunks of 50), CIs moved <= 1.5e-4 of their width; two-stage through refit_batch, before
-   fit.bootstrap stopped using it there, load 4.4-5.3: 90.6 s -> 104.4 s.  The whole
+   fit.solve.bootstrap stopped using it there, load 4.4-5.3: 90.6 s -> 104.4 s.  The whole
    `bitlaw fit ... --bootstrap 1000`: 3 min 52 s (user 3:04, load ~3) -> 1 min 18 s (user 1:38, load ~2.6).
-   With up to 5000 Newton steps (fit/batched.py MAX_ITER; 2026-12-02, load 1.4): 28.3 s per format per 1000
+   With up to 5000 Newton steps (fit/solve/batched.py MAX_ITER; 2026-12-02, load 1.4): 28.3 s per format per
+   1000
    (L-BFGS-B alone 44.9 s), and the whole command 44 s idle (60 s with the 500-step cap).  With the
-   Levenberg-Marquardt damping and floor stalls kept (fit/batched.py FLOOR_GTOL; a new, faster machine,
+   Levenberg-Marquardt damping and floor stalls kept (fit/solve/batched.py FLOOR_GTOL; a new, faster machine,
    K = 1000, load 0.6-1.3): 7.1 -> 3.4 s per format per 1000 (L-BFGS-B alone 15.7 s).
 4. ``bitlaw gather`` of 10,000 synthetic run dirs written in a temp dir with the run-dir contract's own
    writers (run.json, summary.json, metrics.jsonl, config.json + config.yaml), against a plain reader of
@@ -44,10 +46,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fit.bootstrap import BootJob, run_bootstrap
-from fit.fitting import fit_law
-from fit.objective import FitData, LawSpec, Objective, named_params, objective_and_grad
-from fit.simulate import KMEANS_TRUTH, simulate
+from fit.data.simulate import KMEANS_TRUTH, simulate
+from fit.solve.bootstrap import BootJob, run_bootstrap
+from fit.solve.objective import FitData, LawSpec, Objective, named_params, objective_and_grad
+from fit.solve.optimize import fit_law
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "epoch_chinchilla_svg_extracted_data.csv"
 
@@ -175,13 +177,15 @@ def main() -> None:
 
 
 def demo_bootstrap_section(resamples: int, two_stage: bool = False) -> None:
-    """Before/after on the demo table, same draws: every resample by L-BFGS-B (fit.staged.refit_any, the path
-    before fit/batched.py) and by the batched Newton refit with its L-BFGS-B fallback; CIs side by side."""
-    import fit.bootstrap
-    from fit.bootstrap import percentile_ci
-    from fit.engine import FitOptions, bootstrap_strata, bootstrap_units, build_jobs
-    from fit.staged import fit_any, params_of
-    from fit.table import load_table
+    """Before/after on the demo table, same draws: every resample by L-BFGS-B (fit.solve.staged.refit_any,
+    the path
+    before fit/solve/batched.py) and by the batched Newton refit with its L-BFGS-B fallback; CIs side by
+    side."""
+    import fit.solve.bootstrap
+    from fit.data.table import load_table
+    from fit.solve.bootstrap import percentile_ci
+    from fit.solve.pipeline import FitOptions, bootstrap_strata, bootstrap_units, build_jobs
+    from fit.solve.staged import fit_any, params_of
 
     path = Path(__file__).resolve().parents[1] / "results" / "demo" / "runs.csv"
     if not path.is_file():
@@ -199,17 +203,17 @@ def demo_bootstrap_section(resamples: int, two_stage: bool = False) -> None:
     ]
     kind = "two-stage" if two_stage else "joint"
     print(f"\nDemo table, {len(table.frame)} runs, precision law ({kind}), bootstrap x{resamples}, 2 workers")
-    supports = fit.bootstrap.batched.supports
+    supports = fit.solve.bootstrap.batched.supports
     draws = {}
     for label, batched_on in (("before (L-BFGS-B)", False), ("after (batched)", True)):
-        fit.bootstrap.batched.supports = supports if batched_on else (lambda spec, obj: False)
+        fit.solve.bootstrap.batched.supports = supports if batched_on else (lambda spec, obj: False)
         start = time.perf_counter()
         draws[label] = run_bootstrap(
             boot, units, resamples, seed=0, workers=2, progress=False, stratum_of_unit=strata
         )
         per_format = (time.perf_counter() - start) / len(boot) * 1000 / resamples
         print(f"  {label:18s} {per_format:7.1f} s per format per 1000 resamples  ({load_average()})")
-    fit.bootstrap.batched.supports = supports
+    fit.solve.bootstrap.batched.supports = supports
     for job, old, new in zip(jobs, *draws.values(), strict=True):
         for group, name in enumerate(job.names):
             for key in params_of(old[0], job.spec)[group]:
@@ -292,7 +296,7 @@ def plain_read(root: Path) -> int:
 
 
 def gather_section(n_runs: int) -> None:
-    from fit.gather import gather
+    from fit.data.gather import gather
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "sweep"
@@ -308,7 +312,7 @@ def gather_section(n_runs: int) -> None:
         result = gather([root])
         t_gather = time.perf_counter() - start
         print(
-            f"  fit.gather.gather    {t_gather:8.2f} s  ({len(result.rows)} rows, "
+            f"  fit.data.gather.gather    {t_gather:8.2f} s  ({len(result.rows)} rows, "
             f"{len(result.skipped)} skipped)  ({load_average()})"
         )
         print(f"  plain reader         {t_plain:8.2f} s  (json + C-yaml, same files)  ({load_average()})")

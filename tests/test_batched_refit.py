@@ -1,6 +1,8 @@
-"""fit/batched.py: the batched Newton bootstrap refit against the L-BFGS-B path it replaces (issue 14 item 7).
+"""fit/solve/batched.py: the batched Newton bootstrap refit against the L-BFGS-B path it replaces (issue 14
+item 7).
 
-No resample may end at a higher objective than fit.staged.refit_any's, the percentile intervals must agree,
+No resample may end at a higher objective than fit.solve.staged.refit_any's, the percentile intervals must
+agree,
 and the draws must not depend on how the resamples are chunked.
 """
 
@@ -12,12 +14,12 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from fit import batched
-from fit.bootstrap import BootJob, draw_counts, run_bootstrap
-from fit.fitting import BLAS_LIMIT, GAMMA_BOUNDS
-from fit.objective import FitData, LawSpec, Objective, named_params, objective_and_grad
-from fit.simulate import KMEANS_TRUTH, simulate
-from fit.staged import anchor_data, fit_any, n_base, refit_any
+from fit.data.simulate import KMEANS_TRUTH, simulate
+from fit.solve import batched
+from fit.solve.bootstrap import BootJob, draw_counts, run_bootstrap
+from fit.solve.objective import FitData, LawSpec, Objective, named_params, objective_and_grad
+from fit.solve.optimize import BLAS_LIMIT, GAMMA_BOUNDS
+from fit.solve.staged import anchor_data, fit_any, n_base, refit_any
 
 DEMO = Path(__file__).resolve().parents[1] / "results" / "demo" / "runs.csv"
 OBJ = Objective()
@@ -203,8 +205,8 @@ def test_draws_do_not_depend_on_chunks_or_workers():
 def test_demo_table_no_draw_worse_and_same_intervals():
     """results/demo/runs.csv (108 runs; each format's fit sees its 48 rows + 12 bf16 anchors), 100
     stratified resamples per format: the acceptance check of issue 14 item 7."""
-    from fit.engine import FitOptions, bootstrap_strata, bootstrap_units, build_jobs
-    from fit.table import load_table
+    from fit.data.table import load_table
+    from fit.solve.pipeline import FitOptions, bootstrap_strata, bootstrap_units, build_jobs
 
     table = load_table(DEMO, require=("N", "D", "loss", "P", "format"))
     opts = FitOptions(law="precision", by="format")

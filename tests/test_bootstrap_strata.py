@@ -1,12 +1,12 @@
-"""Stratified bootstrap: every resample keeps the design's points (fit.engine.bootstrap_strata)."""
+"""Stratified bootstrap: every resample keeps the design's points (fit.solve.pipeline.bootstrap_strata)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from fit.bootstrap import draw_counts
-from fit.engine import bootstrap_strata, bootstrap_units
+from fit.solve.bootstrap import draw_counts
+from fit.solve.pipeline import bootstrap_strata, bootstrap_units
 
 
 def _grid() -> pd.DataFrame:

@@ -116,7 +116,7 @@ def test_plan_sorts_branches_and_places_each_fork_at_its_decay() -> None:
 
 
 def test_gather_gives_one_row_per_branch_and_trunk_with_the_trunk_named(branched) -> None:
-    from fit.gather import gather
+    from fit.data.gather import gather
 
     result = gather([branched])
     assert not result.skipped, result.skipped

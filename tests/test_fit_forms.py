@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 
 from bitlaw import cli
-from fit.bootstrap import draw_counts
-from fit.engine import FitOptions, bootstrap_units, run_fits
-from fit.forms import FormSpec, assign_slots, objective_and_grad
+from fit.data.simulate import KMEANS_TRUTH, default_grid, simulate
+from fit.data.table import prepare_table
 from fit.law import capacity, predict_loss
-from fit.objective import FitData, Objective
-from fit.simulate import KMEANS_TRUTH, default_grid, simulate
-from fit.table import prepare_table
+from fit.solve.bootstrap import draw_counts
+from fit.solve.forms import FormSpec, assign_slots, objective_and_grad
+from fit.solve.objective import FitData, Objective
+from fit.solve.pipeline import FitOptions, bootstrap_units, run_fits
 
 PRECISION = ("N", "D", "loss", "P", "format")
 CHINCHILLA = ("A", "B", "E", "alpha", "beta")
@@ -230,8 +230,8 @@ def test_predict_serves_the_new_forms_and_refuses_what_cannot_apply(capsys, tmp_
 
 
 def test_compare_forms_ranks_the_true_form_first_and_refuses_unlike_fits() -> None:
-    from fit.compare import compare_forms
     from fit.errors import InputError
+    from fit.solve.compare import compare_forms
 
     N, D = default_grid(6, 4)
     for truth, law in ((PENALTY_TRUTH, "penalty"), (KMEANS_TRUTH, "precision")):

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from bitlaw import cli
-from fit.simulate import KMEANS_TRUTH, simulate
+from fit.data.simulate import KMEANS_TRUTH, simulate
 
 
 @pytest.fixture()

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from bitlaw import cli
-from fit.engine import FitOptions, run_fits
-from fit.fitting import fit_law
-from fit.objective import FitData, LawSpec, Objective, named_params
-from fit.table import prepare_table
+from fit.data.table import prepare_table
+from fit.solve.objective import FitData, LawSpec, Objective, named_params
+from fit.solve.optimize import fit_law
+from fit.solve.pipeline import FitOptions, run_fits
 
 DATA = Path(__file__).parent / "data"
 
@@ -52,7 +52,7 @@ def test_scipy_default_tolerances_would_stop_early_but_ours_do_not(epoch_fit) ->
     """The trap of reference/fitting.md §4.1, kept as a test so nobody 'simplifies' the tolerances away."""
     from scipy.optimize import minimize
 
-    from fit.objective import objective_and_grad
+    from fit.solve.objective import objective_and_grad
 
     frame, result = epoch_fit
     data = FitData(frame["N"], frame["D"], frame["loss"])

@@ -15,12 +15,21 @@ import numpy as np
 import pytest
 import yaml
 
-import fit.fitting
-import fit.gather
-from fit.bootstrap import BootJob, run_bootstrap
-from fit.fitting import fit_law
-from fit.objective import FitData, LawSpec, Objective, _lse, _rho, _unpack, log_terms, objective_and_grad
-from fit.simulate import KMEANS_TRUTH, simulate
+import fit.data.gather
+import fit.solve.optimize
+from fit.data.simulate import KMEANS_TRUTH, simulate
+from fit.solve.bootstrap import BootJob, run_bootstrap
+from fit.solve.objective import (
+    FitData,
+    LawSpec,
+    Objective,
+    _lse,
+    _rho,
+    _unpack,
+    log_terms,
+    objective_and_grad,
+)
+from fit.solve.optimize import fit_law
 from sweep.contract import atomic_write_json, atomic_write_text, compute_run_id
 
 
@@ -86,7 +95,7 @@ def test_bootstrap_draws_identical_to_batch_objective(monkeypatch):
     theta = fit_law(data, spec, obj).theta
     job = BootJob(data, spec, obj, theta, rows)
     fast = run_bootstrap([job], rows, 40, seed=7, workers=1, progress=False)[0]
-    monkeypatch.setattr(fit.fitting, "objective_and_grad", batch_objective_and_grad)
+    monkeypatch.setattr(fit.solve.optimize, "objective_and_grad", batch_objective_and_grad)
     slow = run_bootstrap([job], rows, 40, seed=7, workers=1, progress=False)[0]
     assert np.isfinite(fast).all()
     np.testing.assert_array_equal(fast, slow)
@@ -113,9 +122,9 @@ def test_gather_rows_identical_with_either_yaml_loader(tmp_path: Path, monkeypat
         lines = [json.dumps({"step": s, "val_loss": 3.0 - s / 10}) for s in range(3)]
         atomic_write_text(run_dir / "metrics.jsonl", "\n".join(lines) + "\n")
         atomic_write_json(run_dir / "summary.json", {"status": "completed", "final_val_loss": 2.8})
-    fast = fit.gather.gather([tmp_path]).rows
-    monkeypatch.setattr(fit.gather, "SAFE_LOADER", yaml.SafeLoader)
-    slow = fit.gather.gather([tmp_path]).rows
+    fast = fit.data.gather.gather([tmp_path]).rows
+    monkeypatch.setattr(fit.data.gather, "SAFE_LOADER", yaml.SafeLoader)
+    slow = fit.data.gather.gather([tmp_path]).rows
     assert len(fast) == 3
     assert fast == slow
     assert fast[0]["train.lr"] == 0.003 and fast[0]["quant.scale"] is None
@@ -129,19 +138,20 @@ def test_gather_identity_check_uses_the_fast_loader(tmp_path: Path):
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config))
     atomic_write_json(run_dir / "run.json", {"run_id": compute_run_id(config), "format": "none", "P_w": 16.0})
     atomic_write_json(run_dir / "summary.json", {"status": "completed", "final_val_loss": 2.5})
-    result = fit.gather.gather([tmp_path])
+    result = fit.data.gather.gather([tmp_path])
     assert [r["run"] for r in result.rows] == [compute_run_id(config)] and not result.skipped
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)
 @pytest.mark.parametrize("obj", OBJECTIVES[:2] + OBJECTIVES[3:], ids=lambda o: f"{o.loss}-{o.space}")
 def test_lean_lbfgsb_is_scipy_minimize_bit_for_bit(spec, obj):
-    """fit.lbfgsb drives scipy's own L-BFGS-B routine without minimize's wrapper: same iterates, so the same
+    """fit.solve.lbfgsb drives scipy's own L-BFGS-B routine without minimize's wrapper: same iterates, so the
+    same
     x, objective, iteration count and message as minimize(method="L-BFGS-B"), cold and warm."""
     from scipy.optimize import minimize
 
-    from fit.fitting import bounds
-    from fit.lbfgsb import minimize_lbfgsb
+    from fit.solve.lbfgsb import minimize_lbfgsb
+    from fit.solve.optimize import bounds
 
     runs, rng = _runs(), np.random.default_rng(5)
     group = np.arange(len(runs)) % 2 if spec.n_gamma == 2 else None

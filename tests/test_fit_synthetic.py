@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fit.engine import FitOptions, run_fits
-from fit.fitting import fit_law
-from fit.objective import FitData, LawSpec, Objective, named_params, objective_and_grad
-from fit.simulate import KMEANS_TRUTH, default_grid, simulate
-from fit.table import prepare_table
+from fit.data.simulate import KMEANS_TRUTH, default_grid, simulate
+from fit.data.table import prepare_table
+from fit.solve.objective import FitData, LawSpec, Objective, named_params, objective_and_grad
+from fit.solve.optimize import fit_law
+from fit.solve.pipeline import FitOptions, run_fits
 
 PRECISION = ("N", "D", "loss", "P")
 
@@ -192,10 +192,11 @@ def test_asymmetric_loss_fits_the_lower_envelope() -> None:
 def test_default_grid_not_trapped_by_a_dead_term_on_a_demo_sized_table() -> None:
     """Reported: on a demo-sized synthetic table the default grid's 8 best-screened starts were all
     a = 0, α = 2 (the N term ~0 on every row), and every one stayed in that basin: objective 0.0035 where
-    the coarse grid reached 0.00016.  The screen now keeps one start per exponent cell (fit.fitting)."""
-    from fit.fitting import fit_law
-    from fit.objective import FitData, LawSpec, Objective
-    from fit.simulate import KMEANS_TRUTH, simulate
+    the coarse grid reached 0.00016.  The screen now keeps one start per exponent cell
+    (fit.solve.optimize)."""
+    from fit.data.simulate import KMEANS_TRUTH, simulate
+    from fit.solve.objective import FitData, LawSpec, Objective
+    from fit.solve.optimize import fit_law
 
     runs = simulate(KMEANS_TRUTH, [24576, 36864, 49152, 98304], [100352, 251904, 751616], noise=0.005, seed=1)
     data = FitData(runs["N"], runs["D"], runs["loss"], runs["P"])

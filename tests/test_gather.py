@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from bitlaw import cli
+from fit.data.simulate import KMEANS_TRUTH
 from fit.law import predict_loss
-from fit.simulate import KMEANS_TRUTH
 from sweep.contract import compute_run_id
 
 SIZES = {"tiny": (48, 2), "small": (96, 4), "base": (192, 6)}  # d_model, n_layers

@@ -11,12 +11,12 @@ import pytest
 from matplotlib import colors
 
 from bitlaw.cli import main
-from fit.caveats import blocking_flags, range_warnings
+from fit.answer.caveats import blocking_flags, range_warnings
+from fit.answer.memory import resolve_arch
+from fit.answer.recommend import recommend, source_from_fit
+from fit.data.simulate import simulate
 from fit.fitfile import load_fit, sha256_of
-from fit.memory import resolve_arch
-from fit.plot import PlotInputs, plot_isoloss
-from fit.recommend import recommend, source_from_fit
-from fit.simulate import simulate
+from fit.render.plot import PlotInputs, plot_isoloss
 
 TRUE = {"A": 400.0, "B": 2000.0, "E": 1.8, "alpha": 0.34, "beta": 0.37}
 GAMMA = {"kmeans": 3.32, "uniform": 3.71}
@@ -124,7 +124,7 @@ def test_isoloss_panels_share_one_colour_scale_and_outline_the_data(tmp_path: Pa
     inputs = PlotInputs(source_from_fit(load_fit(fit)), load_fit(fit))
     assert inputs.tokens == 3e10 and inputs.params_n == 1e9  # defaults from the fit's data, not 50B/3.9B
     figures = []
-    import fit.plot as plot_module
+    import fit.render.plot as plot_module
 
     real = plot_module._save
     plot_module._save = lambda fig, path: figures.append(fig) or path
@@ -144,11 +144,11 @@ def test_neff_stars_only_inside_the_data(tmp_path: Path, capsys) -> None:
                            "--memory", "1GB,64GB")  # fmt: skip
     assert code == 0, err
     # 64 GB holds models ~100x the largest run (1e9): that optimum is not starred; the 1 GB one is
-    from fit.plot import plot_neff_vs_pw
+    from fit.render.plot import plot_neff_vs_pw
 
     inputs = PlotInputs(source_from_fit(load_fit(fit)), load_fit(fit), budgets=[1e9, 64e9])
     figures = []
-    import fit.plot as plot_module
+    import fit.render.plot as plot_module
 
     real = plot_module._save
     plot_module._save = lambda fig, path: figures.append(fig) or path
@@ -183,7 +183,7 @@ def test_plot_and_report_refuse_the_table_fit_refuses(tmp_path: Path, capsys, ba
 
 def test_a_failing_figure_leaves_no_figures(tmp_path: Path, capsys, monkeypatch) -> None:
     fit = write_study(tmp_path)
-    import fit.plot as plot_module
+    import fit.render.plot as plot_module
 
     def boom(inp, path):
         raise RuntimeError("drawing failed")

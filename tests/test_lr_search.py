@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from bitlaw.cli import main as bitlaw
+from fit.data.lr_search import best_learning_rates
 from fit.errors import InputError
-from fit.lr_search import best_learning_rates
 
 
 def sweep_table(optimum: dict[float, float]) -> pd.DataFrame:

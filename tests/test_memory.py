@@ -7,8 +7,7 @@ import math
 
 import pytest
 
-from fit.errors import InputError
-from fit.memory import (
+from fit.answer.memory import (
     BitAccounting,
     Shape,
     bitlaw_shapes,
@@ -19,6 +18,7 @@ from fit.memory import (
     resolve_arch,
     shape_bytes,
 )
+from fit.errors import InputError
 
 
 def test_p_w_counts_block_scales() -> None:
@@ -144,7 +144,7 @@ def test_bitlaw_family_reads_conf_model(tmp_path) -> None:
 
 
 def test_project_ladder_when_present() -> None:
-    from fit.memory import conf_model_dir
+    from fit.answer.memory import conf_model_dir
 
     if not any(conf_model_dir().glob("*.yaml")):
         pytest.skip("conf/model/*.yaml not written yet (the sweep helper's)")

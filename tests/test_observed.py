@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from fit.observed import bit_ordering, format_wins, render
-from fit.simulate import KMEANS_TRUTH, simulate
+from fit.data.observed import bit_ordering, format_wins, render
+from fit.data.simulate import KMEANS_TRUTH, simulate
 
 
 def table() -> pd.DataFrame:

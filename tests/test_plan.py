@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 from bitlaw import cli
-from fit.engine import FitOptions
-from fit.memory import llama3_shapes
-from fit.plan import compute_cost, flagged_params, grid_table, plan, seed_spread
-from fit.presets import FormatLaw, LawSource
-from fit.simulate import KMEANS_TRUTH, simulate
+from fit.answer.memory import llama3_shapes
+from fit.answer.presets import FormatLaw, LawSource
+from fit.data.simulate import KMEANS_TRUTH, simulate
+from fit.solve.pipeline import FitOptions
+from fit.study.plan import compute_cost, flagged_params, grid_table, plan, seed_spread
 from sweep import contract
 
 # a coarse grid that still spans N 1000× and D 100× (what identifies E, α, β: reference fitting.md §4.3)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bitlaw.commands.plan import experiment_grid
-from fit.plan import compute_cost
+from fit.study.plan import compute_cost
 from sweep.branches import decay_start
 
 

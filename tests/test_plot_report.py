@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bitlaw.cli import main
-from fit.simulate import simulate
+from fit.data.simulate import simulate
 
 TRUE = {"A": 400.0, "B": 2000.0, "E": 1.8, "alpha": 0.34, "beta": 0.37}
 GAMMA = {"kmeans": 3.32, "uniform": 3.71}

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from bitlaw.cli import main
+from fit.answer.memory import resolve_arch
+from fit.answer.recommend import recommend, source_from_fit
+from fit.data.simulate import KMEANS_TRUTH, simulate
 from fit.errors import InputError
 from fit.fitfile import load_fit
 from fit.law import predict_loss
-from fit.memory import resolve_arch
-from fit.recommend import recommend, source_from_fit
-from fit.simulate import KMEANS_TRUTH, simulate
 
 N, D = np.geomspace(1e6, 1e8, 5), np.geomspace(1e8, 1e10, 4)
 

@@ -1,4 +1,5 @@
-"""The forecast check (fit/verify.py, `bitlaw verify`): which contenders it picks, the Hydra configs that
+"""The forecast check (fit/study/verify.py, `bitlaw verify`): which contenders it picks, the Hydra configs
+that
 train them with the grid's recipe, and the verdict when the measured losses agree or disagree."""
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import pytest
 import yaml
 
 from bitlaw.cli import main
+from fit.answer.memory import BF16_BITS, BitAccounting, file_shapes, shape_bytes, weight_bytes
 from fit.fitfile import load_fit
 from fit.law import predict_loss
-from fit.memory import BF16_BITS, BitAccounting, file_shapes, shape_bytes, weight_bytes
-from fit.verify import ContenderPlan, choose_contenders, smallest_bf16_budget, verdict
+from fit.study.verify import ContenderPlan, choose_contenders, smallest_bf16_budget, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILY = REPO / "scripts" / "demo_family.yaml"
@@ -190,7 +191,7 @@ def test_check_says_when_the_forecast_fails(setup: tuple[Path, Path], tmp_path: 
     assert result["max_abs_error"] == pytest.approx(
         abs(next(c.predicted_loss for c in plan.contenders if c.bits == 16) - losses[16])
     )
-    from fit.verify import render_markdown
+    from fit.study.verify import render_markdown
 
     assert "**The forecast did not hold**" in render_markdown(result)
 

@@ -1,5 +1,5 @@
 """``bitlaw best-lr TABLE|SWEEP_DIR``: the best learning rate per model size of an lr sweep
-(fit/lr_search.py)."""
+(fit/data/lr_search.py)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fit.gather import gather, to_frame
-    from fit.lr_search import best_learning_rates
-    from fit.table import read_frame
+    from fit.data.gather import gather, to_frame
+    from fit.data.lr_search import best_learning_rates
+    from fit.data.table import read_frame
 
     source = Path(args.source)
     if source.is_dir():

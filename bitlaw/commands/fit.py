@@ -15,7 +15,7 @@ from typing import Any
 from fit.errors import InputError
 
 LAWS = ("chinchilla", "precision", "efficiency", "penalty")  # mirrors fit.law.LAWS without importing numpy
-LOSSES = ("huber", "mse", "mae", "asymmetric")  # mirrors fit.fitting.LOSSES without importing scipy
+LOSSES = ("huber", "mse", "mae", "asymmetric")  # mirrors fit.solve.optimize.LOSSES without importing scipy
 SPACES = ("log", "raw")
 GRIDS = ("coarse", "default", "fine")
 
@@ -132,10 +132,10 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fit.engine import FitOptions, bootstrap_units, run_fits
+    from fit.data.table import load_table, parse_columns
     from fit.fitfile import infer_n_convention, sha256_of, write_fit
-    from fit.objective import Objective
-    from fit.table import load_table, parse_columns
+    from fit.solve.objective import Objective
+    from fit.solve.pipeline import FitOptions, bootstrap_units, run_fits
 
     _check_numbers(args)
     require = (

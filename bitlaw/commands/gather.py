@@ -41,7 +41,7 @@ def _parquet_safe(frame):
 
 
 def run(args: argparse.Namespace) -> int:
-    from fit.gather import MISMATCHED, gather, to_frame
+    from fit.data.gather import MISMATCHED, gather, to_frame
 
     output = Path(args.output)
     if output.suffix.lower() not in SUFFIXES:

@@ -1,5 +1,5 @@
 """``bitlaw plan (TABLE | experiment=NAME [overrides…]) (--law FIT.json | --preset NAME)``: before any
-compute, will this grid identify the law, and what will it cost (fit/plan.py does the work)?
+compute, will this grid identify the law, and what will it cost (fit/study/plan.py does the work)?
 
 An experiment is expanded here, in the CLI layer, because fit/ must not depend on Hydra or sweep/: its
 ``hydra.sweeper.params`` and any swept command-line overrides make the Cartesian product BasicSweeper would
@@ -171,8 +171,8 @@ def _job_row(cfg: Any, contract: Any, trunk: str) -> list[dict[str, Any]]:
 
 
 def load_grid(items: list[str]) -> tuple[Any, str]:
-    from fit.plan import grid_table
-    from fit.table import read_frame
+    from fit.data.table import read_frame
+    from fit.study.plan import grid_table
 
     if items[0].startswith("experiment="):
         return grid_table(experiment_grid(items)), " ".join(items)
@@ -189,8 +189,8 @@ def load_grid(items: list[str]) -> tuple[Any, str]:
 
 def default_noise(fit: Any) -> tuple[float, str]:
     """The fit's recorded seed spread, else the spread across seeds in its data table, else 0.5 %."""
-    from fit.plan import DEFAULT_NOISE, seed_spread
-    from fit.table import read_frame
+    from fit.data.table import read_frame
+    from fit.study.plan import DEFAULT_NOISE, seed_spread
 
     recorded = fit.data.get("seed_spread")
     if isinstance(recorded, int | float) and recorded > 0:
@@ -213,8 +213,8 @@ def default_noise(fit: Any) -> tuple[float, str]:
 
 def fit_options(fit: Any, source: Any, grid: str | None) -> Any:
     """Replicas are fitted as `bitlaw fit --law precision --by format` fitted the source (its objective)."""
-    from fit.engine import FitOptions
-    from fit.objective import Objective
+    from fit.solve.objective import Objective
+    from fit.solve.pipeline import FitOptions
 
     common = {"law": "precision", "by": "format", "extrapolate": False, "profile": False, "progress": False}
     # extrapolation and the γ profile are extra fits that change neither the parameters nor the flags
@@ -254,10 +254,10 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bitlaw.commands.recommend import load_source
+    from fit.answer.memory import resolve_arch
+    from fit.answer.recommend import parse_memory
     from fit.fitfile import load_fit
-    from fit.memory import resolve_arch
-    from fit.plan import DEFAULT_FLOPS_PER_S, plan
-    from fit.recommend import parse_memory
+    from fit.study.plan import DEFAULT_FLOPS_PER_S, plan
 
     _check(args)
     flops_per_s, rate_label = args.flops_per_s or DEFAULT_FLOPS_PER_S, None
@@ -265,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
         flops_per_s = args.mfu * args.peak_flops
         rate_label = f"{100 * args.mfu:.3g} % MFU of {args.peak_flops:g} FLOP/s per GPU (GPU-hours)"
     if args.cost:
-        from fit.plan import compute_cost
+        from fit.study.plan import compute_cost
 
         grid, label = load_grid(args.grid)
         cost = compute_cost(grid, flops_per_s, args.tokens_per_s, rate_label)
@@ -311,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _compute_line(c: dict[str, Any]) -> str:
-    from fit.recommend import format_count
+    from fit.answer.recommend import format_count
 
     return (
         f"{c['runs']} runs, {c['trunks']} trunks, {format_count(c['tokens'])} tokens, "
@@ -321,7 +321,7 @@ def _compute_line(c: dict[str, Any]) -> str:
 
 
 def _cost_lines(c: dict[str, Any]) -> list[str]:
-    from fit.recommend import format_count
+    from fit.answer.recommend import format_count
 
     return [f"compute, whole grid: {_compute_line(c)}", f"  FLOPs = {c['flops_formula']}",
             f"  one run per D instead of branches: {format_count(c['separate_runs_tokens'])} tokens, "
@@ -330,7 +330,7 @@ def _cost_lines(c: dict[str, Any]) -> list[str]:
 
 
 def render(report: dict[str, Any]) -> str:
-    from fit.recommend import format_bytes
+    from fit.answer.recommend import format_bytes
 
     lines = [
         f"plan: {report['grid']}; law {report['source']}; noise {100 * report['noise']:.3g} % "

@@ -32,7 +32,7 @@ def _positive(flag: str, text: str | None) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fit.caveats import predict_warnings
+    from fit.answer.caveats import predict_warnings
     from fit.fitfile import load_fit, prediction_interval
 
     N, D, P = _positive("--N", args.N), _positive("--D", args.D), _positive("--P", args.P)

@@ -6,12 +6,10 @@ import argparse
 import json
 import sys
 
-from fit.answer import can_answer, query_warnings
-from fit.errors import InputError
-from fit.fitfile import load_fit
-from fit.memory import BitAccounting, resolve_arch
-from fit.presets import PRESETS, LawSource, get_preset
-from fit.recommend import (
+from fit.answer.memory import BitAccounting, resolve_arch
+from fit.answer.presets import PRESETS, LawSource, get_preset
+from fit.answer.query import can_answer, query_warnings
+from fit.answer.recommend import (
     DEFAULT_BITS,
     FitSource,
     Recommendation,
@@ -24,6 +22,8 @@ from fit.recommend import (
     to_json,
     warnings_for,
 )
+from fit.errors import InputError
+from fit.fitfile import load_fit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +77,7 @@ def chosen_bits(given: str | None, source: LawSource, acct: BitAccounting) -> li
             continue
         fmt = source.default_format if fmt == "all" else fmt  # a fit without --by serves any format
         law = source.law(fmt)
-        # the rule of fit.recommend.check_bits_in_range, which refuses a width outside the span
+        # the rule of fit.answer.recommend.check_bits_in_range, which refuses a width outside the span
         keep = [b for b in keep if p_range[0] - 1e-9 <= law.law_p(b, acct.p_w(b, fmt)) <= p_range[1] + 1e-9]
         # an efficiency fit has an eff only at the P it fitted: leave out widths it cannot answer
         keep = [b for b in keep if can_answer(law.params, law.law_p(b, acct.p_w(b, fmt)))]

@@ -44,13 +44,13 @@ def command_line(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     from bitlaw.commands.plot import output_dir
     from bitlaw.commands.recommend import accounting, chosen_bits
-    from fit.caveats import study_warnings
+    from fit.answer.caveats import study_warnings
+    from fit.answer.memory import resolve_arch
+    from fit.answer.recommend import parse_memory, parse_tokens, source_from_fit
     from fit.errors import InputError
     from fit.fitfile import load_fit
-    from fit.memory import resolve_arch
-    from fit.recommend import parse_memory, parse_tokens, source_from_fit
-    from fit.report import ReportInputs, build_report, load_runs
-    from fit.report_forms import check_given_forms
+    from fit.render.report import ReportInputs, build_report, load_runs
+    from fit.render.report_forms import check_given_forms
 
     if not args.fit:
         raise InputError("FIT.json: required (the report describes a fit; make one with `bitlaw fit`)")

@@ -1,4 +1,4 @@
-"""``bitlaw verify``: test a fit's forecast by training its memory-matched contenders (fit/verify.py).
+"""``bitlaw verify``: test a fit's forecast by training its memory-matched contenders (fit/study/verify.py).
 
 bitlaw verify plan FIT.json --runs RUNS.csv -o DIR [--format F] [--memory M] [--tokens D] [--arch A]
     -> DIR/contenders.json, DIR/conf/contender/<point>.yaml, DIR/sweep_overrides.txt
@@ -56,12 +56,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def plan(args: argparse.Namespace) -> int:
+    from fit.answer.memory import resolve_arch
+    from fit.data.table import read_frame
     from fit.errors import InputError
     from fit.fitfile import load_fit
-    from fit.memory import resolve_arch
-    from fit.table import read_frame
+    from fit.study.verify import choose_contenders, contender_config
     from fit.units import format_bytes, parse_memory, parse_tokens
-    from fit.verify import choose_contenders, contender_config
     from sweep.contract import atomic_write_json, atomic_write_text
 
     fitfile = load_fit(args.fit)
@@ -114,10 +114,10 @@ def plan(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
+    from fit.data.table import read_frame
     from fit.errors import InputError
     from fit.fitfile import load_fit
-    from fit.table import read_frame
-    from fit.verify import ContenderPlan, other_form, render_markdown, verdict
+    from fit.study.verify import ContenderPlan, other_form, render_markdown, verdict
     from sweep.contract import atomic_write_json
 
     try:

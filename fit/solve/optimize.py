@@ -1,6 +1,7 @@
 """Fitting one scaling law: start-grid screening, L-BFGS-B with tight tolerances, polish, warm refits.
 
-The objective and its gradient are in ``fit.objective``.  Why each choice is made is in docs/method.md §6;
+The objective and its gradient are in ``fit.solve.objective``.  Why each choice is made is in docs/method.md
+§6;
 the short version: summed loss + ftol=0 + gtol=1e-10, because scipy's default stopping rule is absolute
 and fires at objective sizes of 1e-3; a vectorised screen of Epoch's 4500-start grid instead of 4500
 optimisations.
@@ -15,8 +16,8 @@ import numpy as np
 from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
-from fit.lbfgsb import minimize_lbfgsb
-from fit.objective import FitData, LawSpec, Objective, log_terms, objective_and_grad, objective_batch
+from fit.solve.lbfgsb import minimize_lbfgsb
+from fit.solve.objective import FitData, LawSpec, Objective, log_terms, objective_and_grad, objective_batch
 
 GRIDS = ("coarse", "default", "fine")
 GAMMA_BOUNDS = (0.1, 50.0)
@@ -130,7 +131,7 @@ def _projected_grad_norm(theta: np.ndarray, grad: np.ndarray, box: list) -> floa
 
 
 def objective_fn(spec):
-    """The objective of a law shape: fit.objective's, or the one a fit.forms.FormSpec names."""
+    """The objective of a law shape: fit.solve.objective's, or the one a fit.solve.forms.FormSpec names."""
     return getattr(spec, "objective_fn", objective_and_grad)
 
 

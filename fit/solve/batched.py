@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fit.fitting import canonical
 from fit.law import FULL_P
-from fit.objective import (
+from fit.solve.objective import (
     FitData,
     LawSpec,
     Objective,
@@ -36,7 +35,8 @@ from fit.objective import (
     objective_and_grad,
     objective_batch,
 )
-from fit.staged import MIN_DISTINCT, anchor_data, n_base, refit_any, spec_bounds
+from fit.solve.optimize import canonical
+from fit.solve.staged import MIN_DISTINCT, anchor_data, n_base, refit_any, spec_bounds
 
 GTOL = 5e-11  # projected-gradient ∞-norm at which a resample has converged
 # A resample no step lowers at any μ, with its projected gradient at most this, sits at a minimum to float
@@ -63,8 +63,10 @@ MU_MAX = 1e3
 
 
 def supports(spec: object, obj: Objective) -> bool:
-    """Whether this module can refit the law shape: fit.objective's laws with a smooth-enough loss on log
-    residuals.  The efficiency and penalty forms (fit.forms) and mae/asymmetric/raw keep the L-BFGS-B path."""
+    """Whether this module can refit the law shape: fit.solve.objective's laws with a smooth-enough loss on
+    log
+    residuals.  The efficiency and penalty forms (fit.solve.forms) and mae/asymmetric/raw keep the L-BFGS-B
+    path."""
     return isinstance(spec, LawSpec) and obj.space == "log" and obj.loss in ("huber", "mse")
 
 
@@ -242,14 +244,14 @@ def _backtrack(theta, f, step, lo, hi, weight, data, spec, obj):
 
 
 def box_arrays(box: list[tuple[float | None, float | None]]) -> tuple[np.ndarray, np.ndarray]:
-    """A fit.fitting bounds list as lower and upper arrays (±inf for None)."""
+    """A fit.solve.optimize bounds list as lower and upper arrays (±inf for None)."""
     lo = np.array([-np.inf if b is None else float(b) for b, _ in box])
     hi = np.array([np.inf if b is None else float(b) for _, b in box])
     return lo, hi
 
 
 def _anchor_ok(data: FitData, weight: np.ndarray) -> np.ndarray:
-    """Per resample, whether its 16-bit anchor rows can fit stage 1 (fit.staged.anchor_data's test)."""
+    """Per resample, whether its 16-bit anchor rows can fit stage 1 (fit.solve.staged.anchor_data's test)."""
     anchor = data.P >= FULL_P
     ok = np.empty(len(weight), dtype=bool)
     for i, w in enumerate(weight):
@@ -266,7 +268,7 @@ def refit_batch(
     obj: Objective,
     two_stage: bool = False,
 ) -> np.ndarray:
-    """fit.staged.refit_any for K resamples (row weights (K, n)) at once: (K, k) θ draws.
+    """fit.solve.staged.refit_any for K resamples (row weights (K, n)) at once: (K, k) θ draws.
 
     A resample whose Newton iteration neither reached gtol nor a minimum to float precision (it stalled with
     a larger gradient, or ran out of iterations) is also refitted by refit_any, and keeps whichever answer has

@@ -99,7 +99,7 @@ def data_range(fitfile: FitFile, fmt: str | None = None) -> tuple[dict[str, Any]
 def fit_rows(fitfile: FitFile, path: Path, fmt: str | None = None) -> Any:
     """The canonical rows of ``path`` one fit saw: the fit's column map and --where, its own format plus
     the 16-bit anchors for a ``--by format`` fit."""
-    from fit.table import prepare_table, read_frame
+    from fit.data.table import prepare_table, read_frame
 
     raw = read_frame(path)
     columns = {k: v for k, v in (fitfile.data.get("columns") or {}).items() if v in raw.columns}

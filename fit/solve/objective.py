@@ -8,7 +8,7 @@ shift form keeps the capacity positive with a plain box bound p0 < min P.  Param
 ``a, b, e, α, [β unless tied], g_1..g_G (precision law: one γ per row group), [p0 with the offset]``.
 
 Reductions are written as ``(x * w).sum()``, never ``x @ w``: a matrix-vector product goes to a threaded BLAS
-whose threads only spin on vectors this small (see ``fit.fitting.BLAS_LIMIT``).
+whose threads only spin on vectors this small (see ``fit.solve.optimize.BLAS_LIMIT``).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class FitData:
     P: np.ndarray | None = None  # (n,) bits per weight, precision law only
     group: np.ndarray | None = None  # (n,) int γ index
     weight: np.ndarray | None = None  # (n,)
-    slot: np.ndarray | None = None  # (n,) int efficiency-law slot per row, -1 where eff = 1 (fit.forms)
+    slot: np.ndarray | None = None  # (n,) int efficiency-law slot per row, -1 where eff = 1 (fit.solve.forms)
     logN: np.ndarray = field(init=False)
     logD: np.ndarray = field(init=False)
     logL: np.ndarray = field(init=False)
@@ -136,7 +136,7 @@ def objective_batch(
 ) -> np.ndarray:
     """Objective at many parameter vectors at once: thetas (S, k) -> (S,).  Used to screen the start grid
     and, with a row weight per vector (``weight`` (S, n); default ``data.weight``), by the batched bootstrap
-    refits (fit.batched).
+    refits (fit.solve.batched).
 
     ``log_n`` (n,) is log N_eff when every θ shares the same γ and p0 (the screening loop passes it so the
     capacity factor is computed once per γ value, not once per start)."""

@@ -22,7 +22,8 @@ CAPTION = (
 
 
 def plot_eff_vs_gamma(efficiency: dict[str, Any], precision: dict[str, Any], path: Path) -> Path:
-    """``efficiency`` / ``precision``: the two fit.json-like documents (fit.report_forms); one panel per
+    """``efficiency`` / ``precision``: the two fit.json-like documents (fit.render.report_forms); one panel
+    per
     format both fitted.  Writes ``path`` (PNG, whatever its suffix) and returns it."""
     formats = [f for f in efficiency["fits"] if f in precision["fits"]]
     if not formats:

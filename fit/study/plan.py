@@ -1,11 +1,13 @@
 """`bitlaw plan`: before any compute, will this grid identify the law, and what will it cost?
 
 The grid (one row per planned run: N, D, P, format, optionally bits, trunk, seed) is simulated K times with a
-known law and relative noise σ (``loss·exp(σ·ε)``, as fit.simulate does), and every replica is fitted exactly
-as ``bitlaw fit --law precision --by format`` fits a real table (``fit.engine.run_fits``).  The spread of the
+known law and relative noise σ (``loss·exp(σ·ε)``, as fit.data.simulate does), and every replica is fitted
+exactly
+as ``bitlaw fit --law precision --by format`` fits a real table (``fit.solve.pipeline.run_fits``).  The
+spread of the
 K estimates is the sampling distribution a real fit on this grid would have: its 2.5-97.5 percentiles are the
 expected 95 % interval.  Each quantized format is planned on its own rows plus the 16-bit anchors, which is
-what its per-format fit sees (fit/engine.py).
+what its per-format fit sees (fit/solve/pipeline.py).
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fit.engine import ANCHOR_FORMATS, ANCHOR_MIN_P, FitOptions, run_fits
+from fit.answer.memory import ALL_FORMATS, BitAccounting, Shape
+from fit.answer.presets import FormatLaw, LawSource
+from fit.answer.recommend import recommend
+from fit.data.table import Table, prepare_table
 from fit.errors import InputError
 from fit.fitfile import LAW_PARAM_KEYS
 from fit.law import predict_loss
-from fit.memory import ALL_FORMATS, BitAccounting, Shape
-from fit.presets import FormatLaw, LawSource
-from fit.recommend import recommend
-from fit.table import Table, prepare_table
+from fit.solve.pipeline import ANCHOR_FORMATS, ANCHOR_MIN_P, FitOptions, run_fits
 
 DEFAULT_NOISE = 0.005  # 0.5 %: the relative noise fitting.md §4.3 uses for its synthetic identifiability runs
 DEFAULT_SIMULATIONS = 40
@@ -78,7 +80,7 @@ def grid_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def anchor_mask(frame: pd.DataFrame) -> np.ndarray:
-    """The 16-bit rows that join every per-format fit (the same rule as fit/engine.py)."""
+    """The 16-bit rows that join every per-format fit (the same rule as fit/solve/pipeline.py)."""
     return (frame["format"].str.lower().isin(ANCHOR_FORMATS) & (frame["P"] >= ANCHOR_MIN_P)).to_numpy()
 
 
@@ -142,7 +144,7 @@ def fit_replicas(
     if workers <= 1 or len(frames) == 1:
         fits = [_fit_one(f, opts) for f in frames]
     else:
-        # fork, as fit/bootstrap.py does: the workers inherit numpy/scipy already imported
+        # fork, as fit/solve/bootstrap.py does: the workers inherit numpy/scipy already imported
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             fits = list(pool.map(_fit_one, frames, [opts] * len(frames)))
@@ -231,7 +233,7 @@ def best_bits_match(
     """
     info: dict[str, Any] = {"memory_bytes": budget_bytes, "tokens": tokens, "bits": list(bits)}
     if fmt not in ALL_FORMATS:
-        return {**info, "share": None, "reason": f"format {fmt!r} has no bit accounting in fit.memory"}
+        return {**info, "share": None, "reason": f"format {fmt!r} has no bit accounting in fit.answer.memory"}
     acct = BitAccounting()
 
     def best(law: FormatLaw) -> int:

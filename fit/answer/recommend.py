@@ -6,7 +6,8 @@ the lowest predicted loss. At fixed D this is the largest N_eff whatever A and �
 without published A, B, E are ranked. With bootstrap samples in the fit, every resample repeats the ranking;
 the share of resamples each bit width wins and the winner's loss interval come from those.
 
-A fit whose flags say its law is not identified (fit.caveats.blocking_flags), or whose bit widths all predict
+A fit whose flags say its law is not identified (fit.answer.caveats.blocking_flags), or whose bit widths all
+predict
 the same loss (α = 0), gets no winner: the leading row is reported as the point estimate's, unstarred, and a
 resample whose bit widths tie wins for none of them (with α = 0 argmin used to hand every tie to 1 bit).
 """
@@ -18,12 +19,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fit.answer import can_answer, check_answerable, check_law, loss_matrix, n_eff_of
-from fit.caveats import blocking_flags, fit_flags, flag_warnings, pooled_warning
+from fit.answer.caveats import blocking_flags, fit_flags, flag_warnings, pooled_warning
+from fit.answer.memory import BF16_BITS, BitAccounting, Interpolation, Shape, check_format, shape_bytes
+from fit.answer.presets import FormatLaw, LawSource
+from fit.answer.query import can_answer, check_answerable, check_law, loss_matrix, n_eff_of
 from fit.errors import InputError
 from fit.fitfile import FitFile
-from fit.memory import BF16_BITS, BitAccounting, Interpolation, Shape, check_format, shape_bytes
-from fit.presets import FormatLaw, LawSource
 from fit.units import (  # noqa: F401 (re-exported: the CLI and tests import them from here)
     ALLOWED_BITS,
     DEFAULT_BITS,

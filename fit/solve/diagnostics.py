@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fit.forms import DELTA_D_BOUNDS, DELTA_N_BOUNDS, GAMMA_BOUNDS, LOG_EFF_BOUNDS
 from fit.law import EFF_PREFIX, FULL_P
-from fit.objective import FitData
+from fit.solve.forms import DELTA_D_BOUNDS, DELTA_N_BOUNDS, GAMMA_BOUNDS, LOG_EFF_BOUNDS
+from fit.solve.objective import FitData
 
 COLLINEAR_RMS = 0.05  # residual RMS of log D against a line in log N
 
@@ -43,7 +43,7 @@ def _near(value: float, bound: float) -> bool:
 
 
 def form_flags(law: str, params: dict[str, float], data: FitData, rows: np.ndarray) -> list[str]:
-    """Flags of the efficiency and penalty laws (the Chinchilla part is flagged by fit.engine)."""
+    """Flags of the efficiency and penalty laws (the Chinchilla part is flagged by fit.solve.pipeline)."""
     flags = []
     has_anchor = bool(np.any(data.P[rows & (data.weight > 0)] >= FULL_P))
     if law == "efficiency":

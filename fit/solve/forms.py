@@ -3,8 +3,8 @@
     efficiency:  L = A·(N·eff_P)^(−α) + B·D^(−β) + E,     eff_P = 1 at P ≥ 16, one free eff per other P
     penalty:     L = A·N^(−α) + B·D^(−β) + E + C·e^(−P/γ)·D^(δ_D)·N^(−δ_N)
 
-Both are a log-sum-exp of terms, as in ``fit.objective``.  θ = ``a, b, e, α, [β unless tied]`` (the
-Chinchilla prefix, same layout as ``fit.objective``) then
+Both are a log-sum-exp of terms, as in ``fit.solve.objective``.  θ = ``a, b, e, α, [β unless tied]`` (the
+Chinchilla prefix, same layout as ``fit.solve.objective``) then
     efficiency: λ_1..λ_m, λ = log eff, one per *slot* (a distinct (γ group, P) with P < 16);
     penalty:    per group ``c, κ, δ_D, δ_N`` with κ = 1/γ and c the log penalty at the data's centre:
                 log term = c − κ(P − P̄) + δ_D·(log D − log D̄) − δ_N·(log N − log N̄),  C = e^(c + κP̄ − ...).
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from fit.law import EFF_PREFIX, FULL_P
-from fit.objective import FitData, Objective, _rho, loss_and_slope
+from fit.solve.objective import FitData, Objective, _rho, loss_and_slope
 
 FORMS = ("efficiency", "penalty")
-GAMMA_BOUNDS = (0.1, 50.0)  # same box as the precision law's γ (fit.fitting)
+GAMMA_BOUNDS = (0.1, 50.0)  # same box as the precision law's γ (fit.solve.optimize)
 EXPONENT_BOUNDS = (0.0, 10.0)
 # eff may exceed 1 a little: a bound at exactly 1 would hide a quantized run that beats bf16 (noise, or a real
 # effect); the flag eff_above_1 says so instead
@@ -52,7 +52,7 @@ class FormSpec:
         return self.n_base + (len(self.slots) if self.form == "efficiency" else 4 * self.n_groups)
 
     @property
-    def objective_fn(self):  # fit.fitting.local_fit minimises this instead of fit.objective's
+    def objective_fn(self):  # fit.solve.optimize.local_fit minimises this instead of fit.solve.objective's
         return objective_and_grad
 
 
@@ -119,7 +119,7 @@ def row_values(thetas: np.ndarray, data: FitData, spec: FormSpec, obj: Objective
 
 
 def objective_and_grad(theta: np.ndarray, data: FitData, spec: FormSpec, obj: Objective) -> tuple:
-    """Objective and its analytic gradient at one θ (k,); same signature as fit.objective's."""
+    """Objective and its analytic gradient at one θ (k,); same signature as fit.solve.objective's."""
     terms, log_n = _terms(theta[None, :], data, spec)
     lse, weights = _lse(terms)
     lse, log_n = lse[0], log_n[0]

@@ -1,4 +1,5 @@
-"""Bootstrap refits: resample by trunk, run or row within each design point (fit.engine.bootstrap_units),
+"""Bootstrap refits: resample by trunk, run or row within each design point
+(fit.solve.pipeline.bootstrap_units),
 warm-start from the full fit, two worker processes.
 
 Every fit of one ``bitlaw fit`` call sees the *same* resample k (the weight vector is drawn once over the
@@ -18,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from fit import batched
-from fit.fitting import BLAS_LIMIT
-from fit.objective import FitData, Objective
-from fit.staged import Spec, refit_any
+from fit.solve import batched
+from fit.solve.objective import FitData, Objective
+from fit.solve.optimize import BLAS_LIMIT
+from fit.solve.staged import Spec, refit_any
 
 
 @dataclass
@@ -62,7 +63,7 @@ def draw_counts(
 def _refit_chunk(jobs: list[BootJob], unit_of_row: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
     """Refit every job on each resample of the chunk; returns per job a (k_chunk, n_params) array."""
     out = [np.empty((len(counts), len(job.theta))) for job in jobs]
-    with threadpool_limits(**BLAS_LIMIT):  # tiny matrices: BLAS threads only spin (fit/fitting.py)
+    with threadpool_limits(**BLAS_LIMIT):  # tiny matrices: BLAS threads only spin (fit/solve/optimize.py)
         _refit_into(out, jobs, unit_of_row, counts)
     return out
 
@@ -73,7 +74,7 @@ def _refit_into(
     row_weight = counts[:, unit_of_row].astype(float)  # (k_chunk, n_table_rows)
     for j, job in enumerate(jobs):
         weight = job.data.weight[None, :] * row_weight[:, job.row_ids]
-        # all resamples at once (fit/batched.py says why); two-stage keeps L-BFGS-B: its 12-row stage 1
+        # all resamples at once (fit/solve/batched.py says why); two-stage keeps L-BFGS-B: its 12-row stage 1
         # stalls on kinks in most resamples, and the fallback then made it slower (benchmarks/fit_speed.py)
         if batched.supports(job.spec, job.objective) and not job.two_stage:
             out[j][:] = batched.refit_batch(job.theta, job.data, weight, job.spec, job.objective)
@@ -116,7 +117,8 @@ def run_bootstrap(
     show = sys.stderr.isatty() if progress is None else progress
     bar = _Progress(n_resamples, show)
     bar.update(0)
-    # two chunks per worker: fit/batched.py refits a chunk's resamples together, and its slowest resamples
+    # two chunks per worker: fit/solve/batched.py refits a chunk's resamples together, and its slowest
+    # resamples
     # set the chunk's step count, so fewer, larger chunks pay that tail less often (250 resamples in chunks of
     # 50: 17.3 s, in one chunk: 13.7 s, measured on the demo table); still enough chunks to balance workers
     chunk = max(1, min(250, -(-n_resamples // (2 * max(workers, 1)))))

@@ -1,7 +1,9 @@
 """Compare law forms fitted to the same table: held-out error and an information criterion, per format.
 
-The held-out error is each fit's own "fit on all but the largest N, predict it" MAPE (fit.engine); AIC and
-BIC are each entry's ``information`` (fit.diagnostics.information).  Fits are comparable only on the same
+The held-out error is each fit's own "fit on all but the largest N, predict it" MAPE (fit.solve.pipeline);
+AIC and
+BIC are each entry's ``information`` (fit.solve.diagnostics.information).  Fits are comparable only on the
+same
 rows with the same objective, so documents that differ in data digest, ``--where``, loss, δ, space or
 ``--by`` are refused rather than ranked.
 """

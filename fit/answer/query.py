@@ -94,7 +94,7 @@ def query_warnings(spans: Mapping[str, Mapping[str, tuple[float, float]]], fmt: 
                    tokens: float, n_values: list[float]) -> list[str]:
     """``recommend``'s range check (fit.json's ``data_range`` of the fit serving ``fmt``): the tokens, and
     the largest and smallest candidate N, against the fitted D and N — the rule ``predict`` applies."""
-    from fit.caveats import range_warnings
+    from fit.answer.caveats import range_warnings
 
     span = spans.get(fmt) or spans.get("all")
     if not span:

@@ -1,10 +1,11 @@
 """The report's law-form comparison (issue 14 item 2): the precision (γ), efficiency (one eff per P) and
 penalty (D-dependent QAT term) forms fitted to the same rows with the same objective, compared per format on
-held-out error (leave-largest-N-out MAPE) and AIC/BIC (fit.compare.compare_forms).
+held-out error (leave-largest-N-out MAPE) and AIC/BIC (fit.solve.compare.compare_forms).
 
 The report's own fit.json is one of the three; the other two are refitted here with its options (columns,
 --where, loss, δ, --by, tie, two-stage).  To keep ``bitlaw report`` to seconds: the extra forms use the
-coarse start grid (their Chinchilla bases are screened from it; fit/staged.py), no γ profile, and only the
+coarse start grid (their Chinchilla bases are screened from it; fit/solve/staged.py), no γ profile, and only
+the
 efficiency form is bootstrapped, ``EFF_BOOTSTRAP`` resamples, for the eff(P) figure's intervals; the penalty
 form gets none (docs/method.md §10).
 """
@@ -14,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fit.compare import compare_forms
 from fit.errors import InputError
 from fit.fitfile import FitFile
+from fit.solve.compare import compare_forms
 
 FORMS = ("precision", "efficiency", "penalty")
 HEADER = "| form | k | held-out MAPE | AIC | ΔAIC | BIC | ΔBIC | flags |"
@@ -33,7 +34,8 @@ class FormComparison:
 def compare_in_report(
     fitfile: FitFile, runs: Any | None, workers: int = 1, given: tuple[FitFile, ...] = ()
 ) -> FormComparison:
-    """Fit the forms the report's fit.json is not, on its rows (``runs``: fit.report.load_runs' canonical
+    """Fit the forms the report's fit.json is not, on its rows (``runs``: fit.render.report.load_runs'
+    canonical
     table, already mapped and filtered as the fit's data was), and compare all three.  ``given``: fits of
     the other forms already made (``bitlaw report --forms``), used as they are instead of refitted; the
     comparison refuses them unless they were fitted to the same rows with the same objective."""
@@ -45,9 +47,9 @@ def compare_in_report(
     per_format = data.get("by") == "format" or "all" not in data["fits"]  # (older files lack "by")
     if not per_format or (data.get("options") or {}).get("shared"):
         return FormComparison({}, {}, "it is per format: it needs a --by format fit (not --shared)")
-    from fit.engine import FitOptions, run_fits
-    from fit.objective import Objective
-    from fit.table import prepare_table
+    from fit.data.table import prepare_table
+    from fit.solve.objective import Objective
+    from fit.solve.pipeline import FitOptions, run_fits
 
     options = data.get("options") or {}
     info = data.get("data") or {}
@@ -86,12 +88,12 @@ def check_given_forms(fitfile: FitFile, given: tuple[FitFile, ...]) -> None:
 
 def _with_information(data: dict[str, Any], frame: Any, objective: Any) -> dict[str, Any]:
     """The report's own fit.json, with AIC/BIC added to entries written before fits recorded them (the
-    same fit.diagnostics.information on the same rows: the format's own plus the 16-bit anchors)."""
+    same fit.solve.diagnostics.information on the same rows: the format's own plus the 16-bit anchors)."""
     import numpy as np
 
-    from fit.diagnostics import information
-    from fit.engine import _anchor_mask
     from fit.law import PRECISION_PARAMS, predict_loss
+    from fit.solve.diagnostics import information
+    from fit.solve.pipeline import _anchor_mask
 
     fits = {}
     anchor = _anchor_mask(frame)

@@ -40,7 +40,7 @@ class LawSource:
 
     name: str
     laws: dict[str, FormatLaw]
-    n_convention: str = "quant"  # quant | nonembed | total (see fit.memory.Shape.n_for)
+    n_convention: str = "quant"  # quant | nonembed | total (see fit.answer.memory.Shape.n_for)
     note: str = ""
     p_range: dict[str, tuple[float, float]] = field(default_factory=dict)  # fitted P range per format
 

@@ -12,18 +12,18 @@ from __future__ import annotations
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from fit import forms
 from fit.errors import InputError
-from fit.fitting import BLAS_LIMIT, FitResult, canonical, fit_law, local_fit, polish, refit
-from fit.fitting import bounds as law_bounds
-from fit.forms import FormSpec
 from fit.law import FULL_P
-from fit.objective import FitData, LawSpec, Objective, objective_and_grad
-from fit.objective import log_params as law_log_params
-from fit.objective import named_params as law_named_params
+from fit.solve import forms
+from fit.solve.forms import FormSpec
+from fit.solve.objective import FitData, LawSpec, Objective, objective_and_grad
+from fit.solve.objective import log_params as law_log_params
+from fit.solve.objective import named_params as law_named_params
+from fit.solve.optimize import BLAS_LIMIT, FitResult, canonical, fit_law, local_fit, polish, refit
+from fit.solve.optimize import bounds as law_bounds
 
 Spec = LawSpec | FormSpec
-MIN_DISTINCT = 3  # stage 1 is a Chinchilla fit: it needs 3 distinct N and D (as fit.table requires)
+MIN_DISTINCT = 3  # stage 1 is a Chinchilla fit: it needs 3 distinct N and D (as fit.data.table requires)
 GAMMA_STARTS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 

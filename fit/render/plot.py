@@ -26,13 +26,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from fit.answer import n_eff_of
-from fit.caveats import data_range
+from fit.answer.caveats import data_range
+from fit.answer.memory import BitAccounting, resolve_arch
+from fit.answer.presets import LawSource
+from fit.answer.query import n_eff_of
+from fit.answer.recommend import bits_label, format_bytes, recommend, smooth_n_eff
 from fit.fitfile import FitFile
 from fit.law import law_of, predict_loss
-from fit.memory import BitAccounting, resolve_arch
-from fit.presets import LawSource
-from fit.recommend import bits_label, format_bytes, recommend, smooth_n_eff
 
 MARKERS = {1: "o", 2: "s", 3: "^", 4: "D", 5: "v", 6: "P", 7: "X", 8: "h", 16: "*"}
 LINESTYLES = {1: "-", 2: "--", 3: "-.", 4: ":", 16: (0, (6, 1, 1, 1))}
@@ -277,7 +277,7 @@ def plot_neff_vs_pw(inp: PlotInputs, path: Path) -> Path:
         ax.plot(p_w, n_eff, marker="o", ms=4, color=colour, label=format_bytes(budget))
         best = int(np.nanargmax(n_eff))
         p_law = law.law_p(bits[best], p_w[best])
-        n_law = n_eff[best] / n_eff_of(law.params, 1.0, p_law)  # any law form (fit.answer)
+        n_law = n_eff[best] / n_eff_of(law.params, 1.0, p_law)  # any law form (fit.answer.query)
         # an optimum the fit never saw (a model far larger than its runs) is the law extrapolated: no star
         if _inside(inp.ranges, N=n_law, P=p_law):
             ax.plot(p_w[best], n_eff[best], marker="*", ms=15, color=colour, mec="black", zorder=4)

@@ -15,15 +15,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fit.bootstrap import BootJob, percentile_ci, run_bootstrap
-from fit.diagnostics import collinear_flag, form_flags, information
+from fit.data.table import Table
 from fit.errors import InputError
-from fit.fitting import GAMMA_BOUNDS, profile_gamma
-from fit.forms import FORMS, FormSpec, assign_slots
 from fit.law import EFF_PREFIX, FULL_P, LAWS, predict_loss
-from fit.objective import FitData, LawSpec, Objective
-from fit.staged import Spec, fit_any, log_params_of, params_of
-from fit.table import Table
+from fit.solve.bootstrap import BootJob, percentile_ci, run_bootstrap
+from fit.solve.diagnostics import collinear_flag, form_flags, information
+from fit.solve.forms import FORMS, FormSpec, assign_slots
+from fit.solve.objective import FitData, LawSpec, Objective
+from fit.solve.optimize import GAMMA_BOUNDS, profile_gamma
+from fit.solve.staged import Spec, fit_any, log_params_of, params_of
 
 ANCHOR_FORMATS = ("none", "bf16")
 ANCHOR_MIN_P = 8.0  # "high precision": the capacity factor is ≥ 0.93 for any γ ≤ 3 here
@@ -51,7 +51,8 @@ class FitOptions:
     extrapolate: bool = True
     profile: bool = True  # γ profile (precision law): a 13-point diagnostic curve in fit.json
     two_stage: bool = False  # Chinchilla on the 16-bit anchors first, then the precision terms with it frozen
-    stratify: bool = True  # bootstrap within each design point (format, P): fit.engine.bootstrap_strata
+    # bootstrap within each design point (format, P): bootstrap_strata below
+    stratify: bool = True
 
 
 @dataclass
@@ -305,7 +306,7 @@ def bootstrap_strata(frame: pd.DataFrame, unit_of_row: np.ndarray) -> tuple[np.n
     """Each unit's stratum, the design point (format, P) of its first row, and the strata's name; (None,
     None) for a table without both columns or with one point (the plain bootstrap).  A resample then holds,
     at every point, as many trunks as the design does: the bf16 anchors that pin γ are never all dropped
-    (fit.bootstrap.draw_counts says why)."""
+    (fit.solve.bootstrap.draw_counts says why)."""
     if not {"format", "P"} <= set(frame.columns):
         return None, None
     # the rows that join every per-format fit (bf16, none) are one anchor point per P

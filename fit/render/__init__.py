@@ -1,0 +1,1 @@
+"""Figures and the Markdown report, drawn from fit.json and the runs table."""

@@ -1,0 +1,1 @@
+"""Studies around a fit: planning a grid before compute (plan) and testing a forecast after it (verify)."""
