@@ -1,4 +1,4 @@
-"""Orchestration overhead: how long from `python -m sweep.submit` to a job doing work, local vs Slurm.
+"""Orchestration overhead: how long from `python -m sweep -m` to a job doing work, local vs Slurm.
 
     .venv/bin/python benchmarks/orchestration.py [--jobs 20] [--launchers local,slurm] [--repeats 3]
 

@@ -12,7 +12,7 @@ interleaved, step by step, so load on a shared machine falls on all of them alik
 ``quant.update`` (the batched quantization), as the training loop's does.
 Latest figures (2026-12-02, idle, batch 1024, after the StraightThrough node
 was replaced by ``w + delta``): QAT overhead k-means +8 … +18 %, uniform +7 … +11 % over r49k … r786k,
-so the ≤ 5 % target is not met yet; docs/method.md ("CPU QAT overhead") has the table and where the
+so the ≤ 5 % target is not met yet; docs/performance.md ("CPU QAT overhead") has the table and where the
 time goes.
 """
 

@@ -1,4 +1,4 @@
-"""fit.json (design §2, a contract): its writer, and its reader (parameters, predictions, bootstrap draws).
+"""fit.json (a contract, method.md §6): its writer, and its reader (parameters, predictions, bootstrap draws).
 
 Layout: ``{"law", "loss", "delta", "columns", "fits": {FORMAT|"all": {A, B, E, alpha, beta[, gamma, offset]
 [, C, delta_D, delta_N][, "eff": {"<P>": eff}], objective, ..., "flags", "bootstrap": {param: [lo, hi]},

@@ -6,7 +6,7 @@
 # a no-op (about 1 s), and on a machine where only the packages remain it just starts the daemons.
 # A changed slurm.conf is applied with `scontrol reconfigure`. Stop everything with scripts/slurm-down.sh.
 #
-# Why each piece exists is in docs/method.md §8; the tuning below (fast scheduling, short KillWait,
+# Why each piece exists is in docs/architecture.md §1; the tuning below (fast scheduling, short KillWait,
 # rejecting impossible requests at submission, a per-CPU memory default) is what makes tests and
 # small sweeps on a 2-core machine behave: see the comments next to each setting.
 set -euo pipefail

@@ -1,8 +1,8 @@
 """The callable each submitit task runs: Hydra's `run_job` on a config composed at submission time.
 
 hydra-submitit-launcher pickles the launcher itself and re-composes the config from conf/ when the job
-starts (so edits to conf/ reach queued jobs). `sweep.submit` pickles a `ComposedJob` and passes each job
-its already-composed config instead: what was submitted is what runs, requeues included.
+starts (so edits to conf/ reach queued jobs). bitlaw's launcher (sweep/launcher.py) pickles a `ComposedJob`
+and passes each job its already-composed config instead: what was submitted is what runs, requeues included.
 """
 
 from __future__ import annotations

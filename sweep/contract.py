@@ -1,4 +1,4 @@
-"""The run-dir contract (design §3): the one thing the training half (sweep/) and the analysis half (fit/)
+"""The run-dir contract: the one thing the training half (sweep/) and the analysis half (fit/)
 share, in code. Standard library only (no torch, no Hydra), so fit/ and the CLI import it cheaply.
 
 What lives here, and nowhere else:

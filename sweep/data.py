@@ -1,4 +1,4 @@
-"""Training data (design §8): the CPython stdlib at byte level, or a user token file.
+"""Training data (docs/method.md §5): the CPython stdlib at byte level, or a user token file.
 
 Batches are a pure function of (seed, step): the sampler has no hidden state, so the data position in a
 checkpoint is just the step, resuming is exact, and distributed ranks take disjoint slices of the same

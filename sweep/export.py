@@ -2,7 +2,7 @@
 
 Quantized linears become n-bit codes packed into bytes, bf16 block scales (binary: and bf16 block means)
 and a bf16 centroid table per tensor (k-means); every other parameter is stored in bf16. The memory model
-(design §5) predicts ``N_quant·P_w/8 + N_hp·2`` bytes; the packed size differs from it only by the
+(docs/method.md §7) predicts ``N_quant·P_w/8 + N_hp·2`` bytes; the packed size differs from it only by the
 per-tensor centroid tables and by rounding each tensor's code stream up to a whole byte.
 """
 

@@ -1,4 +1,4 @@
-"""Weight quantizers for QAT (design §6): k-means codebooks, uniform int grids, binary, ternary.
+"""Weight quantizers for QAT (docs/method.md §4): k-means codebooks, uniform int grids, binary, ternary.
 
 Every quantizer works on blocks of ``block_size`` consecutive weights along ``in_features`` and stores one
 bf16 scale per block. ``encode`` turns a weight matrix into unsigned n-bit codes plus bf16 block metadata,

@@ -179,7 +179,7 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
     counts = param_counts(m)
     if t.tokens is not None:
         target_tokens = int(float(t.tokens))
-    else:  # tokens per *quantized* parameter: N_quant is the law's N (design §4)
+    else:  # tokens per *quantized* parameter: N_quant is the law's N (docs/method.md §2)
         target_tokens = int(t.tokens_per_param * counts["N_quant"])
     total_steps = max(1, math.ceil(target_tokens / t.batch_tokens))
     n_sequences = t.batch_tokens // t.seq_len

@@ -154,7 +154,7 @@ def test_smoke_sweep_end_to_end(tmp_path) -> None:
     again = sweep_cmd("-m", "experiment=smoke", f"hydra.sweep.dir={sweep_dir}", "logger.wandb.mode=disabled")
     assert again.returncode == 0
     assert time.time() - started < first_wall
-    # skipped at submission (sweep.submit): no job is started for a completed run
+    # skipped at submission (the launcher): no job is started for a completed run
     skipped = [line for line in again.stdout.splitlines() if line.startswith("[sweep] skip point=")]
     assert len(skipped) == 4 and all("completed (run_id" in line for line in skipped)
     assert "[sweep] 4 run(s): 4 skipped" in again.stdout

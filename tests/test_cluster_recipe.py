@@ -1,4 +1,4 @@
-"""experiment=cluster: every rung follows the per-size recipe (docs/method.md §12) and composes into a valid
+"""experiment=cluster: every rung follows the per-size recipe (docs/method.md §5) and composes into a valid
 branched job; `bitlaw plan --cost` prices the grid and the branches' saving."""
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def test_epoch_objective_and_parameters_match_the_published_grid_optimum(epoch_f
 
 
 def test_scipy_default_tolerances_would_stop_early_but_ours_do_not(epoch_fit) -> None:
-    """The trap of reference/fitting.md §4.1, kept as a test so nobody 'simplifies' the tolerances away."""
+    """scipy's default stopping trap (method.md §6), kept so nobody 'simplifies' the tolerances away."""
     from scipy.optimize import minimize
 
     from fit.solve.objective import objective_and_grad

@@ -1,4 +1,4 @@
-"""`bitlaw gather` on run dirs the test writes itself, to the design §3 contract."""
+"""`bitlaw gather` on run dirs the test writes itself, to the run-dir contract (sweep/contract.py)."""
 
 from __future__ import annotations
 

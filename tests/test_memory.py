@@ -36,14 +36,14 @@ def test_llama3_ffn_rule_matches_published_widths() -> None:
     # Llama-3 8B / 70B (reference configs: ffn_dim_multiplier 1.3, multiple_of 1024 / 4096).
     assert llama3_ffn_dim(4096) == 14336
     assert llama3_ffn_dim(8192, multiple_of=4096) == 28672
-    # The 1-Bit Wonder flavours (papers.md §1 table).
+    # The 1-Bit Wonder flavours (1-Bit Wonder's memory-budget table).
     assert {s.name: s.ffn_dim for s in llama3_shapes()} == {
         "500M": 6144, "1B": 7168, "4B": 11264, "12B": 14336, "31B": 21504,
     }  # fmt: skip
 
 
 def test_one_bit_wonder_memory_matched_configs() -> None:
-    """papers.md §1: 4B bf16, 12B at 4.25 bits and 31B at 1.25 bits all need ≈ 7.7–7.8 GB of weights."""
+    """1-Bit Wonder: 4B bf16, 12B at 4.25 bits and 31B at 1.25 bits all need ≈ 7.7–7.8 GB of weights."""
     shapes = {s.name: s for s in llama3_shapes()}
     assert shapes["4B"].n_quant == 3_095_396_352
     assert shapes["4B"].n_embed == 788_004_864

@@ -1,4 +1,4 @@
-"""Quantizer properties (design §6): levels, MSE ordering, nearest-centroid rounding, STE, scales, P_w."""
+"""Quantizer properties (method.md §4): levels, MSE ordering, nearest-centroid rounding, STE, scales, P_w."""
 
 from __future__ import annotations
 

@@ -98,7 +98,7 @@ def test_one_bit_wins_from_8gb_with_one_bit_wonder_constants() -> None:
 
 
 def test_papers_memory_matched_trio_at_8gb() -> None:
-    """4B bf16, 12B 4-bit and 31B 1-bit all fit ≈ 7.8 GB; the 31B 1-bit has the most N_eff (papers.md §1)."""
+    """4B bf16, 12B 4-bit and 31B 1-bit all fit ≈ 7.8 GB; the 31B 1-bit has the most N_eff (1-Bit Wonder)."""
     rec = recommend(get_preset("1bw-kmeans"), 8e9, float("nan"), resolve_arch("llama3"), [1, 4, 16])
     chosen = {r.bits: r.shape.name for r in rec.rows}
     assert chosen == {1: "31B", 4: "12B", 16: "4B"}

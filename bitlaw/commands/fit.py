@@ -1,4 +1,4 @@
-"""``bitlaw fit DATA -o fit.json``: fit a scaling law to a table and write fit.json (design §2).
+"""``bitlaw fit DATA -o fit.json``: fit a scaling law to a table and write fit.json (docs/method.md §6).
 
 The heavy imports (pandas, scipy) happen inside :func:`run`, so ``bitlaw fit --help`` stays fast.
 """

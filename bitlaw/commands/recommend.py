@@ -1,4 +1,4 @@
-"""``bitlaw recommend``: the best bit width and model for a weight-memory budget (design §2, §5)."""
+"""``bitlaw recommend``: the best bit width and model for a weight-memory budget (docs/method.md §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bit accounting and the weight-memory model (design §4, §5).
+"""Bit accounting and the weight-memory model (docs/method.md §3, §7).
 
     P_w      = n + scale_bits / block_size          (bf16 = 16)
     M_bytes  = N_quant · P_w / 8  +  N_hp · 2
@@ -184,7 +184,7 @@ def exact_bytes(shape: Shape, bits: int, fmt: str, acct: BitAccounting = BitAcco
 
 # ----------------------------------------------------------------------------- families
 
-# 1-Bit Wonder's flavours (design §5): d_model, n_layers, n_heads, n_kv_heads.
+# 1-Bit Wonder's flavours (docs/method.md §7): d_model, n_layers, n_heads, n_kv_heads.
 LLAMA3_FLAVOURS = {
     "500M": (1536, 12, 12, 6),
     "1B": (2048, 16, 16, 8),

@@ -1,7 +1,7 @@
-"""Published law constants, usable with ``--preset`` where no fit.json exists (shared/reference/papers.md).
+"""Published law constants, for ``--preset`` where no fit.json exists (1-Bit Wonder; Kumar et al. Table 2).
 
 1-Bit Wonder (blog table) publishes only α, β and γ_w per format, not A, B, E: with those presets the
-recommendation ranks bit widths by N_eff, which is exact at fixed D (design §5) and prints no loss.
+recommendation ranks bit widths by N_eff, which is exact at fixed D (docs/method.md §7) and prints no loss.
 Kumar et al. (Appendix K, Table 2) publish a full integer-weight fit with α = β tied and an exponent offset
 n_w: N_eff = N·(1 − exp(−P/γ_w + n_w)), the sign convention of ``fit.law.capacity``; their P is the integer
 bit width with per-channel scales, so no block-scale overhead enters the law's P for that preset.

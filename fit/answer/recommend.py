@@ -1,4 +1,4 @@
-"""Which bit width, which model, for M bytes of weights and D training tokens (design §5).
+"""Which bit width, which model, for M bytes of weights and D training tokens (docs/method.md §7).
 
 For every bit width the largest shape of the family that fits the budget is the loss-optimal one at that bit
 width (loss falls with N at fixed P and D), so the search is: per bit width, that shape; across bit widths,

@@ -1,4 +1,4 @@
-"""Run dirs -> one runs table (design §3, a contract).
+"""Run dirs -> one runs table (the run-dir contract, sweep/contract.py).
 
 A run dir is any directory holding ``run.json`` under a sweep dir (walked recursively by the run-dir
 contract, sweep/contract.py: hidden, ``wandb`` and ``checkpoint`` trees are skipped). One row per run; only

@@ -59,7 +59,7 @@ class PlotInputs:
             self.ranges = {k: (float(self.runs[k].min()), float(self.runs[k].max())) for k in ("N", "D", "P")}
         elif self.ranges is None and self.fitfile is not None:
             self.ranges = data_range(self.fitfile, self.primary)[0]
-        # The ranking at fixed D does not depend on D (design §5); D only sets the printed losses. Without
+        # The ranking at fixed D does not depend on D (method.md §7); D only sets the printed losses. Without
         # a choice, use the data's largest D (a default beyond the data would draw an extrapolation as the
         # answer); only a preset, which has no data, takes 1-Bit Wonder's Fig. 1 slice (50B tokens, 3.9B N).
         if self.tokens is None:

@@ -7,7 +7,7 @@ The report's own fit.json is one of the three; the other two are refitted here w
 coarse start grid (their Chinchilla bases are screened from it; fit/solve/staged.py), no γ profile, and only
 the
 efficiency form is bootstrapped, ``EFF_BOOTSTRAP`` resamples, for the eff(P) figure's intervals; the penalty
-form gets none (docs/method.md §10).
+form gets none (docs/method.md §8).
 """
 
 from __future__ import annotations

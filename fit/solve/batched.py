@@ -7,7 +7,7 @@ Why Newton with the exact Hessian, not L-BFGS-B or Gauss-Newton: Huber δ = 1e-3
 almost L1.  At the optimum only a handful of rows sit inside ±δ; the rest contribute a constant slope ±δ and,
 through the law's curvature, the second-order term −ρ'(r)·∇²log L̂.  L-BFGS-B crawls along the kinks
 (hundreds to thousands of evaluations per resample) and an IRLS / Gauss-Newton majoriser leaves out that
-second-order term and crawled too (docs/method.md §6).  With it, the iteration is Newton on the piecewise
+second-order term and crawled too (docs/performance.md §4).  With it, the iteration is Newton on the piecewise
 smooth objective and converges in a few dozen steps once the set of rows inside ±δ settles.
 
 Each step: free variables are those not held at a bound by the gradient (projected Newton); the step solves

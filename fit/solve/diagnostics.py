@@ -2,7 +2,7 @@
 
 ``collinear_N_D``: when log D is (nearly) a linear function of log N over a fit's rows — a grid at a fixed
 tokens-per-parameter ratio is the common case — N^(−α) and D^(−β) move together and the fit can trade one
-term for the other (reference/fitting.md §4.3).  The test is the residual of a least-squares line of log D on
+term for the other (docs/method.md §6, flags).  The test is the residual of a least-squares line of log D on
 log N: below COLLINEAR_RMS (~5 % in D) no D varies independently of N enough to separate the terms.
 """
 

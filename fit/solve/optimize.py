@@ -263,7 +263,7 @@ def profile_gamma(
     """The objective profiled over each γ: at every grid γ, the minimum over all other parameters.
 
     Where γ is identified the profile has an interior minimum at the fitted γ; without a high-precision anchor
-    it keeps falling towards a bound (reference/fitting.md §4.3).  The walk goes outwards from the optimum,
+    it keeps falling towards a bound (docs/method.md §6, γ profile).  The walk goes outwards from the optimum,
     each point warm-started from its neighbour.  ftol=1e-12 is an *absolute* change of ~1e-9 of an
     objective of 1e-3: ample for a diagnostic curve, and 3-5x cheaper than ftol=0."""
     if not spec.precision:

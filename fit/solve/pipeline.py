@@ -2,7 +2,7 @@
 
 ``--by format``: one fit per quantization format.  Rows of format ``none``/``bf16`` are the shared
 high-precision anchor: they join *every* per-format fit and get no fit of their own (without them γ is not
-identified, reference/fitting.md §4.3).  ``--shared``: one joint fit of (A, B, E, α, β) with a γ per format;
+identified, docs/method.md §1).  ``--shared``: one joint fit of (A, B, E, α, β) with a γ per format;
 each format's rows, anchors included, are the same as in its per-format fit, so the joint objective is the sum
 of the per-format objectives with the five parameters tied.
 """
@@ -30,7 +30,7 @@ ANCHOR_MIN_P = 8.0  # "high precision": the capacity factor is ≥ 0.93 for any 
 EXPONENT_LIMIT, COEFFICIENT_LIMIT = 1.5, 1e10
 EXPONENT_FLOOR = 1e-3  # an exponent at its lower bound 0: the variable has no effect on the fitted loss
 # E below this share of the lowest observed loss: the irreducible term went to zero, i.e. the data never
-# show the loss flattening, and E trades off against A, α, B, β (reference/fitting.md §4.3)
+# show the loss flattening, and E trades off against A, α, B, β (docs/method.md §6, flags)
 E_FLOOR_SHARE = 0.01
 
 

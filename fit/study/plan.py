@@ -228,7 +228,7 @@ def best_bits_match(
 ) -> dict[str, Any]:
     """Share of replicas whose best bit width at ``budget_bytes`` (``recommend``'s answer) is the truth's.
 
-    At fixed D the winner maximises N_eff, whatever A, α, B, β and D are (design §5): ``tokens`` only sets
+    At fixed D the winner maximises N_eff, whatever A, α, B, β and D are (method.md §7): ``tokens`` only sets
     the printed loss, so the grid's largest D is used.
     """
     info: dict[str, Any] = {"memory_bytes": budget_bytes, "tokens": tokens, "bits": list(bits)}

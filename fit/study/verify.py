@@ -3,7 +3,7 @@
 A fit predicts, for a weight-memory budget M and D tokens, which bit width's largest fitting model has the
 lowest loss. ``choose_contenders`` asks the recommendation for that model at every bit width (bf16 included),
 with its predicted loss and bootstrap interval; the sweep then trains the contenders the grid never trained,
-and ``verdict`` sets the measured losses beside the predictions (``verify.json``, docs/method.md §10).
+and ``verdict`` sets the measured losses beside the predictions (``verify.json``, docs/method.md §11).
 
 Only the contenders are new data: the fit never saw them, so a forecast that holds is out of sample in N and
 in model shape (the low-bit contenders are deeper than any grid model). The budget's default is the memory
