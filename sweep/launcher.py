@@ -108,10 +108,13 @@ class SweepLauncher:
         live = active_slurm_states([s.job_id for s in previous.values() if s.executor == "slurm"])
         loader = self.hydra_context.config_loader
         composed = []
-        for overrides in job_overrides:
+        for offset, overrides in enumerate(job_overrides):
             config = loader.load_sweep_config(self.config, list(overrides))
             # Same resolver-cache copy as Hydra's own launcher: ${now:} etc. agree across jobs.
             OmegaConf.copy_cache(from_config=self.config, to_config=config)
+            with read_write(config.hydra.job), open_dict(config.hydra.job):
+                # before the run dir is named: Hydra's default hydra.sweep.subdir is ${hydra.job.num}
+                config.hydra.job.num = initial_job_idx + offset
             HydraConfig.instance().set_config(config)
             task = task_config(config)
             validate_job(task, overrides, self.cluster)
@@ -127,8 +130,6 @@ class SweepLauncher:
                       f"  [{self.progress.line()}]", flush=True)
                 returns.append(job_return(list(overrides), handled))
                 continue
-            with read_write(config.hydra.job), open_dict(config.hydra.job):
-                config.hydra.job.num = initial_job_idx + offset
             planned.append(PlannedRun(run, config, initial_job_idx + offset, list(overrides)))
         return returns, planned
 
