@@ -121,8 +121,9 @@ def test_killing_the_local_submitter_cancels_its_jobs(tmp_path, parallel: int) -
     for pid in pids:  # the jobs (submitit's controller and its training process) are gone, not orphaned
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     assert not any((sweep / f"value={v}" / "summary.json").exists() for v in (1, 2))
-    assert len(ledger(sweep)) == parallel  # the queued run (one worker) was never started
-    assert (sweep / "value=2").exists() == (parallel == 2)
+    assert len(ledger(sweep)) == parallel  # one worker: its queued run was never started
+    if parallel == 1:
+        assert not (sweep / "value=2").exists()
 
 
 # ----------------------------------------------------------------------------- the analysis commands
