@@ -11,9 +11,9 @@ Prints, per launcher:
   minus the training time its first line accounts for (tokens / tokens_per_s).
 - an N-job sweep of tiny real runs: wall time of the blocking submit command vs the sum of the runs'
   training times (summary.json wall_s) and of their Slurm elapsed times.
-- per-run overhead of the local launcher, with the worker pool (hydra.launcher.pool=true, the default) and
-  with a process per run (pool=false), one run at a time: (wall of an N-run sweep − wall of a 1-run sweep)
-  / (N − 1) − the runs' mean training time (summary.json wall_s). Target with the pool: <= 0.3 s.
+- per-run overhead of the local launcher (its worker pool; the process-per-run path, pool=false, is gone),
+  one run at a time: (wall of an N-run sweep − wall of a 1-run sweep) / (N − 1) − the runs' mean training
+  time (summary.json wall_s). Target: <= 0.3 s.
 Figures only, no pass/fail; record `uptime` next to them (the machine is shared). Slurm figures need
 the local cluster (sudo scripts/slurm-up.sh).
 """
@@ -84,14 +84,14 @@ def sweep_of_tiny_runs(launcher: str, work: Path, n_jobs: int) -> dict:
     return result
 
 
-def local_per_run_overhead(work: Path, n_runs: int, pool: bool) -> tuple[float, float]:
+def local_per_run_overhead(work: Path, n_runs: int) -> tuple[float, float]:
     """(seconds per run beyond its own training, mean training seconds), one run at a time."""
     walls, trained = [], []
     for n in (1, n_runs):
-        sweep = work / f"overhead-{pool}-{n}-{time.time_ns()}"
+        sweep = work / f"overhead-{n}-{time.time_ns()}"
         t0 = time.time()
         finish(submit("local", sweep, *TINY, "train.tokens=8192", "hydra.launcher.parallel=1",
-                      f"hydra.launcher.pool={str(pool).lower()}", f"train.seed=range(0,{n})"))
+                      f"train.seed=range(0,{n})"))
         walls.append(time.time() - t0)
         trained = [json.loads(p.read_text())["wall_s"] for p in sweep.glob("*/summary.json")]
     mean_train = statistics.mean(trained)
@@ -109,11 +109,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bitlaw-bench-") as tmp:
         work = Path(tmp)
         if "local" in args.launchers.split(","):
-            for pool in (True, False):
-                overhead, train_s = local_per_run_overhead(work, args.overhead_runs, pool)
-                print(f"local per-run overhead, {'worker pool' if pool else 'process per run'}: "
-                      f"{overhead:.2f} s per run beyond its {train_s:.2f} s of training "
-                      f"({args.overhead_runs} runs, one at a time)")
+            overhead, train_s = local_per_run_overhead(work, args.overhead_runs)
+            print(f"local per-run overhead, worker pool: {overhead:.2f} s per run beyond its {train_s:.2f} s "
+                  f"of training ({args.overhead_runs} runs, one at a time)")
         for launcher in args.launchers.split(","):
             task = [submit_to_task_start(launcher, work) for _ in range(args.repeats)]
             step = [submit_to_first_step(launcher, work) for _ in range(args.repeats)]

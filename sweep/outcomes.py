@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hydra.experimental.callback import Callback
 
@@ -21,7 +21,9 @@ OUTCOMES_FILE = "outcomes.jsonl"  # SWEEP_DIR/.bitlaw/: one line per run outcome
 
 
 def record_outcome(sweep_dir: Path, outcome: RunOutcome) -> None:
-    record = {k: v for k, v in asdict(outcome).items() if k != "value"}
+    # by field, not asdict: asdict would deep-copy the run's JobReturn, which is not recorded anyway
+    record = {f.name: getattr(outcome, f.name) for f in fields(outcome)
+              if f.name not in ("value", "returned")}
     path = ledger_dir(sweep_dir) / OUTCOMES_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
@@ -35,6 +37,7 @@ class RunOutcome:
     job_id: str = ""
     detail: str = ""
     value: Any = None  # what the task returned (done runs), handed back to the sweeper
+    returned: Any = None  # the done run's own JobReturn (its cfg, working dir): what the sweeper gets back
 
 
 def log_tail(path: Path, n_lines: int = 5) -> str:
@@ -62,8 +65,13 @@ def error_line(message: str) -> str:
 
 
 def job_return(overrides: list[str], outcome: RunOutcome | None) -> Any:
+    """What the sweeper gets for a run: a done run's own JobReturn (as Hydra's launchers hand back), else
+    status COMPLETED with no value: Hydra's sweepers raise on a FAILED return and would stop the sweep; the
+    failure is reported in the outcome lines and the sweep's exit status instead."""
     from hydra.core.utils import JobReturn, JobStatus
 
+    if outcome is not None and outcome.returned is not None:
+        return outcome.returned
     value = outcome.value if outcome is not None else None
     return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=value)
 
@@ -133,56 +141,50 @@ class SweepSummary(Callback):
             sys.exit(status)
 
 
-def pool_outcome(sweep_dir: Path, finished: Any) -> RunOutcome:
-    """A pooled run's outcome, read as `_outcome` reads a submitit job's (summary.json decides)."""
+class JobFailed(Exception):
+    """An ended job's run raised (or its process died): `line` says how, in one line."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+class EndedJob(Protocol):
+    """What the classifier needs of a job that has ended, whichever backend ran it (as submitit gives each
+    executor the same Job): a local pool run (sweep/launch/jobs.py PoolRun) or a Slurm job (SlurmRun)."""
+
+    run: str          # the run (its dir relative to the sweep dir)
+    job_id: str       # the worker's pid, or the Slurm job id
+    final_state: str  # RESULT when the job left a result; else the scheduler's final state
+
+    def result(self) -> Any:
+        """The run's JobReturn; raises JobFailed if the run raised or its process died."""
+
+    def log_tail(self) -> str:
+        """The last lines of the job's stderr, for a job that ended without a result."""
+
+
+def classify(sweep_dir: Path, job: EndedJob) -> RunOutcome:
+    """The one outcome classifier: the job's end, then the run dir's summary.json, decide."""
     from hydra.core.utils import JobStatus
 
-    run_dir, job_id = sweep_dir / finished.key, str(finished.worker_pid)
-    summary = read_json(run_dir / "summary.json") or {}
-    if not finished.ok:
-        return RunOutcome(finished.key, "failed", job_id, summary.get("reason") or finished.error)
-    job_return = finished.value
-    if job_return.status == JobStatus.FAILED:
-        return RunOutcome(finished.key, "failed", job_id, "the task failed")
-    value = job_return.return_value
-    if isinstance(value, dict) and value.get("status") == "busy":  # lost the run dir's lock (app.run_job)
-        return RunOutcome(finished.key, "busy", job_id, str(value.get("reason")))
-    if summary.get("status") == "completed":
-        return RunOutcome(finished.key, "done", job_id, f"final_val_loss {loss_text(summary)}", value)
-    if summary:
-        return RunOutcome(finished.key, "failed", job_id, f"{summary.get('status')}: {summary.get('reason')}")
-    return RunOutcome(finished.key, "done", job_id, "job returned (no summary.json)", value)
-
-
-def local_final_state(job: Any) -> str | None:
-    """'RESULT' once a local job left its result pickle, its submitit state if the process exited without
-    one, None while it runs."""
-    if job.paths.result_pickle.exists():
-        return "RESULT"
-    return job.state if job.done() else None
-
-
-def job_outcome(sweep_dir: Path, run: str, job: Any, final_state: str) -> RunOutcome:
-    from hydra.core.utils import JobStatus
-
-    run_dir = sweep_dir / run
-    if final_state != "RESULT":
-        state = "cancelled" if final_state.startswith("CANCELLED") else "failed"
-        return RunOutcome(run, state, job.job_id, f"job {final_state}; {log_tail(job.paths.stderr, 3)}")
+    run, job_id = job.run, job.job_id
+    if job.final_state != "RESULT":
+        state = "cancelled" if job.final_state.startswith("CANCELLED") else "failed"
+        return RunOutcome(run, state, job_id, f"job {job.final_state}; {job.log_tail()}")
     try:
-        job_return = job.results()[0]
-    except Exception as err:  # submitit re-raises the job's error; ComposedJob wrote its summary
-        summary = read_json(run_dir / "summary.json") or {}
-        return RunOutcome(run, "failed", job.job_id, summary.get("reason") or error_line(str(err)))
+        job_return = job.result()
+    except JobFailed as failed:  # the job wrote its failed summary (ComposedJob) unless its process died
+        summary = read_json(sweep_dir / run / "summary.json") or {}
+        return RunOutcome(run, "failed", job_id, summary.get("reason") or failed.line)
     if job_return.status == JobStatus.FAILED:
-        return RunOutcome(run, "failed", job.job_id, "the task failed")
+        return RunOutcome(run, "failed", job_id, "the task failed")
     value = job_return.return_value
     if isinstance(value, dict) and value.get("status") == "busy":  # lost the run dir's lock (app.run_job)
-        return RunOutcome(run, "busy", job.job_id, str(value.get("reason")))
-    summary = read_json(run_dir / "summary.json") or {}
+        return RunOutcome(run, "busy", job_id, str(value.get("reason")))
+    summary = read_json(sweep_dir / run / "summary.json") or {}
     if summary.get("status") == "completed":
-        return RunOutcome(run, "done", job.job_id, f"final_val_loss {loss_text(summary)}",
-                          job_return.return_value)
+        return RunOutcome(run, "done", job_id, f"final_val_loss {loss_text(summary)}", value, job_return)
     if summary:
-        return RunOutcome(run, "failed", job.job_id, f"{summary.get('status')}: {summary.get('reason')}")
-    return RunOutcome(run, "done", job.job_id, "job returned (no summary.json)")
+        return RunOutcome(run, "failed", job_id, f"{summary.get('status')}: {summary.get('reason')}")
+    return RunOutcome(run, "done", job_id, "job returned (no summary.json)", value, job_return)

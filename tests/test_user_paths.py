@@ -100,8 +100,10 @@ def test_a_second_submitter_skips_a_run_another_is_training(tmp_path) -> None:
     assert "1 busy" in out.stdout and "1 done" in out.stdout
 
 
-@pytest.mark.parametrize("parallel", [1, 2], ids=["rolling-pool", "one-batch"])
+@pytest.mark.parametrize("parallel", [1, 2], ids=["one-worker-second-run-queued", "a-worker-per-run"])
 def test_killing_the_local_submitter_cancels_its_jobs(tmp_path, parallel: int) -> None:
+    """The worker pool, stopped with every worker busy: with one worker the second run is still queued and
+    must never start; with two both are running and both are cancelled."""
     sweep = tmp_path / "sweep"
     cmd = stand_in(sweep, "value=1,2", "sleep_s=120", f"hydra.launcher.parallel={parallel}")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -119,6 +121,9 @@ def test_killing_the_local_submitter_cancels_its_jobs(tmp_path, parallel: int) -
     for pid in pids:  # the jobs (submitit's controller and its training process) are gone, not orphaned
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     assert not any((sweep / f"value={v}" / "summary.json").exists() for v in (1, 2))
+    assert len(ledger(sweep)) == parallel  # one worker: its queued run was never started
+    if parallel == 1:
+        assert not (sweep / "value=2").exists()
 
 
 # ----------------------------------------------------------------------------- the analysis commands

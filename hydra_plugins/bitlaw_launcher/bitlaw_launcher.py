@@ -22,12 +22,16 @@ from omegaconf import DictConfig, OmegaConf
 
 @dataclass
 class BitlawLocalConf(LocalQueueConf):
-    """submitit_local's keys, plus the worker pool, its width, and the (refused) detach switch."""
+    """submitit_local's keys, plus the worker pool's width and the (refused) detach switch.
+
+    Local runs always go to the worker pool (sweep/pool.py). `pool` is the retired switch for a process per
+    run: kept in the schema only so that setting it says so in one line (sweep/launcher.py POOL_REMOVED)."""
 
     _target_: str = "hydra_plugins.bitlaw_launcher.bitlaw_launcher.BitlawLocalLauncher"
-    parallel: Optional[int] = None  # noqa: UP045 (OmegaConf 2.3 needs typing.Optional)  # local jobs at once; null = the number of cores
+    # noqa: UP045 below: OmegaConf 2.3 needs typing.Optional
+    parallel: Optional[int] = None  # noqa: UP045  # runs at once (workers); null = the number of cores
     detach: bool = False  # only Slurm jobs outlive the submitting process: true is refused here
-    pool: bool = True  # runs on long-lived workers that import torch once (false: a process per run)
+    pool: Optional[bool] = None  # noqa: UP045  # retired: any value is an error naming the change
 
 
 @dataclass
@@ -69,8 +73,9 @@ class _BitlawLauncher(Launcher):
         from sweep.submission import report_and_exit_on_user_error
 
         assert self.config is not None and self.hydra_context is not None
-        sweep = SweepLauncher(self.cluster, self.params, self.config, self.hydra_context, self.task_function)
         with report_and_exit_on_user_error():
+            sweep = SweepLauncher(self.cluster, self.params, self.config, self.hydra_context,
+                                  self.task_function)
             return sweep.launch(job_overrides, initial_job_idx)
 
 
