@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from bitlaw.commands.recommend import BITS_HELP, accounting, chosen_bits, load_source
-from fit.answer.recommend import parse_memory, parse_tokens
 from fit.errors import InputError
 from fit.fitfile import load_fit
+from fit.units import parse_memory, parse_tokens
 
 DEFAULT_BUDGETS = "1GB,2GB,4GB,8GB,16GB,32GB,64GB"
 

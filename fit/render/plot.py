@@ -30,9 +30,11 @@ from fit.answer.caveats import data_range
 from fit.answer.memory import BitAccounting, resolve_arch
 from fit.answer.presets import LawSource
 from fit.answer.query import n_eff_of
-from fit.answer.recommend import bits_label, format_bytes, recommend, smooth_n_eff
+from fit.answer.recommend import recommend, smooth_n_eff
 from fit.fitfile import FitFile
 from fit.law import law_of, predict_loss
+from fit.render.recommend_text import bits_label
+from fit.units import format_bytes
 
 MARKERS = {1: "o", 2: "s", 3: "^", 4: "D", 5: "v", 6: "P", 7: "X", 8: "h", 16: "*"}
 LINESTYLES = {1: "-", 2: "--", 3: "-.", 4: ":", 16: (0, (6, 1, 1, 1))}

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from fit.answer.memory import resolve_arch
-from fit.answer.recommend import format_bytes, format_count, recommend
+from fit.answer.recommend import recommend
 from fit.data.observed import render as observed_counts
 from fit.data.table import prepare_table, read_frame
 from fit.errors import InputError
@@ -27,6 +27,7 @@ from fit.render.plot_forms import CAPTION as EFF_CAPTION
 from fit.render.plot_forms import plot_eff_vs_gamma
 from fit.render.report_forms import FormComparison, compare_in_report, section_forms
 from fit.solve.optimize import GAMMA_BOUNDS
+from fit.units import format_bytes, format_count
 
 ONE_BIT_WONDER_GAMMA = {"kmeans": 3.32, "uniform": 3.71}
 PARAM_ORDER = ("A", "B", "E", "alpha", "beta", "gamma", "offset")
@@ -317,7 +318,7 @@ def section_recommendation(inp: ReportInputs, plot_inputs: PlotInputs) -> list[s
 
 def build_report(inp: ReportInputs) -> Path:
     """Write DIR/report.md and DIR/plots/*.png; returns the report's path."""
-    from fit.answer.recommend import source_from_fit
+    from fit.answer.fit_source import source_from_fit
 
     inp.out_dir.mkdir(parents=True, exist_ok=True)
     source = source_from_fit(inp.fitfile)
