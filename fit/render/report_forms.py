@@ -17,6 +17,7 @@ from typing import Any
 
 from fit.errors import InputError
 from fit.fitfile import FitFile
+from fit.render.markdown import number_cell
 from fit.solve.compare import compare_forms
 
 FORMS = ("precision", "efficiency", "penalty")
@@ -113,10 +114,6 @@ def _with_information(data: dict[str, Any], frame: Any, objective: Any) -> dict[
     return {**data, "fits": fits}
 
 
-def _num(x: object, digits: int = 4) -> str:
-    return "–" if x is None else f"{x:.{digits}g}" if isinstance(x, float) else str(x)
-
-
 def section_forms(comparison: FormComparison) -> list[str]:
     """Markdown: per format, the three forms' held-out MAPE and AIC/BIC, and which the data prefer."""
     lines = ["## Law forms compared", ""]
@@ -134,8 +131,9 @@ def section_forms(comparison: FormComparison) -> list[str]:
             mape = "–" if r["heldout_mape"] is None else f"{100 * r['heldout_mape']:.2f} %"
             flags = ", ".join(dict.fromkeys(r["flags"])) or "–"  # one eff_at_bound per P: name it once
             lines.append(
-                f"| {r['law']} | {_num(r['k'])} | {mape} | {_num(r['aic'], 6)} | {_num(r['delta_aic'], 3)} | "
-                f"{_num(r['bic'], 6)} | {_num(r['delta_bic'], 3)} | {flags} |"
+                f"| {r['law']} | {number_cell(r['k'])} | {mape} | {number_cell(r['aic'], 6)} | "
+                f"{number_cell(r['delta_aic'], 3)} | "
+                f"{number_cell(r['bic'], 6)} | {number_cell(r['delta_bic'], 3)} | {flags} |"
             )
         lines += ["", verdict(rows), ""]
     return lines
