@@ -94,10 +94,10 @@ def _with_information(data: dict[str, Any], frame: Any, objective: Any) -> dict[
 
     from fit.law import PRECISION_PARAMS, predict_loss
     from fit.solve.diagnostics import information
-    from fit.solve.pipeline import _anchor_mask
+    from fit.solve.pipeline import anchor_mask
 
     fits = {}
-    anchor = _anchor_mask(frame)
+    anchor = anchor_mask(frame)
     for fmt, entry in data["fits"].items():
         if entry.get("information") or "gamma" not in entry:
             fits[fmt] = entry
