@@ -61,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from fit.answer.caveats import study_warnings
     from fit.answer.memory import resolve_arch
-    from fit.render.plot import PlotInputs, make_plots
+    from fit.render.figure import PlotInputs
+    from fit.render.plot import make_plots
     from fit.render.report import load_runs
 
     source = load_source(args.fit, args.preset)

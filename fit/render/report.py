@@ -22,8 +22,9 @@ from fit.data.observed import render as observed_counts
 from fit.data.table import prepare_table, read_frame
 from fit.errors import InputError
 from fit.fitfile import FitFile
+from fit.render.figure import PlotInputs
 from fit.render.markdown import markdown_table, number_cell
-from fit.render.plot import PlotInputs, commit, discard, stage_plots
+from fit.render.plot import commit, discard, stage_plots
 from fit.render.plot_forms import CAPTION as EFF_CAPTION
 from fit.render.plot_forms import plot_eff_vs_gamma
 from fit.render.report_forms import FormComparison, compare_in_report, section_forms
