@@ -13,8 +13,8 @@ from matplotlib import colors
 from bitlaw.cli import main
 from fit.answer.caveats import blocking_flags, range_warnings
 from fit.answer.fit_source import source_from_fit
-from fit.answer.memory import resolve_arch
 from fit.answer.recommend import recommend
+from fit.answer.shapes import resolve_arch
 from fit.data.simulate import simulate
 from fit.fitfile import load_fit, sha256_of
 from fit.render.figure import PlotInputs

@@ -11,9 +11,10 @@ import pytest
 
 from bitlaw.cli import main
 from fit.answer.fit_source import source_from_fit
-from fit.answer.memory import BitAccounting, resolve_arch, shape_bytes
+from fit.answer.memory import BitAccounting, shape_bytes
 from fit.answer.presets import FormatLaw, LawSource, get_preset
 from fit.answer.recommend import recommend, smooth_n_eff
+from fit.answer.shapes import resolve_arch
 from fit.errors import InputError
 from fit.fitfile import load_fit
 from fit.law import capacity

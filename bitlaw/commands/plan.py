@@ -254,7 +254,7 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bitlaw.commands.recommend import load_source
-    from fit.answer.memory import resolve_arch
+    from fit.answer.shapes import resolve_arch
     from fit.fitfile import load_fit
     from fit.study.plan import DEFAULT_FLOPS_PER_S, plan
     from fit.units import parse_memory

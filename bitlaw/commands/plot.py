@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fit.answer.caveats import study_warnings
-    from fit.answer.memory import resolve_arch
+    from fit.answer.shapes import resolve_arch
     from fit.render.figure import PlotInputs
     from fit.render.plot import make_plots
     from fit.render.report import load_runs

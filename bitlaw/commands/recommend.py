@@ -7,10 +7,11 @@ import json
 import sys
 
 from fit.answer.fit_source import FitSource, source_from_fit, warnings_for
-from fit.answer.memory import BitAccounting, resolve_arch
+from fit.answer.memory import BitAccounting
 from fit.answer.presets import PRESETS, LawSource, get_preset
 from fit.answer.query import can_answer, query_warnings
 from fit.answer.recommend import Recommendation, recommend
+from fit.answer.shapes import resolve_arch
 from fit.errors import InputError
 from fit.fitfile import load_fit
 from fit.render.recommend_text import render_text, to_json

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from bitlaw.commands.recommend import accounting, chosen_bits
     from fit.answer.caveats import study_warnings
     from fit.answer.fit_source import source_from_fit
-    from fit.answer.memory import resolve_arch
+    from fit.answer.shapes import resolve_arch
     from fit.errors import InputError
     from fit.fitfile import load_fit
     from fit.render.report import ReportInputs, build_report, load_runs

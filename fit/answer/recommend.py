@@ -23,9 +23,10 @@ import numpy as np
 
 from fit.answer.caveats import blocking_flags
 from fit.answer.fit_source import FitSource
-from fit.answer.memory import BF16_BITS, BitAccounting, Interpolation, Shape, check_format, shape_bytes
+from fit.answer.memory import BF16_BITS, BitAccounting, Shape, check_format, shape_bytes
 from fit.answer.presets import FormatLaw, LawSource
 from fit.answer.query import can_answer, check_answerable, loss_matrix, n_eff_of
+from fit.answer.shapes import Interpolation
 from fit.errors import InputError
 from fit.units import ALLOWED_BITS, DEFAULT_BITS, format_bytes
 

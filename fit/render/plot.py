@@ -25,9 +25,9 @@ import numpy as np
 from matplotlib import colors, patches, ticker
 from matplotlib.figure import Figure
 
-from fit.answer.memory import resolve_arch
 from fit.answer.query import n_eff_of
 from fit.answer.recommend import recommend, smooth_n_eff
+from fit.answer.shapes import resolve_arch
 from fit.law import law_of, predict_loss
 from fit.render.figure import BITS_COLOURS, PW_TICKS, PlotInputs
 from fit.render.figure import save_png as _save  # one name the figures here save through (tests capture it)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fit.answer.memory import resolve_arch
 from fit.answer.recommend import recommend
+from fit.answer.shapes import resolve_arch
 from fit.data.observed import render as observed_counts
 from fit.data.table import prepare_table, read_frame
 from fit.errors import InputError
