@@ -183,7 +183,7 @@ def demo_bootstrap_section(resamples: int, two_stage: bool = False) -> None:
     side."""
     import fit.solve.bootstrap
     from fit.data.table import load_table
-    from fit.solve.bootstrap import percentile_ci
+    from fit.solve.bootstrap import finite_percentile_ci as percentile_ci
     from fit.solve.pipeline import FitOptions, bootstrap_strata, bootstrap_units, build_jobs
     from fit.solve.staged import fit_any, params_of
 

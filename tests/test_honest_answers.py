@@ -12,11 +12,13 @@ from matplotlib import colors
 
 from bitlaw.cli import main
 from fit.answer.caveats import blocking_flags, range_warnings
-from fit.answer.memory import resolve_arch
-from fit.answer.recommend import recommend, source_from_fit
+from fit.answer.fit_source import source_from_fit
+from fit.answer.recommend import recommend
+from fit.answer.shapes import resolve_arch
 from fit.data.simulate import simulate
 from fit.fitfile import load_fit, sha256_of
-from fit.render.plot import PlotInputs, plot_isoloss
+from fit.render.figure import PlotInputs
+from fit.render.plot import plot_isoloss
 
 TRUE = {"A": 400.0, "B": 2000.0, "E": 1.8, "alpha": 0.34, "beta": 0.37}
 GAMMA = {"kmeans": 3.32, "uniform": 3.71}

@@ -7,17 +7,8 @@ import math
 
 import pytest
 
-from fit.answer.memory import (
-    BitAccounting,
-    Shape,
-    bitlaw_shapes,
-    continuous_shapes,
-    exact_bytes,
-    llama3_ffn_dim,
-    llama3_shapes,
-    resolve_arch,
-    shape_bytes,
-)
+from fit.answer.memory import BitAccounting, Shape, exact_bytes, shape_bytes
+from fit.answer.shapes import bitlaw_shapes, continuous_shapes, llama3_ffn_dim, llama3_shapes, resolve_arch
 from fit.errors import InputError
 
 

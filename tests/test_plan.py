@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from bitlaw import cli
-from fit.answer.memory import llama3_shapes
 from fit.answer.presets import FormatLaw, LawSource
+from fit.answer.shapes import llama3_shapes
 from fit.data.simulate import KMEANS_TRUTH, simulate
 from fit.solve.pipeline import FitOptions
 from fit.study.plan import compute_cost, flagged_params, grid_table, plan, seed_spread

@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 
 from bitlaw.cli import main
-from fit.answer.memory import BitAccounting, resolve_arch, shape_bytes
+from fit.answer.fit_source import source_from_fit
+from fit.answer.memory import BitAccounting, shape_bytes
 from fit.answer.presets import FormatLaw, LawSource, get_preset
-from fit.answer.recommend import parse_memory, parse_tokens, recommend, smooth_n_eff, source_from_fit
+from fit.answer.recommend import recommend, smooth_n_eff
+from fit.answer.shapes import resolve_arch
 from fit.errors import InputError
 from fit.fitfile import load_fit
 from fit.law import capacity
+from fit.units import parse_memory, parse_tokens
 
 KMEANS = {"A": 400.0, "B": 2000.0, "E": 1.8, "alpha": 0.34, "beta": 0.37, "gamma": 3.32}
 UNIFORM = {**KMEANS, "alpha": 0.33, "gamma": 3.71}

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from bitlaw.cli import main
-from fit.answer.memory import resolve_arch
-from fit.answer.recommend import recommend, source_from_fit
+from fit.answer.fit_source import source_from_fit
+from fit.answer.recommend import recommend
+from fit.answer.shapes import resolve_arch
 from fit.data.simulate import KMEANS_TRUTH, simulate
 from fit.errors import InputError
 from fit.fitfile import load_fit

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from bitlaw.cli import main
-from fit.answer.memory import BF16_BITS, BitAccounting, file_shapes, shape_bytes, weight_bytes
+from fit.answer.memory import BF16_BITS, BitAccounting, shape_bytes, weight_bytes
+from fit.answer.shapes import file_shapes
 from fit.fitfile import load_fit
 from fit.law import predict_loss
 from fit.study.verify import ContenderPlan, choose_contenders, smallest_bf16_budget, verdict

@@ -254,10 +254,10 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bitlaw.commands.recommend import load_source
-    from fit.answer.memory import resolve_arch
-    from fit.answer.recommend import parse_memory
+    from fit.answer.shapes import resolve_arch
     from fit.fitfile import load_fit
     from fit.study.plan import DEFAULT_FLOPS_PER_S, plan
+    from fit.units import parse_memory
 
     _check(args)
     flops_per_s, rate_label = args.flops_per_s or DEFAULT_FLOPS_PER_S, None
@@ -311,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _compute_line(c: dict[str, Any]) -> str:
-    from fit.answer.recommend import format_count
+    from fit.units import format_count
 
     return (
         f"{c['runs']} runs, {c['trunks']} trunks, {format_count(c['tokens'])} tokens, "
@@ -330,7 +330,7 @@ def _cost_lines(c: dict[str, Any]) -> list[str]:
 
 
 def render(report: dict[str, Any]) -> str:
-    from fit.answer.recommend import format_bytes
+    from fit.units import format_bytes
 
     lines = [
         f"plan: {report['grid']}; law {report['source']}; noise {100 * report['noise']:.3g} % "

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from bitlaw.commands.recommend import BITS_HELP, accounting, chosen_bits, load_source
-from fit.answer.recommend import parse_memory, parse_tokens
 from fit.errors import InputError
 from fit.fitfile import load_fit
+from fit.units import parse_memory, parse_tokens
 
 DEFAULT_BUDGETS = "1GB,2GB,4GB,8GB,16GB,32GB,64GB"
 
@@ -60,8 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fit.answer.caveats import study_warnings
-    from fit.answer.memory import resolve_arch
-    from fit.render.plot import PlotInputs, make_plots
+    from fit.answer.shapes import resolve_arch
+    from fit.render.figure import PlotInputs
+    from fit.render.plot import make_plots
     from fit.render.report import load_runs
 
     source = load_source(args.fit, args.preset)

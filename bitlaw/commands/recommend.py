@@ -6,24 +6,16 @@ import argparse
 import json
 import sys
 
-from fit.answer.memory import BitAccounting, resolve_arch
+from fit.answer.fit_source import FitSource, source_from_fit, warnings_for
+from fit.answer.memory import BitAccounting
 from fit.answer.presets import PRESETS, LawSource, get_preset
 from fit.answer.query import can_answer, query_warnings
-from fit.answer.recommend import (
-    DEFAULT_BITS,
-    FitSource,
-    Recommendation,
-    parse_bits,
-    parse_memory,
-    parse_tokens,
-    recommend,
-    render_text,
-    source_from_fit,
-    to_json,
-    warnings_for,
-)
+from fit.answer.recommend import Recommendation, recommend
+from fit.answer.shapes import resolve_arch
 from fit.errors import InputError
 from fit.fitfile import load_fit
+from fit.render.recommend_text import render_text, to_json
+from fit.units import DEFAULT_BITS, parse_bits, parse_memory, parse_tokens
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -45,12 +45,13 @@ def run(args: argparse.Namespace) -> int:
     from bitlaw.commands.plot import output_dir
     from bitlaw.commands.recommend import accounting, chosen_bits
     from fit.answer.caveats import study_warnings
-    from fit.answer.memory import resolve_arch
-    from fit.answer.recommend import parse_memory, parse_tokens, source_from_fit
+    from fit.answer.fit_source import source_from_fit
+    from fit.answer.shapes import resolve_arch
     from fit.errors import InputError
     from fit.fitfile import load_fit
     from fit.render.report import ReportInputs, build_report, load_runs
     from fit.render.report_forms import check_given_forms
+    from fit.units import parse_memory, parse_tokens
 
     if not args.fit:
         raise InputError("FIT.json: required (the report describes a fit; make one with `bitlaw fit`)")

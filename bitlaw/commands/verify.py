@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def plan(args: argparse.Namespace) -> int:
-    from fit.answer.memory import resolve_arch
+    from fit.answer.shapes import resolve_arch
     from fit.data.table import read_frame
     from fit.errors import InputError
     from fit.fitfile import load_fit

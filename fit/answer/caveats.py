@@ -27,6 +27,7 @@ D_ONLY_DETAIL = ("beta=", "B=")
 
 
 def flag_name(flag: str) -> str:
+    """A fit flag's name, without its ``: detail`` (``exponent_at_zero: alpha=0`` -> ``exponent_at_zero``)."""
     return flag.split(":", 1)[0].strip()
 
 

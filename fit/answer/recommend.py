@@ -7,9 +7,11 @@ without published A, B, E are ranked. With bootstrap samples in the fit, every r
 the share of resamples each bit width wins and the winner's loss interval come from those.
 
 A fit whose flags say its law is not identified (fit.answer.caveats.blocking_flags), or whose bit widths all
-predict
-the same loss (α = 0), gets no winner: the leading row is reported as the point estimate's, unstarred, and a
-resample whose bit widths tie wins for none of them (with α = 0 argmin used to hand every tie to 1 bit).
+predict the same loss (α = 0), gets no winner: the leading row is reported as the point estimate's,
+unstarred, and a resample whose bit widths tie wins for none of them (with α = 0 argmin used to hand every
+tie to 1 bit).
+
+A fit.json becomes a law source in fit.answer.fit_source; fit.render.recommend_text prints the result.
 """
 
 from __future__ import annotations
@@ -19,76 +21,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fit.answer.caveats import blocking_flags, fit_flags, flag_warnings, pooled_warning
-from fit.answer.memory import BF16_BITS, BitAccounting, Interpolation, Shape, check_format, shape_bytes
+from fit.answer.caveats import blocking_flags
+from fit.answer.fit_source import FitSource
+from fit.answer.memory import BF16_BITS, BitAccounting, Shape, check_format, shape_bytes
 from fit.answer.presets import FormatLaw, LawSource
-from fit.answer.query import can_answer, check_answerable, check_law, loss_matrix, n_eff_of
+from fit.answer.query import can_answer, check_answerable, loss_matrix, n_eff_of
+from fit.answer.shapes import Interpolation
 from fit.errors import InputError
-from fit.fitfile import FitFile
-from fit.units import (  # noqa: F401 (re-exported: the CLI and tests import them from here)
-    ALLOWED_BITS,
-    DEFAULT_BITS,
-    TOKEN_SUFFIX,
-    UNITS,
-    format_bytes,
-    format_count,
-    parse_bits,
-    parse_memory,
-    parse_tokens,
-)
+from fit.units import ALLOWED_BITS, DEFAULT_BITS, format_bytes
 
-N_COLUMN_CONVENTION = {"N": "quant", "N_quant": "quant", "N_nonembed": "nonembed", "N_total": "total"}
 TIE = 1e-12  # relative loss difference below which two bit widths tie
-
-
-@dataclass(frozen=True)
-class FitSource(LawSource):
-    """A LawSource read from fit.json, which also knows each fit's flags."""
-
-    flags: dict[str, list[str]] = field(default_factory=dict)
-    caveats: tuple[str, ...] = ()  # about the fit as a whole (e.g. formats pooled without --by format)
-    data_ranges: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # fit.json's
-
-    def flags_for(self, fmt: str) -> list[str]:
-        return self.flags.get(fmt, self.flags.get("all", []))
-
-
-def warnings_for(source: LawSource, fmt: str) -> list[str]:
-    """The ``warning:`` lines of an answer about ``fmt``: the serving fit's flags, then the caveats."""
-    if not isinstance(source, FitSource):
-        return []
-    name = fmt if fmt in source.flags else "all"
-    return flag_warnings({name: source.flags_for(fmt)}) + list(source.caveats)
-
-
-# ----------------------------------------------------------------------------- the law source
-
-
-def source_from_fit(fitfile: FitFile) -> LawSource:
-    """A fit.json as a LawSource: every fit entry, its bootstrap samples, and the N convention it used."""
-    check_law(fitfile.law, str(fitfile.path))
-    data = fitfile.data
-    column = str((data.get("columns") or {}).get("N", "N"))
-    # fit.json says quant|nonembed|total, or that N came as given from a column (then its name decides).
-    convention = str(data.get("n_convention"))
-    if convention not in ("quant", "nonembed", "total"):
-        convention = N_COLUMN_CONVENTION.get(column, "quant")
-    laws, ranges, spans = {}, {}, {}
-    for fmt in fitfile.formats:
-        laws[fmt] = FormatLaw(fmt, fitfile.params(fmt), fitfile.bootstrap_samples(fmt))
-        entry = fitfile.entry(fmt)
-        p_range = entry.get("P_range") or (entry.get("data_range") or {}).get("P")
-        if isinstance(p_range, list | tuple) and len(p_range) == 2:
-            ranges[fmt] = (float(p_range[0]), float(p_range[1]))
-        spans[fmt] = {k: (float(v[0]), float(v[1])) for k, v in (entry.get("data_range") or {}).items()}
-    caveats = tuple(pooled_warning(fitfile))
-    return FitSource(
-        str(fitfile.path), laws, convention, p_range=ranges, flags=fit_flags(fitfile), caveats=caveats,
-        data_ranges=spans,
-    )
-
-
-# ----------------------------------------------------------------------------- the recommendation
+LARGEST_SHAPE_SLACK = 1.25  # a budget this much above the largest shape's bytes: say a larger family may help
 
 
 @dataclass
@@ -180,12 +123,35 @@ def recommend(
 ) -> Recommendation:
     """Rank bit widths for one budget; see the module docstring."""
     acct = acct or BitAccounting()
-    fmt = check_format(fmt or source.default_format)
-    if fmt == "none":
-        raise InputError("--format: pick a quantized format (kmeans, uniform, ...); bf16 is --bits 16")
+    fmt = quantized_format(source, fmt)
     law = source.law(fmt)
     bits = sorted(set(bits))
     check_bits_in_range(source, fmt, bits, acct)
+    check_budget_holds_a_model(budget_bytes, shapes, bits, fmt, acct)
+    rows = [largest_fitting_row(source, law, fmt, b, shapes, budget_bytes, acct) for b in bits]
+    live = [r for r in rows if r.shape is not None]
+    n = np.array([r.n_law for r in live])
+    p = np.array([law.law_p(r.bits, r.p_w) for r in live])
+    winner, ranked_by, unidentified = rank_point_estimate(source, law, fmt, live, n, p, tokens)
+    notes = [source.note] if source.note else []
+    notes += largest_shape_note(winner, shapes, budget_bytes)
+    n_resamples, n_tied = rank_resamples(law, live, n, p, tokens, winner)
+    return Recommendation(
+        budget_bytes, tokens, fmt, ranked_by, rows, n_resamples, notes, winner, unidentified, n_tied
+    )
+
+
+def quantized_format(source: LawSource, fmt: str | None) -> str:
+    """The format asked for (or the source's default), which must be a quantized one."""
+    fmt = check_format(fmt or source.default_format)
+    if fmt == "none":
+        raise InputError("--format: pick a quantized format (kmeans, uniform, ...); bf16 is --bits 16")
+    return fmt
+
+
+def check_budget_holds_a_model(
+    budget_bytes: float, shapes: list[Shape], bits: list[int], fmt: str, acct: BitAccounting
+) -> None:
     floor, which = minimum_budget(shapes, bits, fmt, acct)
     if budget_bytes < floor:
         raise InputError(
@@ -193,24 +159,41 @@ def recommend(
             f"{format_bytes(floor)} ({floor:.4g} bytes: {which})"
         )
 
-    rows = []
-    for b in bits:
-        p_w = acct.p_w(b, fmt)
-        fitting = [s for s in shapes if shape_bytes(s, p_w) <= budget_bytes]
-        row = Row(b, "none" if b == BF16_BITS else fmt, p_w, None)
-        check_answerable(law.params, [b], [law.law_p(b, p_w)])  # an efficiency fit knows only its P
-        if fitting:
-            row.shape = max(fitting, key=lambda s: (s.n_quant, -s.n_hp))
-            row.memory_bytes = shape_bytes(row.shape, p_w)
-            row.n_law = float(row.shape.n_for(source.n_convention))
-            p_law = law.law_p(b, p_w)
-            row.n_eff = n_eff_of(law.params, row.n_law, p_law)
-        rows.append(row)
-    live = [r for r in rows if r.shape is not None]
 
-    notes = [source.note] if source.note else []
-    n = np.array([r.n_law for r in live])
-    p = np.array([law.law_p(r.bits, r.p_w) for r in live])
+def largest_fitting_row(
+    source: LawSource,
+    law: FormatLaw,
+    fmt: str,
+    b: int,
+    shapes: list[Shape],
+    budget_bytes: float,
+    acct: BitAccounting,
+) -> Row:
+    """The row of bit width ``b``: the largest shape that fits the budget (``shape`` None if none does)."""
+    p_w = acct.p_w(b, fmt)
+    fitting = [s for s in shapes if shape_bytes(s, p_w) <= budget_bytes]
+    row = Row(b, "none" if b == BF16_BITS else fmt, p_w, None)
+    check_answerable(law.params, [b], [law.law_p(b, p_w)])  # an efficiency fit knows only its P
+    if fitting:
+        row.shape = max(fitting, key=lambda s: (s.n_quant, -s.n_hp))
+        row.memory_bytes = shape_bytes(row.shape, p_w)
+        row.n_law = float(row.shape.n_for(source.n_convention))
+        p_law = law.law_p(b, p_w)
+        row.n_eff = n_eff_of(law.params, row.n_law, p_law)
+    return row
+
+
+def rank_point_estimate(
+    source: LawSource,
+    law: FormatLaw,
+    fmt: str,
+    live: list[Row],
+    n: np.ndarray,
+    p: np.ndarray,
+    tokens: float,
+) -> tuple[Row | None, str, list[str]]:
+    """(the point estimate's leader, what it is ranked by, why it is no winner); fills each row's loss and
+    stars the leader when nothing says the law cannot rank. Leader None: every bit width ties."""
     if law.has_loss:
         point = {k: np.array([v]) for k, v in law.params.items()}
         losses = loss_matrix(point, n, p, tokens)[0]
@@ -228,44 +211,55 @@ def recommend(
         unidentified.insert(0, f"every bit width predicts the same loss, {losses[0]:.4f}")
     elif not unidentified:
         winner.best = True
+    return winner, ranked_by, unidentified
+
+
+def largest_shape_note(winner: Row | None, shapes: list[Shape], budget_bytes: float) -> list[str]:
+    """A note when the winner is the family's largest shape and leaves much of the budget unused."""
     largest = max(shapes, key=lambda s: (s.n_quant, -s.n_hp))
-    if winner is not None and winner.shape == largest and budget_bytes > 1.25 * winner.memory_bytes:
-        notes.append(
-            f"at {format_bytes(budget_bytes)} the winner is the family's largest shape ({largest.name}), "
-            f"using only {format_bytes(winner.memory_bytes)}; a larger family "
-            "(e.g. --arch llama3:continuous) may do better"
-        )
-
-    n_resamples = n_tied = 0
-    if law.samples and law.has_loss:
-        size = len(next(iter(law.samples.values())))
-        draws = {k: np.asarray(law.samples.get(k, np.full(size, v)), float) for k, v in law.params.items()}
-        matrix = loss_matrix(draws, n, p, tokens)  # (K, rows)
-        ok = np.all(np.isfinite([draws[k] for k in draws]), axis=0)
-        matrix = matrix[ok]
-        n_resamples = len(matrix)
-        if n_resamples:
-            # Every contender gets its interval, not only the winner: a forecast check (verify.json)
-            # compares each contender's measured loss with its own predicted CI.
-            for i, r in enumerate(live):
-                r.loss_ci = percentile_ci(matrix[:, i])
-        if n_resamples and winner is not None:
-            low = matrix.min(axis=1, keepdims=True)
-            untied = np.isclose(matrix, low, rtol=TIE, atol=0).sum(axis=1) == 1
-            n_tied = int(n_resamples - untied.sum())
-            wins = np.bincount(np.argmin(matrix[untied], axis=1), minlength=len(live))
-            for i, r in enumerate(live):
-                r.win_share = float(wins[i] / n_resamples)
-        elif winner is None:
-            n_resamples = 0  # every bit width ties: no win shares to report (the CIs above stay)
-    return Recommendation(
-        budget_bytes, tokens, fmt, ranked_by, rows, n_resamples, notes, winner, unidentified, n_tied
-    )
+    if winner is None or winner.shape != largest or budget_bytes <= LARGEST_SHAPE_SLACK * winner.memory_bytes:
+        return []
+    return [
+        f"at {format_bytes(budget_bytes)} the winner is the family's largest shape ({largest.name}), "
+        f"using only {format_bytes(winner.memory_bytes)}; a larger family "
+        "(e.g. --arch llama3:continuous) may do better"
+    ]
 
 
-def percentile_ci(column: np.ndarray) -> tuple[float, float] | None:
+def rank_resamples(
+    law: FormatLaw, live: list[Row], n: np.ndarray, p: np.ndarray, tokens: float, winner: Row | None
+) -> tuple[int, int]:
+    """Repeat the ranking on every bootstrap sample: fills each row's loss CI and win share; returns
+    (resamples counted, resamples whose lowest loss is shared)."""
+    if not (law.samples and law.has_loss):
+        return 0, 0
+    size = len(next(iter(law.samples.values())))
+    draws = {k: np.asarray(law.samples.get(k, np.full(size, v)), float) for k, v in law.params.items()}
+    matrix = loss_matrix(draws, n, p, tokens)  # (K, rows)
+    ok = np.all(np.isfinite([draws[k] for k in draws]), axis=0)
+    matrix = matrix[ok]
+    n_resamples = len(matrix)
+    if not n_resamples:
+        return 0, 0
+    # Every contender gets its interval, not only the winner: a forecast check (verify.json)
+    # compares each contender's measured loss with its own predicted CI.
+    for i, r in enumerate(live):
+        r.loss_ci = bounded_loss_ci(matrix[:, i])
+    if winner is None:
+        return 0, 0  # every bit width ties: no win shares to report (the CIs above stay)
+    low = matrix.min(axis=1, keepdims=True)
+    untied = np.isclose(matrix, low, rtol=TIE, atol=0).sum(axis=1) == 1
+    n_tied = int(n_resamples - untied.sum())
+    wins = np.bincount(np.argmin(matrix[untied], axis=1), minlength=len(live))
+    for i, r in enumerate(live):
+        r.win_share = float(wins[i] / n_resamples)
+    return n_resamples, n_tied
+
+
+def bounded_loss_ci(column: np.ndarray) -> tuple[float, float] | None:
     """The 2.5/97.5 percentiles of one row's loss over the draws; None when a draw has no model there
-    (an infinite loss, capacity ≤ 0), since that interval is unbounded and JSON cannot carry it."""
+    (an infinite loss, capacity ≤ 0), since that interval is unbounded and JSON cannot carry it.
+    Unlike fit.solve.bootstrap.finite_percentile_ci, a non-finite draw is not dropped: it voids the CI."""
     if not np.all(np.isfinite(column)):
         return None
     lo, hi = np.percentile(column, [2.5, 97.5])
@@ -298,107 +292,3 @@ def smooth_n_eff(
         p_law = law.law_p(b, p_w)
         out.append(n_eff_of(law.params, n_law, p_law) if can_answer(law.params, p_law) else math.nan)
     return np.array(out)
-
-
-# ----------------------------------------------------------------------------- output
-
-
-def render_text(recs: list[Recommendation], source: LawSource, arch: str) -> str:
-    """Human-readable tables, one per budget; ``*`` marks the winner."""
-    first = recs[0]
-    n_name = {"quant": "quantized params", "nonembed": "non-embedding params", "total": "all params"}
-    tokens = "" if math.isnan(first.tokens) else f"D = {first.tokens:.3g} tokens; "
-    n_meaning = n_name[source.n_convention]
-    lines = [f"law: {source.name} (format {first.format}, N = {n_meaning}); {tokens}arch {arch}"]
-    lines += [f"note: {source.note}"] if source.note else []
-    for rec in recs:
-        budget = f"{format_bytes(rec.budget_bytes)} ({rec.budget_bytes:.4g} bytes)"
-        lines += ["", f"budget {budget}, ranked by {rec.ranked_by}"]
-        header = ["", "bits", "format", "P_w", "model", "N_quant", "N_hp", "memory", "N_eff"]
-        if rec.ranked_by == "loss":
-            header.append("loss")
-        if rec.n_resamples:
-            header.append(f"wins/{rec.n_resamples}")
-        table = [header]
-        for r in rec.rows:
-            cells = ["*" if r.best else "", str(r.bits), r.format, f"{r.p_w:g}"]
-            if r.shape is None:
-                cells += ["(nothing fits)", "", "", "", ""]
-            else:
-                cells += [
-                    r.shape.name,
-                    format_count(r.shape.n_quant),
-                    format_count(r.shape.n_hp),
-                    format_bytes(r.memory_bytes),
-                    format_count(r.n_eff),
-                ]
-            if rec.ranked_by == "loss":
-                cells.append("" if r.loss is None else f"{r.loss:.4f}")
-            if rec.n_resamples:
-                cells.append("" if r.win_share is None else f"{100 * r.win_share:.0f}%")
-            table.append(cells)
-        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-        for row in table:
-            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        lines.append(summary(rec))
-        lines += [f"note: {note}" for note in rec.notes if note != source.note]
-    return "\n".join(lines)
-
-
-def bits_label(row: Row, with_format: bool = True) -> str:
-    return "bf16" if row.bits == BF16_BITS else f"{row.bits}-bit" + (f" {row.format}" if with_format else "")
-
-
-def summary(rec: Recommendation) -> str:
-    """``best: ...``, or, for a law that cannot rank, ``best: not identified (...)`` and no win claim."""
-    lead = rec.leader
-    if rec.unidentified:
-        why = "; ".join(rec.unidentified)
-        text = f"best: not identified ({why})"
-        if lead is not None:
-            text += f"; the point estimate ranks {bits_label(lead)} first, which these data do not support"
-        return text
-    text = f"best: {bits_label(lead)}, {lead.shape.describe() if lead.shape else ''}"
-    if lead.loss is not None:
-        text += f", loss {lead.loss:.4f}"
-    if lead.loss_ci:
-        text += f" (95% CI {lead.loss_ci[0]:.4f}-{lead.loss_ci[1]:.4f})"
-    if lead.win_share is not None:
-        text += f", wins {100 * lead.win_share:.0f}% of {rec.n_resamples} resamples"
-        text += f" ({rec.n_tied} tied)" if rec.n_tied else ""
-    return text
-
-
-def to_json(
-    recs: list[Recommendation], source: LawSource, arch: str, warnings: list[str] | None = None
-) -> dict[str, object]:
-    """``best`` is the winner at the largest budget; ``budgets[i].best`` the winner at each (null, with
-    ``identified`` false, where the fit's law cannot rank bit widths; ``point_estimate`` is its leader)."""
-    by_budget = [
-        {
-            "budget_bytes": rec.budget_bytes,
-            "ranked_by": rec.ranked_by,
-            "n_resamples": rec.n_resamples,
-            "best": rec.best.as_dict() if rec.best else None,
-            "identified": not rec.unidentified,
-            "not_identified_because": rec.unidentified,
-            "point_estimate": rec.leader.as_dict() if rec.leader else None,
-            "n_tied": rec.n_tied,
-            "rows": [r.as_dict() for r in rec.rows],
-            "notes": [note for note in rec.notes if note != source.note],
-        }
-        for rec in recs
-    ]
-    largest = max(range(len(recs)), key=lambda i: recs[i].budget_bytes)
-    return {
-        "best": by_budget[largest]["best"],  # null when the law cannot name a winner (see "identified")
-        "identified": all(not rec.unidentified for rec in recs),
-        "source": source.name,
-        "format": recs[0].format,
-        "tokens": None if math.isnan(recs[0].tokens) else recs[0].tokens,
-        "arch": arch,
-        "n_convention": source.n_convention,
-        "notes": [source.note] if source.note else [],
-        "warnings": list(warnings or []),
-        "budgets": by_budget,
-    }

@@ -116,6 +116,26 @@ def prepare_table(
     ``--by format``).  ``n_convention`` (quant|nonembed|total) picks N from ``N_quant``/``N_nonembed``/
     ``N_total`` unless ``--columns N=`` names a column explicitly.
     """
+    mapping = column_mapping(columns, n_convention)
+    n_read = len(frame)
+    frame = apply_where(frame, where)
+    n_where = len(frame)
+    check_required(frame, mapping, require)
+    out, present = with_canonical_columns(frame, mapping)
+    out, dropped = checked_numbers(out, present, require, mapping, drop_invalid)
+    for name in ("format", "run"):
+        if name in present:
+            out[name] = out[name].astype(str)
+    if "run" in present:
+        _check_unique_runs(out, column_label("run", mapping))
+    check_distinct_n_and_d(out, mapping)
+    columns_used = {name: mapping[name] for name in present}
+    return Table(out.reset_index(drop=True), columns_used, n_read, n_where, dropped, where)
+
+
+def column_mapping(columns: dict[str, str] | None, n_convention: str | None) -> dict[str, str]:
+    """{canonical name: the input's column}: the canonical names themselves, N per ``n_convention``, then
+    ``--columns``."""
     mapping = {name: name for name in CANONICAL}
     if n_convention is not None:
         if n_convention not in N_CONVENTIONS:
@@ -124,31 +144,58 @@ def prepare_table(
             )
         mapping["N"] = N_CONVENTIONS[n_convention]
     mapping.update(columns or {})
+    return mapping
+
+
+def apply_where(frame: pd.DataFrame, where: str | None) -> pd.DataFrame:
+    """The rows ``--where`` keeps (all without one); a bad expression or no row kept is an InputError."""
+    if not where:
+        return frame
     n_read = len(frame)
-    if where:
-        try:
-            frame = frame.query(where)
-        except Exception as err:  # pandas raises many types for a bad expression; all are user input errors
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise InputError(f"--where {where!r}: not a valid filter on this table ({reason})") from None
-        if frame.empty:
-            raise InputError(f"--where {where!r} kept 0 of {n_read} rows")
-    n_where = len(frame)
+    try:
+        frame = frame.query(where)
+    except Exception as err:  # pandas raises many types for a bad expression; all are user input errors
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"--where {where!r}: not a valid filter on this table ({reason})") from None
+    if frame.empty:
+        raise InputError(f"--where {where!r} kept 0 of {n_read} rows")
+    return frame
 
-    def label(name: str) -> str:
-        src = mapping[name]
-        return f"column {name!r}" if src == name else f"column {name!r} (from {src!r})"
 
+def check_required(frame: pd.DataFrame, mapping: dict[str, str], require: tuple[str, ...]) -> None:
     for name in require:
         if mapping[name] not in frame.columns:
             shown = ", ".join(map(str, list(frame.columns)[:12])) + (", ..." if frame.shape[1] > 12 else "")
-            raise InputError(f"{label(name)} not found; map it with --columns {name}=COLUMN (have: {shown})")
+            raise InputError(
+                f"{column_label(name, mapping)} not found; map it with --columns {name}=COLUMN "
+                f"(have: {shown})"
+            )
 
+
+def with_canonical_columns(frame: pd.DataFrame, mapping: dict[str, str]) -> tuple[pd.DataFrame, list[str]]:
+    """(a copy with the canonical columns added, the canonical names the input has)."""
     present = [name for name in CANONICAL if mapping[name] in frame.columns]
     out = frame.copy()  # keep every input column (config columns feed --where and the report)
     for name in present:
         out[name] = frame[mapping[name]].to_numpy()
+    return out, present
 
+
+def column_label(name: str, mapping: dict[str, str]) -> str:
+    """How an error names a canonical column: with the input's own name when it was mapped."""
+    src = mapping[name]
+    return f"column {name!r}" if src == name else f"column {name!r} (from {src!r})"
+
+
+def checked_numbers(
+    out: pd.DataFrame,
+    present: list[str],
+    require: tuple[str, ...],
+    mapping: dict[str, str],
+    drop_invalid: bool,
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The required numeric columns as numbers, each positive and finite: a bad row is an InputError, or with
+    ``drop_invalid`` a counted drop ({"column: reason": rows})."""
     bad_rows = np.zeros(len(out), dtype=bool)
     dropped: dict[str, int] = {}
     for name in NUMERIC:
@@ -168,8 +215,8 @@ def prepare_table(
             if not drop_invalid:
                 first = int(np.flatnonzero(mask)[0])
                 raise InputError(
-                    f"{label(name)}: {count} of {len(out)} rows are {reason} (first: data row {first + 1}); "
-                    "fix them or pass --drop-invalid"
+                    f"{column_label(name, mapping)}: {count} of {len(out)} rows are {reason} "
+                    f"(first: data row {first + 1}); fix them or pass --drop-invalid"
                 )
             dropped[f"{name}: {reason}"] = count
             bad_rows |= mask
@@ -178,19 +225,17 @@ def prepare_table(
         out = out.loc[~bad_rows]
         if out.empty:
             raise InputError(f"--drop-invalid dropped all {len(bad_rows)} rows; nothing left to fit")
-    for name in ("format", "run"):
-        if name in present:
-            out[name] = out[name].astype(str)
-    if "run" in present:
-        _check_unique_runs(out, label("run"))
+    return out, dropped
+
+
+def check_distinct_n_and_d(out: pd.DataFrame, mapping: dict[str, str]) -> None:
     for name in ("N", "D"):
         distinct = out[name].nunique()
         if distinct < 3:
             raise InputError(
-                f"{label(name)}: only {distinct} distinct value(s) in {len(out)} rows; a law needs at least 3"
+                f"{column_label(name, mapping)}: only {distinct} distinct value(s) in {len(out)} rows; "
+                "a law needs at least 3"
             )
-    columns_used = {name: mapping[name] for name in present}
-    return Table(out.reset_index(drop=True), columns_used, n_read, n_where, dropped, where)
 
 
 def _check_unique_runs(frame: pd.DataFrame, label: str) -> None:

@@ -11,163 +11,29 @@ Where the fit saw data (its N, D, P span: the runs table, else the data file fit
 on the isoloss panels; defaults (fixed D, fixed N) come from inside it, and an optimum in ``neff_vs_pw`` is
 starred only when its model lies inside it.  Figures are drawn to temporary names and renamed only once all
 of them are drawn, so an error leaves no partial set.
+
+Figures 2, 3 and 5 (the law's answers) are drawn here, 1 and 4 (the fit against its runs) in
+fit.render.plot_runs; PlotInputs and the shared styles are in fit.render.figure.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
 import numpy as np
-import pandas as pd
 from matplotlib import colors, patches, ticker
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
-from fit.answer.caveats import data_range
-from fit.answer.memory import BitAccounting, resolve_arch
-from fit.answer.presets import LawSource
 from fit.answer.query import n_eff_of
-from fit.answer.recommend import bits_label, format_bytes, recommend, smooth_n_eff
-from fit.fitfile import FitFile
+from fit.answer.recommend import recommend, smooth_n_eff
+from fit.answer.shapes import resolve_arch
 from fit.law import law_of, predict_loss
-
-MARKERS = {1: "o", 2: "s", 3: "^", 4: "D", 5: "v", 6: "P", 7: "X", 8: "h", 16: "*"}
-LINESTYLES = {1: "-", 2: "--", 3: "-.", 4: ":", 16: (0, (6, 1, 1, 1))}
-BITS_COLOURS = {1: "#1b9e77", 2: "#d95f02", 3: "#7570b3", 4: "#e7298a", 5: "#66a61e", 6: "#e6ab02",
-                7: "#a6761d", 8: "#666666", 16: "#1f78b4"}  # fmt: skip
-PW_TICKS = [1.25, 2.25, 3.25, 4.25, 8.25, 16]
-
-
-@dataclass
-class PlotInputs:
-    source: LawSource
-    fitfile: FitFile | None = None
-    runs: pd.DataFrame | None = None  # canonical columns N, D, loss, P, format (+ bits)
-    tokens: float | None = None  # fixed D of the isoloss and recommendation figures
-    params_n: float | None = None  # fixed N of the (D, P_w) isoloss panel
-    budgets: list[float] = field(default_factory=lambda: [g * 1e9 for g in (1, 2, 4, 8, 16, 32, 64)])
-    arch: str = "llama3:continuous"
-    bits: tuple[int, ...] = (1, 2, 3, 4, 16)
-    acct: BitAccounting = field(default_factory=BitAccounting)
-    ranges: dict[str, tuple[float, float]] | None = None  # the N, D, P span of the fit's data, if known
-
-    def __post_init__(self) -> None:
-        if self.ranges is None and self.runs is not None:
-            self.ranges = {k: (float(self.runs[k].min()), float(self.runs[k].max())) for k in ("N", "D", "P")}
-        elif self.ranges is None and self.fitfile is not None:
-            self.ranges = data_range(self.fitfile, self.primary)[0]
-        # The ranking at fixed D does not depend on D (method.md §7); D only sets the printed losses. Without
-        # a choice, use the data's largest D (a default beyond the data would draw an extrapolation as the
-        # answer); only a preset, which has no data, takes 1-Bit Wonder's Fig. 1 slice (50B tokens, 3.9B N).
-        if self.tokens is None:
-            self.tokens = self.ranges["D"][1] if self.ranges else 50e9
-        if self.params_n is None:
-            self.params_n = self.ranges["N"][1] if self.ranges else 3.9e9
-
-    @property
-    def formats(self) -> list[str]:
-        named = [f for f in self.source.laws if f not in ("all", "none")]
-        return named or list(self.source.laws)
-
-    @property
-    def primary(self) -> str:
-        """The format the single-format figures use (kmeans when fitted; a fit 'all' serves any format)."""
-        return self.source.default_format
-
-    @property
-    def quant_formats(self) -> list[str]:
-        """Formats to recommend for: every fitted one, with a fit 'all' standing for the primary."""
-        return [self.primary if f == "all" else f for f in self.formats]
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=130, format="png")  # format given: the staged name does not end in .png
-    return path
-
-
-def _bits_of(runs: pd.DataFrame) -> np.ndarray:
-    if "bits" in runs:
-        return runs["bits"].to_numpy().astype(int)
-    return np.where(runs["P"] >= 8, 16, np.floor(runs["P"]).astype(int))
-
-
-def _panel_rows(runs: pd.DataFrame, fmt: str) -> pd.DataFrame:
-    """The runs one format's fit saw: its own rows plus the shared bf16 anchors."""
-    if fmt == "all" or "format" not in runs:
-        return runs
-    anchor = runs["format"].isin(["none", "bf16"]) | (runs["P"] >= 8)
-    return runs[(runs["format"] == fmt) | anchor]
-
-
-# ----------------------------------------------------------------------------- 1. loss vs N
-
-
-def plot_loss_vs_n(inp: PlotInputs, path: Path) -> Path:
-    runs = inp.runs.assign(bits=_bits_of(inp.runs))
-    formats = inp.formats
-    fig = Figure(figsize=(5.2 * len(formats) + 1.2, 4.6), layout="constrained")
-    axes = fig.subplots(1, len(formats), sharey=True, squeeze=False)[0]
-    norm = colors.LogNorm(runs["D"].min(), runs["D"].max() * 1.0001)
-    # viridis without its pale yellow end, which vanishes on white
-    cmap = colors.ListedColormap(matplotlib.colormaps["viridis"](np.linspace(0.0, 0.82, 256)))
-    grid_n = np.geomspace(runs["N"].min() / 1.5, runs["N"].max() * 1.5, 100)
-    seen_bits: set[int] = set()
-    for ax, fmt in zip(axes, formats, strict=True):
-        params = inp.source.law(fmt).params
-        rows = _panel_rows(runs, fmt)
-        for bits, group in rows.groupby("bits"):
-            seen_bits.add(int(bits))
-            ax.scatter(
-                group["N"],
-                group["loss"],
-                c=group["D"],
-                cmap=cmap,
-                norm=norm,
-                s=36,
-                marker=MARKERS.get(int(bits), "o"),
-                edgecolors="black",
-                linewidths=0.4,
-                zorder=3,
-            )
-            P = float(group["P"].median())
-            for D in np.unique(group["D"]):
-                ax.plot(
-                    grid_n,
-                    predict_loss(params, grid_n, D, P),
-                    color=cmap(norm(D)),
-                    ls=LINESTYLES.get(int(bits), "-"),
-                    lw=1.1,
-                    alpha=0.85,
-                )
-        title = "all formats" if fmt == "all" else f"{fmt} (+ bf16 anchors)"
-        gamma = params.get("gamma")
-        ax.set_title(title + (f", γ = {gamma:.2f}" if gamma else ""))
-        ax.set_xscale("log")
-        ax.set_xlabel("N (parameters the law counts)")
-        ax.grid(True, which="both", alpha=0.25)
-    axes[0].set_ylabel("final validation loss (nats/token)")
-    handles = [
-        Line2D(
-            [],
-            [],
-            color="0.3",
-            marker=MARKERS.get(b, "o"),
-            ls=LINESTYLES.get(b, "-"),
-            label="bf16 (16 bits)" if b == 16 else f"{b} bit",
-        )
-        for b in sorted(seen_bits)
-    ]
-    axes[-1].legend(handles=handles, title="weights (points; fitted curves)", fontsize=8, title_fontsize=8)
-    fig.colorbar(
-        matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes.tolist(), label="training tokens D"
-    )
-    fig.suptitle("Loss vs model size: observed runs and the fitted precision law")
-    return _save(fig, path)
-
+from fit.render.figure import BITS_COLOURS, PW_TICKS, PlotInputs
+from fit.render.figure import save_png as _save  # one name the figures here save through (tests capture it)
+from fit.render.plot_runs import plot_loss_vs_n, plot_pred_vs_obs
+from fit.render.recommend_text import bits_label
+from fit.units import format_bytes
 
 # ----------------------------------------------------------------------------- 2. isoloss
 
@@ -311,57 +177,6 @@ def _inside(ranges: dict[str, tuple[float, float]] | None, **values: float) -> b
 def _unstarred_note(count: int, ranges: dict[str, tuple[float, float]] | None) -> str:
     n_lo, n_hi = ranges["N"] if ranges else (0, 0)
     return f"\n{count} optima not starred: their models lie outside the fitted N ({n_lo:.3g}-{n_hi:.3g}) or P"
-
-
-# ----------------------------------------------------------------------------- 4. predicted vs observed
-
-
-def plot_pred_vs_obs(inp: PlotInputs, path: Path) -> Path:
-    runs = inp.runs.assign(bits=_bits_of(inp.runs))
-    fig = Figure(figsize=(6.2, 5.6), layout="constrained")
-    ax = fig.subplots()
-    palette = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a"]
-    notes = []
-    for i, fmt in enumerate(inp.formats):
-        rows = _panel_rows(runs, fmt)
-        own = rows if fmt == "all" or "format" not in rows else rows[~rows["format"].isin(["none", "bf16"])]
-        pred = predict_loss(inp.source.law(fmt).params, own["N"], own["D"], own["P"])
-        ax.scatter(own["loss"], pred, s=22, color=palette[i % 4], alpha=0.8, label=f"{fmt}: fit on all runs")
-        extrap = (inp.fitfile.entry(fmt).get("extrapolation") if inp.fitfile else None) or {}
-        if extrap.get("params") and extrap.get("N"):
-            held = rows[np.isclose(rows["N"], extrap["N"])]
-            held_pred = predict_loss(extrap["params"], held["N"], held["D"], held["P"])
-            ax.scatter(
-                held["loss"],
-                held_pred,
-                s=90,
-                facecolors="none",
-                edgecolors=palette[i % 4],
-                linewidths=1.8,
-                label=f"{fmt}: largest N ({extrap['N']:.3g}) predicted without it",
-            )
-            if extrap.get("mape") is not None:
-                notes.append(f"{fmt} extrapolation MAPE {100 * extrap['mape']:.2f}%")
-    anchors = runs[runs["format"].isin(["none", "bf16"])] if "format" in runs else runs.iloc[:0]
-    if len(anchors):
-        pred = predict_loss(inp.source.law(inp.primary).params, anchors["N"], anchors["D"], anchors["P"])
-        ax.scatter(
-            anchors["loss"], pred, s=40, marker="*", color="black", label=f"bf16 anchors ({inp.primary} fit)"
-        )
-    lo = float(min(runs["loss"].min(), ax.dataLim.y0))
-    hi = float(max(runs["loss"].max(), ax.dataLim.y1))
-    pad = 0.03 * (hi - lo)
-    ax.plot(
-        [lo - pad, hi + pad], [lo - pad, hi + pad], color="0.5", lw=1, ls="--", label="predicted = observed"
-    )
-    ax.set_xlim(lo - pad, hi + pad)
-    ax.set_ylim(lo - pad, hi + pad)
-    ax.set_xlabel("observed final validation loss (nats/token)")
-    ax.set_ylabel("predicted loss (nats/token)")
-    ax.set_title("Predicted vs observed" + (f"\n{'; '.join(notes)}" if notes else ""), fontsize=10)
-    ax.grid(True, alpha=0.25)
-    ax.legend(fontsize=7, loc="upper left")
-    return _save(fig, path)
 
 
 # ----------------------------------------------------------------------------- 5. best bits vs budget

@@ -16,17 +16,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fit.answer.memory import resolve_arch
-from fit.answer.recommend import format_bytes, format_count, recommend
+from fit.answer.recommend import recommend
+from fit.answer.shapes import resolve_arch
 from fit.data.observed import render as observed_counts
 from fit.data.table import prepare_table, read_frame
 from fit.errors import InputError
 from fit.fitfile import FitFile
-from fit.render.plot import PlotInputs, commit, discard, stage_plots
+from fit.render.figure import PlotInputs
+from fit.render.markdown import markdown_table, number_cell
+from fit.render.plot import commit, discard, stage_plots
 from fit.render.plot_forms import CAPTION as EFF_CAPTION
 from fit.render.plot_forms import plot_eff_vs_gamma
 from fit.render.report_forms import FormComparison, compare_in_report, section_forms
 from fit.solve.optimize import GAMMA_BOUNDS
+from fit.units import format_bytes, format_count
 
 ONE_BIT_WONDER_GAMMA = {"kmeans": 3.32, "uniform": 3.71}
 PARAM_ORDER = ("A", "B", "E", "alpha", "beta", "gamma", "offset")
@@ -98,20 +101,6 @@ def load_runs(fitfile: FitFile, path: Path) -> tuple[pd.DataFrame, pd.DataFrame]
     return raw, runs
 
 
-def _num(x: object, digits: int = 4) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    return f"{x:.{digits}g}" if isinstance(x, float | int | np.floating) else str(x)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
-
-
 def section_data(raw: pd.DataFrame, runs: pd.DataFrame, data_path: Path) -> list[str]:
     lines = ["## Data", "", f"`{data_path}`: {len(raw)} rows read, {len(runs)} usable for the law."]
     if "status" in raw:
@@ -126,7 +115,7 @@ def section_data(raw: pd.DataFrame, runs: pd.DataFrame, data_path: Path) -> list
     if "format" in runs:
         grid = runs.pivot_table(index="format", columns="bits", values="loss", aggfunc="count", fill_value=0)
         lines += ["", "Runs per format and bit width:", ""]
-        lines += _table(
+        lines += markdown_table(
             ["format", *(str(b) for b in grid.columns)],
             [[str(f), *(str(int(v)) for v in row)] for f, row in grid.iterrows()],
         )
@@ -148,15 +137,16 @@ def section_fits(fitfile: FitFile) -> list[str]:
         for name in PARAM_ORDER:
             if name in entry:
                 band = ci.get(name)
-                band_text = f"[{_num(float(band[0]))}, {_num(float(band[1]))}]" if band else "–"
-                rows.append([name, _num(float(entry[name]), 6), band_text])
+                band_text = f"[{number_cell(float(band[0]))}, {number_cell(float(band[1]))}]" if band else "–"
+                rows.append([name, number_cell(float(entry[name]), 6), band_text])
         lines += [f"### {fmt}", ""]
-        lines += _table(["parameter", "estimate", "95% bootstrap CI"], rows)
+        lines += markdown_table(["parameter", "estimate", "95% bootstrap CI"], rows)
         status = "converged" if entry.get("converged") else "**not converged**"
         lines += [
             "",
             f"{entry.get('n_points', '?')} points from {entry.get('n_runs', '?')} runs; objective "
-            f"{_num(entry.get('objective'))}, {status}, ‖∇‖ = {_num(entry.get('grad_norm'), 2)}.",
+            f"{number_cell(entry.get('objective'))}, {status}, "
+            f"‖∇‖ = {number_cell(entry.get('grad_norm'), 2)}.",
         ]
         flags = entry.get("flags") or []
         lines += [f"- **flag** {flag}" for flag in flags] or ["No flags."]
@@ -181,16 +171,16 @@ def section_gamma(fitfile: FitFile) -> list[str]:
         rows.append(
             [
                 fmt,
-                _num(float(entry["gamma"])),
-                f"[{_num(band[0])}, {_num(band[1])}]" if band else "–",
-                _num(reference),
+                number_cell(float(entry["gamma"])),
+                f"[{number_cell(band[0])}, {number_cell(band[1])}]" if band else "–",
+                number_cell(reference),
                 inside,
             ]
         )
     if not rows:
         return []
     lines = ["## γ per format, against 1-Bit Wonder", ""]
-    lines += _table(["format", "γ", "95% CI", "1-Bit Wonder γ", "1BW inside CI"], rows)
+    lines += markdown_table(["format", "γ", "95% CI", "1-Bit Wonder γ", "1BW inside CI"], rows)
     lines += [
         "",
         "1-Bit Wonder fits P_w = n + 0.25 (block 64, bf16 scales) on Llama-3 models up to billions of "
@@ -209,7 +199,7 @@ def section_extrapolation(fitfile: FitFile) -> list[str]:
             rows.append(
                 [
                     fmt,
-                    _num(ex.get("N")),
+                    number_cell(ex.get("N")),
                     str(ex.get("n_points", "–")),
                     "–" if mape is None else f"{100 * mape:.2f}%",
                     "–" if ex.get("max_ape") is None else f"{100 * ex['max_ape']:.2f}%",
@@ -221,7 +211,7 @@ def section_extrapolation(fitfile: FitFile) -> list[str]:
         return []
     lines = ["## Extrapolation", "", "Each fit refitted without its largest N, then asked to predict it.", ""]
     if rows:
-        lines += _table(["format", "held-out N", "points", "MAPE", "max APE", "note"], rows)
+        lines += markdown_table(["format", "held-out N", "points", "MAPE", "max APE", "note"], rows)
     if pooled.get("mape") is not None:
         lines += ["", f"Pooled MAPE over formats: {100 * pooled['mape']:.2f}%."]
     return lines + [""]
@@ -256,10 +246,10 @@ def section_format_gap(runs: pd.DataFrame) -> list[str]:
         f"lower in {wins} of {len(table)} matched (N, D, bits) cells.",
         "",
     ]
-    lines += _table(["N", "D", *(f"{int(b)}-bit" for b in bits)], rows)
+    lines += markdown_table(["N", "D", *(f"{int(b)}-bit" for b in bits)], rows)
     by_bits = table.groupby(level="bits")["gap"].agg(["mean", "min", "max"])
     lines += ["", "Gap by bit width over all sizes and budgets:", ""]
-    lines += _table(
+    lines += markdown_table(
         ["bits", "mean gap", "min", "max"],
         [
             [str(int(b)), f"{r['mean']:+.4f}", f"{r['min']:+.4f}", f"{r['max']:+.4f}"]
@@ -276,7 +266,7 @@ def section_recommendation(inp: ReportInputs, plot_inputs: PlotInputs) -> list[s
     lines = [
         "## Best bit width by memory budget",
         "",
-        f"Family `{inp.arch}`, D = {_num(tokens)} tokens, bit widths {', '.join(map(str, inp.bits))} "
+        f"Family `{inp.arch}`, D = {number_cell(tokens)} tokens, bit widths {', '.join(map(str, inp.bits))} "
         "(16 = bf16). Per budget the winner, its model and, with bootstrap samples, the share of resamples "
         "each bit width wins.",
         "",
@@ -295,7 +285,8 @@ def section_recommendation(inp: ReportInputs, plot_inputs: PlotInputs) -> list[s
                 rows.append([format_bytes(budget), "**not identified**", "; ".join(rec.unidentified),
                              "", "", "", shares or "–"])  # fmt: skip
                 continue
-            loss = _num(b.loss) + (f" [{_num(b.loss_ci[0])}, {_num(b.loss_ci[1])}]" if b.loss_ci else "")
+            band = f" [{number_cell(b.loss_ci[0])}, {number_cell(b.loss_ci[1])}]" if b.loss_ci else ""
+            loss = number_cell(b.loss) + band
             rows.append(
                 [
                     format_bytes(budget),
@@ -308,7 +299,7 @@ def section_recommendation(inp: ReportInputs, plot_inputs: PlotInputs) -> list[s
                 ]
             )
         lines += [f"### {fmt}", ""]
-        lines += _table(
+        lines += markdown_table(
             ["budget", "best", "model", "memory", "N_eff", "loss [95% CI]", "bootstrap wins"], rows
         )
         lines.append("")
@@ -317,7 +308,7 @@ def section_recommendation(inp: ReportInputs, plot_inputs: PlotInputs) -> list[s
 
 def build_report(inp: ReportInputs) -> Path:
     """Write DIR/report.md and DIR/plots/*.png; returns the report's path."""
-    from fit.answer.recommend import source_from_fit
+    from fit.answer.fit_source import source_from_fit
 
     inp.out_dir.mkdir(parents=True, exist_ok=True)
     source = source_from_fit(inp.fitfile)

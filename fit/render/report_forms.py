@@ -17,6 +17,7 @@ from typing import Any
 
 from fit.errors import InputError
 from fit.fitfile import FitFile
+from fit.render.markdown import number_cell
 from fit.solve.compare import compare_forms
 
 FORMS = ("precision", "efficiency", "penalty")
@@ -93,10 +94,10 @@ def _with_information(data: dict[str, Any], frame: Any, objective: Any) -> dict[
 
     from fit.law import PRECISION_PARAMS, predict_loss
     from fit.solve.diagnostics import information
-    from fit.solve.pipeline import _anchor_mask
+    from fit.solve.pipeline import anchor_mask
 
     fits = {}
-    anchor = _anchor_mask(frame)
+    anchor = anchor_mask(frame)
     for fmt, entry in data["fits"].items():
         if entry.get("information") or "gamma" not in entry:
             fits[fmt] = entry
@@ -111,10 +112,6 @@ def _with_information(data: dict[str, Any], frame: Any, objective: Any) -> dict[
         fits[fmt] = {**entry, "information": information(objective.loss, objective.space, objective.delta,
                                                           resid, k)}  # fmt: skip
     return {**data, "fits": fits}
-
-
-def _num(x: object, digits: int = 4) -> str:
-    return "–" if x is None else f"{x:.{digits}g}" if isinstance(x, float) else str(x)
 
 
 def section_forms(comparison: FormComparison) -> list[str]:
@@ -134,8 +131,9 @@ def section_forms(comparison: FormComparison) -> list[str]:
             mape = "–" if r["heldout_mape"] is None else f"{100 * r['heldout_mape']:.2f} %"
             flags = ", ".join(dict.fromkeys(r["flags"])) or "–"  # one eff_at_bound per P: name it once
             lines.append(
-                f"| {r['law']} | {_num(r['k'])} | {mape} | {_num(r['aic'], 6)} | {_num(r['delta_aic'], 3)} | "
-                f"{_num(r['bic'], 6)} | {_num(r['delta_bic'], 3)} | {flags} |"
+                f"| {r['law']} | {number_cell(r['k'])} | {mape} | {number_cell(r['aic'], 6)} | "
+                f"{number_cell(r['delta_aic'], 3)} | "
+                f"{number_cell(r['bic'], 6)} | {number_cell(r['delta_bic'], 3)} | {flags} |"
             )
         lines += ["", verdict(rows), ""]
     return lines

@@ -142,8 +142,9 @@ def run_bootstrap(
     return [np.vstack([results[start][j] for start in order]) for j in range(len(jobs))]
 
 
-def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of finite draws (NaN, NaN when none are finite)."""
+def finite_percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the finite draws, the others dropped (NaN, NaN when none are finite): a refit
+    that failed says nothing about the parameter.  Compare fit.answer.recommend.bounded_loss_ci."""
     finite = samples[np.isfinite(samples)]
     if finite.size == 0:
         return float("nan"), float("nan")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from fit.law import EFF_PREFIX, FULL_P
-from fit.solve.forms import DELTA_D_BOUNDS, DELTA_N_BOUNDS, GAMMA_BOUNDS, LOG_EFF_BOUNDS
-from fit.solve.objective import FitData
+from fit.solve.forms import DELTA_D_BOUNDS, DELTA_N_BOUNDS, LOG_EFF_BOUNDS
+from fit.solve.objective import GAMMA_BOUNDS, FitData
 
 COLLINEAR_RMS = 0.05  # residual RMS of log D against a line in log N
 

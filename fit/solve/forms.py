@@ -20,11 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from fit.law import EFF_PREFIX, FULL_P
-from fit.solve.objective import FitData, Objective, _rho, loss_and_slope
+from fit.solve.objective import EXPONENT_BOUNDS, GAMMA_BOUNDS, FitData, Objective, _rho, loss_and_slope
 
 FORMS = ("efficiency", "penalty")
-GAMMA_BOUNDS = (0.1, 50.0)  # same box as the precision law's γ (fit.solve.optimize)
-EXPONENT_BOUNDS = (0.0, 10.0)
 # eff may exceed 1 a little: a bound at exactly 1 would hide a quantized run that beats bf16 (noise, or a real
 # effect); the flag eff_above_1 says so instead
 LOG_EFF_BOUNDS = (float(np.log(1e-3)), float(np.log(2.0)))

@@ -19,6 +19,10 @@ import numpy as np
 
 LOSSES = ("huber", "mse", "mae", "asymmetric")
 SPACES = ("log", "raw")
+# The box of γ and of every exponent, for every law form (the precision law bounds log γ, the penalty form
+# κ = 1/γ): one box, so the forms compare on the same footing and a γ "at its bound" means the same in each.
+GAMMA_BOUNDS = (0.1, 50.0)
+EXPONENT_BOUNDS = (0.0, 10.0)
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,18 @@ from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
 from fit.solve.lbfgsb import minimize_lbfgsb
-from fit.solve.objective import FitData, LawSpec, Objective, log_terms, objective_and_grad, objective_batch
+from fit.solve.objective import (
+    EXPONENT_BOUNDS,
+    GAMMA_BOUNDS,
+    FitData,
+    LawSpec,
+    Objective,
+    log_terms,
+    objective_and_grad,
+    objective_batch,
+)
 
 GRIDS = ("coarse", "default", "fine")
-GAMMA_BOUNDS = (0.1, 50.0)
-EXPONENT_BOUNDS = (0.0, 10.0)
 # Every matrix here is tiny (≤ 20×20 inside L-BFGS-B, vectors of a few hundred rows), so BLAS threads only
 # spin-wait: on a loaded 2-core machine 8 L-BFGS-B runs took 10 s instead of 0.16 s, and one warm-started
 # refit 100-300 ms instead of 21 ms (measured; docs/method.md §6).  Fits run under threadpool_limits(1).

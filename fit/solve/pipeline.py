@@ -18,11 +18,11 @@ import pandas as pd
 from fit.data.table import Table
 from fit.errors import InputError
 from fit.law import EFF_PREFIX, FULL_P, LAWS, predict_loss
-from fit.solve.bootstrap import BootJob, percentile_ci, run_bootstrap
+from fit.solve.bootstrap import BootJob, finite_percentile_ci, run_bootstrap
 from fit.solve.diagnostics import collinear_flag, form_flags, information
 from fit.solve.forms import FORMS, FormSpec, assign_slots
-from fit.solve.objective import FitData, LawSpec, Objective
-from fit.solve.optimize import GAMMA_BOUNDS, profile_gamma
+from fit.solve.objective import GAMMA_BOUNDS, FitData, LawSpec, Objective
+from fit.solve.optimize import profile_gamma
 from fit.solve.staged import Spec, fit_any, log_params_of, params_of
 
 ANCHOR_FORMATS = ("none", "bf16")
@@ -65,7 +65,8 @@ class Job:
     spec: Spec
 
 
-def _anchor_mask(frame: pd.DataFrame) -> np.ndarray:
+def anchor_mask(frame: pd.DataFrame) -> np.ndarray:
+    """The 16-bit rows that join every per-format fit (without a P column, every none/bf16 row)."""
     anchor = frame["format"].str.lower().isin(ANCHOR_FORMATS).to_numpy().copy()
     if "P" in frame:
         anchor &= frame["P"].to_numpy() >= ANCHOR_MIN_P
@@ -104,7 +105,7 @@ def build_jobs(table: Table, opts: FitOptions) -> list[Job]:
         return [_job(["all"], np.arange(len(frame)), frame, opts)]
     if opts.by != "format":
         raise InputError(f"--by: {opts.by!r} is not allowed; allowed: format")
-    anchor = _anchor_mask(frame)
+    anchor = anchor_mask(frame)
     formats = [f for f in pd.unique(frame["format"][~anchor])]
     if not formats:
         raise InputError(
@@ -310,7 +311,7 @@ def bootstrap_strata(frame: pd.DataFrame, unit_of_row: np.ndarray) -> tuple[np.n
     if not {"format", "P"} <= set(frame.columns):
         return None, None
     # the rows that join every per-format fit (bf16, none) are one anchor point per P
-    fmt = frame["format"].astype(str).str.lower().where(~_anchor_mask(frame), "anchor")
+    fmt = frame["format"].astype(str).str.lower().where(~anchor_mask(frame), "anchor")
     point = (fmt + "@" + frame["P"].astype(str)).to_numpy()
     first_row = np.unique(unit_of_row, return_index=True)[1]
     stratum = np.unique(point[first_row], return_inverse=True)[1].reshape(-1)
@@ -336,7 +337,9 @@ def _attach_bootstrap(
         for group, name in enumerate(job.names):
             keys = list(per_draw[0][group])
             samples = {k: [d[group][k] for d in per_draw] for k in keys}
-            fits[name]["bootstrap"] = {k: list(percentile_ci(np.asarray(v))) for k, v in samples.items()}
+            fits[name]["bootstrap"] = {
+                k: list(finite_percentile_ci(np.asarray(v))) for k, v in samples.items()
+            }
             if opts.law == "efficiency":
                 fits[name]["eff_ci"] = {
                     k[len(EFF_PREFIX) :]: v

@@ -143,7 +143,7 @@ def refit_any(
 ) -> np.ndarray:
     """Warm-started refit of a resample; a two-stage fit redoes stage 1 on the resampled anchors first.
 
-    A resample that leaves stage 1 too few anchors gives a NaN draw (percentile_ci skips those)."""
+    A resample that leaves stage 1 too few anchors gives a NaN draw (finite_percentile_ci skips those)."""
     if isinstance(spec, LawSpec) and not two_stage:
         return refit(theta0, data, spec, obj)
     box = spec_bounds(spec, data)

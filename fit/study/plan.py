@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fit.answer.caveats import flag_name
 from fit.answer.memory import ALL_FORMATS, BitAccounting, Shape
 from fit.answer.presets import FormatLaw, LawSource
 from fit.answer.recommend import recommend
@@ -30,7 +31,7 @@ from fit.data.table import Table, prepare_table
 from fit.errors import InputError
 from fit.fitfile import LAW_PARAM_KEYS
 from fit.law import predict_loss
-from fit.solve.pipeline import ANCHOR_FORMATS, ANCHOR_MIN_P, FitOptions, run_fits
+from fit.solve.pipeline import FitOptions, anchor_mask, run_fits
 
 DEFAULT_NOISE = 0.005  # 0.5 %: the relative noise fitting.md §4.3 uses for its synthetic identifiability runs
 DEFAULT_SIMULATIONS = 40
@@ -77,11 +78,6 @@ def grid_table(frame: pd.DataFrame) -> pd.DataFrame:
         out["trunk"] = out["run"]  # no branches: every run is its own trunk
     out["trunk"] = out["trunk"].astype(str)
     return out
-
-
-def anchor_mask(frame: pd.DataFrame) -> np.ndarray:
-    """The 16-bit rows that join every per-format fit (the same rule as fit/solve/pipeline.py)."""
-    return (frame["format"].str.lower().isin(ANCHOR_FORMATS) & (frame["P"] >= ANCHOR_MIN_P)).to_numpy()
 
 
 def quantized_formats(frame: pd.DataFrame) -> list[str]:
@@ -152,10 +148,6 @@ def fit_replicas(
 
 
 # ----------------------------------------------------------------------------- summaries
-
-
-def flag_name(flag: str) -> str:
-    return flag.split(":", 1)[0].strip()
 
 
 def flagged_params(flag: str) -> set[str]:

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fit.answer.fit_source import source_from_fit
 from fit.answer.memory import BF16_BITS, Shape, check_format, weight_bytes
-from fit.answer.recommend import recommend, source_from_fit
+from fit.answer.recommend import recommend
 from fit.errors import InputError
 from fit.fitfile import FitFile
 from fit.units import format_bytes, format_count
