@@ -1,4 +1,4 @@
-"""Bit accounting and the weight-memory model (design §4, §5).
+"""Bit accounting and the weight-memory model (docs/method.md §3, §7).
 
     P_w      = n + scale_bits / block_size          (bf16 = 16)
     M_bytes  = N_quant · P_w / 8  +  N_hp · 2
