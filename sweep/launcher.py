@@ -34,6 +34,7 @@ from typing import Any
 
 from sweep.composed import ComposedJob
 from sweep.contract import (
+    RUN,
     SLURM_UNFINISHED,
     Submission,
     append_submissions,
@@ -41,6 +42,7 @@ from sweep.contract import (
     config_snapshot_path,
     latest_submissions,
     ledger_dir,
+    lock_holder,
     read_json,
     slurm_state_word,
 )
@@ -56,7 +58,6 @@ from sweep.outcomes import (  # noqa: F401  (SweepSummary: named by sweep dirs' 
     record_outcome,
 )
 from sweep.slurm import SubmissionError, active_slurm_states, check_slurm_reachable
-from sweep.status import lock_holder
 from sweep.submission import (
     captured_stderr,
     completed_summary,
@@ -338,7 +339,7 @@ class SweepLauncher:
             # since is not this job's: it runs the config frozen at its submission)
             return RunOutcome(run, "queued", previous.job_id,
                               f"already in Slurm as job {previous.job_id} ({live[previous.job_id]})")
-        run_id = (read_json(run_dir / "run.json") or {}).get("run_id")
+        run_id = (read_json(run_dir / RUN) or {}).get("run_id")
         if expected_run_id is not None and run_id is not None and run_id != expected_run_id:
             # Same directory, different experiment (conf/ changed, or a run.json copied from another run):
             # never overwrite it, and never let its numbers pass for this run's (gather refuses it too).

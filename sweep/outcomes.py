@@ -15,9 +15,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from sweep.contract import ledger_dir, read_json
-
-OUTCOMES_FILE = "outcomes.jsonl"  # SWEEP_DIR/.bitlaw/: one line per run outcome, appended as runs end
+from sweep.contract import OUTCOMES_FILE, SUMMARY, RunOutcomeState, ledger_dir, read_json
 
 
 def record_outcome(sweep_dir: Path, outcome: RunOutcome) -> None:
@@ -31,7 +29,7 @@ def record_outcome(sweep_dir: Path, outcome: RunOutcome) -> None:
 @dataclass
 class RunOutcome:
     run: str
-    state: str  # done | failed | cancelled | skipped | queued | busy | submitted
+    state: RunOutcomeState
     job_id: str = ""
     detail: str = ""
     value: Any = None  # what the task returned (done runs), handed back to the sweeper
@@ -138,7 +136,7 @@ def pool_outcome(sweep_dir: Path, finished: Any) -> RunOutcome:
     from hydra.core.utils import JobStatus
 
     run_dir, job_id = sweep_dir / finished.key, str(finished.worker_pid)
-    summary = read_json(run_dir / "summary.json") or {}
+    summary = read_json(run_dir / SUMMARY) or {}
     if not finished.ok:
         return RunOutcome(finished.key, "failed", job_id, summary.get("reason") or finished.error)
     job_return = finished.value
@@ -172,14 +170,14 @@ def job_outcome(sweep_dir: Path, run: str, job: Any, final_state: str) -> RunOut
     try:
         job_return = job.results()[0]
     except Exception as err:  # submitit re-raises the job's error; ComposedJob wrote its summary
-        summary = read_json(run_dir / "summary.json") or {}
+        summary = read_json(run_dir / SUMMARY) or {}
         return RunOutcome(run, "failed", job.job_id, summary.get("reason") or error_line(str(err)))
     if job_return.status == JobStatus.FAILED:
         return RunOutcome(run, "failed", job.job_id, "the task failed")
     value = job_return.return_value
     if isinstance(value, dict) and value.get("status") == "busy":  # lost the run dir's lock (app.run_job)
         return RunOutcome(run, "busy", job.job_id, str(value.get("reason")))
-    summary = read_json(run_dir / "summary.json") or {}
+    summary = read_json(run_dir / SUMMARY) or {}
     if summary.get("status") == "completed":
         return RunOutcome(run, "done", job.job_id, f"final_val_loss {loss_text(summary)}",
                           job_return.return_value)
