@@ -8,8 +8,9 @@ from __future__ import annotations
 import re
 
 from fit.errors import InputError
+from sweep import contract
 
-ALLOWED_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16)
+ALLOWED_BITS = contract.BIT_WIDTHS  # what --bits accepts: every width some format stores
 DEFAULT_BITS = (1, 2, 3, 4, 16)
 UNITS = {
     "": 1, "b": 1,

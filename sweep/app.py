@@ -58,10 +58,9 @@ def resolved_config(cfg: DictConfig, hydra_cfg: Any) -> dict[str, Any]:
 
 
 def write_failure(run_dir: Path, reason: str) -> None:
-    from sweep.contract import SUMMARY, atomic_write_json
-
-    atomic_write_json(run_dir / SUMMARY, {"status": "failed", "final_val_loss": None, "tokens_seen": 0,
-                                          "wall_s": 0.0, "reason": reason, "steps": 0})
+    """The summary of a job that failed before or instead of training: nothing trained."""
+    contract.write_summary(run_dir, contract.Summary(contract.SummaryStatus.FAILED, reason, tokens_seen=0,
+                                                     wall_s=0.0, steps=0))
 
 
 def _is_main_rank() -> bool:
@@ -77,7 +76,7 @@ def _is_main_rank() -> bool:
 def run_job(cfg: DictConfig) -> dict[str, Any]:
     import contextlib
 
-    from sweep.status import RunDirBusy, hold_run_dir
+    from sweep.contract import RunDirBusy, hold_run_dir
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -96,7 +95,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         print(f"sweep: error: {err}", file=sys.stderr)
         if not multirun:
             sys.exit(2)
-        return {"status": "busy", "reason": str(err)}
+        return {"status": contract.RunOutcomeState.BUSY, "reason": str(err)}
 
 
 def _train_in(cfg: DictConfig, hydra_cfg: Any, run_dir: Path, multirun: bool) -> dict[str, Any]:
@@ -110,16 +109,16 @@ def _train_in(cfg: DictConfig, hydra_cfg: Any, run_dir: Path, multirun: bool) ->
         if not multirun:
             sys.exit(2)
         # in a sweep, one bad job must not abort the others: record it where `bitlaw status` looks
-        if not (run_dir / "run.json").exists():
+        if not (run_dir / contract.RUN).exists():
             write_failure(run_dir, f"config: {err}")
-        return {"status": "failed", "reason": str(err)}
+        return {"status": contract.SummaryStatus.FAILED, "reason": str(err)}
     except Preempted as stop:
         # the default run dir is a new timestamp per command: name this one, or a re-run would start over
         log.warning("%s; to resume: %s", stop, resume_command(run_dir) if not multirun else
                     "run the same command again")
         sys.exit(EXIT_PREEMPTED)
     except Exception as err:
-        if not (run_dir / "summary.json").exists():
+        if not (run_dir / contract.SUMMARY).exists():
             write_failure(run_dir, f"{type(err).__name__}: {err}")
         raise
 

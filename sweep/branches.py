@@ -19,8 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-BRANCHES_DIR = "branches"  # RUN_DIR/branches/<D>/: one run dir per branch
-
 
 class BranchError(ValueError):
     """A branch setting that cannot work; the message is one line naming the key and what is allowed."""

@@ -7,12 +7,11 @@ and passes each job its already-composed config instead: what was submitted is w
 
 from __future__ import annotations
 
-import json
 import traceback
 from pathlib import Path
 from typing import Any
 
-from sweep.contract import atomic_write_text, read_json
+from sweep.contract import SUMMARY, Summary, SummaryStatus, read_json, write_summary
 
 _TRACEBACK_LINES = 12  # traceback lines kept in a failed run's summary.json
 
@@ -64,10 +63,11 @@ def _record_failure(run_dir: Path, error: BaseException) -> None:
 
     A failed summary the task wrote itself keeps its fields (its reason wins); only the traceback is added.
     """
-    path = run_dir / "summary.json"
-    existing = read_json(path) or {}
-    if existing.get("status") != "failed":
-        existing = {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
+    existing = read_json(run_dir / SUMMARY) or {}
+    if existing.get("status") == SummaryStatus.FAILED:
+        summary = Summary.from_json(existing)
+    else:
+        summary = Summary(SummaryStatus.FAILED, f"{type(error).__name__}: {error}")
     trace = "".join(traceback.format_exception(type(error), error, error.__traceback__)).strip()
-    existing["traceback_tail"] = "\n".join(trace.splitlines()[-_TRACEBACK_LINES:])
-    atomic_write_text(path, json.dumps(existing, indent=1, sort_keys=True) + "\n")
+    summary.traceback_tail = "\n".join(trace.splitlines()[-_TRACEBACK_LINES:])
+    write_summary(run_dir, summary)

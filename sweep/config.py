@@ -14,15 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sweep.contract import BITS_BY_FORMAT, FORMATS
 from sweep.data import CORPORA, TOKEN_DTYPES, DataConfig
 from sweep.model import ModelConfig, param_counts
-from sweep.quant import FORMATS, SCALES, QuantConfig
+from sweep.quant import SCALES, QuantConfig
 from sweep.wandb_logger import MODES, WandbConfig
 
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "wsd")
-BITS = {"none": (16,), "kmeans": tuple(range(1, 9)), "uniform": tuple(range(1, 9)), "binary": (1,),
-        "ternary": (2,)}
 
 
 class ConfigError(ValueError):
@@ -145,7 +144,7 @@ def validate(job: JobConfig, check_paths: bool = True) -> None:
     _require((m.d_model // m.n_heads) % 2 == 0, "model.d_model / model.n_heads must be even (rotary pairs)")
 
     _require(q.format in FORMATS, f"quant.format must be one of {', '.join(FORMATS)}, got {q.format!r}")
-    allowed_bits = BITS[q.format]
+    allowed_bits = BITS_BY_FORMAT[q.format]
     _require(q.bits in allowed_bits, f"quant.bits must be one of {', '.join(map(str, allowed_bits))} for "
              f"quant.format={q.format}, got {q.bits!r}")
     _require(q.scale in SCALES, f"quant.scale must be one of {', '.join(SCALES)}, got {q.scale!r}")

@@ -14,10 +14,8 @@ from typing import Any
 
 import torch
 
-from sweep.contract import atomic_write_bytes
+from sweep.contract import EXPORT, atomic_write_bytes
 from sweep.quant import Encoded, QuantConfig, QuantLinear, bits_per_weight, decode
-
-EXPORT_FILE = "export.pt"
 
 
 def stored_bits(kind: str, bits: int) -> int:
@@ -95,6 +93,6 @@ def export(model: torch.nn.Module, quantized: list[tuple[str, QuantLinear]], con
         buffer = io.BytesIO()
         torch.save({"format": config.format, "bits": config.bits, "linears": linears,
                     "high_precision": high_precision}, buffer)
-        atomic_write_bytes(Path(out_dir) / EXPORT_FILE, buffer.getvalue())
-        result["file"] = EXPORT_FILE
+        atomic_write_bytes(Path(out_dir) / EXPORT, buffer.getvalue())
+        result["file"] = EXPORT
     return result

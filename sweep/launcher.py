@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep.composed import ComposedJob
-from sweep.contract import atomic_write_text, config_snapshot_path, latest_submissions
+from sweep.contract import RunOutcomeState, atomic_write_text, config_snapshot_path, latest_submissions
 from sweep.launch.jobs import LocalPool, PlannedRun, SlurmArray
 from sweep.launch.progress import SweepProgress
 from sweep.launch.signals import cancel_on_signal
@@ -126,7 +126,8 @@ class SweepLauncher:
             handled = already_handled(self.sweep_dir / run, run, run_id, previous.get(run), live)
             if handled is not None:
                 self.progress.keep(handled)
-                print(f"[sweep] {'skip' if handled.state != 'failed' else 'refuse'} {run}: {handled.detail}"
+                verb = "skip" if handled.state != RunOutcomeState.FAILED else "refuse"
+                print(f"[sweep] {verb} {run}: {handled.detail}"
                       f"  [{self.progress.line()}]", flush=True)
                 returns.append(job_return(list(overrides), handled))
                 continue
@@ -154,7 +155,7 @@ class SweepLauncher:
               + ("" if len(ids) == 1 else f" … {ids[-1]}"), flush=True)
         if self.detach:
             for (run, _), job_id in zip(array.jobs, ids, strict=True):
-                self.progress.keep(RunOutcome(run, "submitted", job_id))
+                self.progress.keep(RunOutcome(run, RunOutcomeState.SUBMITTED, job_id))
             return
         # Slurm jobs outlive this process by design (a ^C here leaves them queued; `bitlaw status` follows)
         self._wait(array)
@@ -163,7 +164,8 @@ class SweepLauncher:
         """The runs a SIGINT/SIGTERM cut off (their workers already ended): recorded as cancelled."""
         name = signal.Signals(signum).name
         for run, job_id in cut:
-            self.progress.keep(RunOutcome(run, "cancelled", job_id, f"submitter stopped by {name}"))
+            self.progress.keep(RunOutcome(run, RunOutcomeState.CANCELLED, job_id,
+                                          f"submitter stopped by {name}"))
         runs = ", ".join(run for run, _ in cut) or "none were running"
         print(f"[sweep] stopped by {name}: cancelled {len(cut)} local job(s) ({runs}); run the same command "
               "again to train them (completed runs are skipped)", file=sys.stderr, flush=True)

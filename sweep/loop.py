@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from sweep import branches as branching
 from sweep import checkpoint, data, distributed, meters, quant
-from sweep.contract import CHECKPOINT, METRICS, SUMMARY, read_json
+from sweep.contract import BRANCHES_DIR, CHECKPOINT, METRICS, SUMMARY, TrainingEnd, read_json
 from sweep.rundir import MetricsLog
 
 
@@ -110,7 +110,7 @@ class Segment:
 
 @dataclass
 class Outcome:
-    status: str                     # completed | diverged | stopped
+    status: TrainingEnd
     done: int                       # steps done when it ended
     reason: str | None = None
 
@@ -168,7 +168,7 @@ class Trainer:
         return summary.get("status") in ("completed", "diverged")
 
     def branch_dir(self, branch: branching.Branch) -> Path:
-        return self.run_dir / branching.BRANCHES_DIR / branch.name
+        return self.run_dir / BRANCHES_DIR / branch.name
 
     def _branch(self, branch: branching.Branch, trunk: Segment, resume: dict | None) -> Outcome:
         t = self.job.train

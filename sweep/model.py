@@ -39,7 +39,7 @@ class ModelConfig:
 
 
 def param_counts(config: ModelConfig) -> dict[str, int]:
-    """Exact parameter counts by role: the contract's closed form (sweep/contract.py), which fit/memory
+    """Exact parameter counts by role: the contract's closed form (sweep/contract/), which fit/memory
     shares; tests/test_model.py checks it against the module's own parameters."""
     return contract.param_counts(config.d_model, config.n_layers, config.n_heads, config.n_kv_heads,
                                  config.ffn_dim, config.vocab_size)

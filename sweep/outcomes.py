@@ -15,9 +15,7 @@ from typing import Any, Protocol
 
 from hydra.experimental.callback import Callback
 
-from sweep.contract import ledger_dir, read_json
-
-OUTCOMES_FILE = "outcomes.jsonl"  # SWEEP_DIR/.bitlaw/: one line per run outcome, appended as runs end
+from sweep.contract import OUTCOMES_FILE, SUMMARY, RunOutcomeState, SummaryStatus, ledger_dir, read_json
 
 
 def record_outcome(sweep_dir: Path, outcome: RunOutcome) -> None:
@@ -33,7 +31,7 @@ def record_outcome(sweep_dir: Path, outcome: RunOutcome) -> None:
 @dataclass
 class RunOutcome:
     run: str
-    state: str  # done | failed | cancelled | skipped | queued | busy | submitted
+    state: RunOutcomeState
     job_id: str = ""
     detail: str = ""
     value: Any = None  # what the task returned (done runs), handed back to the sweeper
@@ -135,7 +133,7 @@ class SweepSummary(Callback):
         line, status = closing_summary(outcomes, sweep_dir)
         print(line, flush=True)
         if status:
-            bad = [o for o in outcomes if o.state in ("failed", "cancelled")]
+            bad = [o for o in outcomes if o.state in (RunOutcomeState.FAILED, RunOutcomeState.CANCELLED)]
             print(f"sweep: error: {len(bad)} run(s) failed or were cancelled, e.g. {bad[0].run}: "
                   f"{bad[0].detail}", file=sys.stderr, flush=True)
             sys.exit(status)
@@ -170,21 +168,25 @@ def classify(sweep_dir: Path, job: EndedJob) -> RunOutcome:
 
     run, job_id = job.run, job.job_id
     if job.final_state != "RESULT":
-        state = "cancelled" if job.final_state.startswith("CANCELLED") else "failed"
+        state = (RunOutcomeState.CANCELLED if job.final_state.startswith("CANCELLED")
+             else RunOutcomeState.FAILED)
         return RunOutcome(run, state, job_id, f"job {job.final_state}; {job.log_tail()}")
     try:
         job_return = job.result()
     except JobFailed as failed:  # the job wrote its failed summary (ComposedJob) unless its process died
-        summary = read_json(sweep_dir / run / "summary.json") or {}
-        return RunOutcome(run, "failed", job_id, summary.get("reason") or failed.line)
+        summary = read_json(sweep_dir / run / SUMMARY) or {}
+        return RunOutcome(run, RunOutcomeState.FAILED, job_id, summary.get("reason") or failed.line)
     if job_return.status == JobStatus.FAILED:
-        return RunOutcome(run, "failed", job_id, "the task failed")
+        return RunOutcome(run, RunOutcomeState.FAILED, job_id, "the task failed")
     value = job_return.return_value
-    if isinstance(value, dict) and value.get("status") == "busy":  # lost the run dir's lock (app.run_job)
-        return RunOutcome(run, "busy", job_id, str(value.get("reason")))
-    summary = read_json(sweep_dir / run / "summary.json") or {}
-    if summary.get("status") == "completed":
-        return RunOutcome(run, "done", job_id, f"final_val_loss {loss_text(summary)}", value, job_return)
+    # a busy return: the job lost the run dir's lock (app.run_job)
+    if isinstance(value, dict) and value.get("status") == RunOutcomeState.BUSY:
+        return RunOutcome(run, RunOutcomeState.BUSY, job_id, str(value.get("reason")))
+    summary = read_json(sweep_dir / run / SUMMARY) or {}
+    if summary.get("status") == SummaryStatus.COMPLETED:
+        return RunOutcome(run, RunOutcomeState.DONE, job_id, f"final_val_loss {loss_text(summary)}", value,
+                          job_return)
     if summary:
-        return RunOutcome(run, "failed", job_id, f"{summary.get('status')}: {summary.get('reason')}")
-    return RunOutcome(run, "done", job_id, "job returned (no summary.json)", value, job_return)
+        return RunOutcome(run, RunOutcomeState.FAILED, job_id,
+                          f"{summary.get('status')}: {summary.get('reason')}")
+    return RunOutcome(run, RunOutcomeState.DONE, job_id, "job returned (no summary.json)", value, job_return)

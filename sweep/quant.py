@@ -26,7 +26,6 @@ import torch.nn.functional as F
 
 from sweep import contract
 
-FORMATS = ("none", "uniform", "kmeans", "binary", "ternary")
 SCALES = ("auto", "absmax", "absmean")
 SCALE_BITS = contract.SCALE_BITS  # block scales (and binary means) are stored as bf16
 KMEANS_INIT_SAMPLES = 2**20
@@ -62,7 +61,7 @@ def scale_mode(config: QuantConfig) -> str:
 
 
 def bits_per_weight(format: str, bits: int, block_size: int = 64, binary_mean: bool = False) -> float:
-    """P_w of (format, bits): the contract's rule (sweep/contract.py), shared with fit/memory."""
+    """P_w of (format, bits): the contract's rule (sweep/contract/), shared with fit/memory."""
     return contract.bits_per_weight(format, bits, block_size, binary_mean, SCALE_BITS)
 
 

@@ -1,5 +1,5 @@
 """The training side of the run dir: the resolved config and the metrics log. File names, atomic writes and
-the run id are the run-dir contract (sweep/contract.py), shared with fit/.
+the run id are the run-dir contract (sweep/contract/), shared with fit/.
 
 ``metrics.jsonl`` is appended line by line (flushed); on resume it is cut back to the checkpoint's step so no
 step appears twice.

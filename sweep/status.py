@@ -1,7 +1,7 @@
 """Where every run of a sweep stands, from the sweep dir alone (what `bitlaw status SWEEP_DIR` prints).
 
 Reads the run dirs (run.json, summary.json) and the submission ledger (`.bitlaw/jobs.jsonl`) of the run-dir
-contract (sweep/contract.py), and asks Slurm (`squeue`, then `sacct` for jobs that left the queue) about
+contract (sweep/contract/), and asks Slurm (`squeue`, then `sacct` for jobs that left the queue) about
 runs that have no final summary. Torch-free.
 
 States: done (summary completed) · failed (summary failed/diverged, or the job ended without one) ·
@@ -10,76 +10,36 @@ cancelled · running · pending · unknown (no summary and no scheduler record, 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
 import shutil
-import socket
 import subprocess
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sweep import contract
-from sweep.contract import SLURM_PENDING, SLURM_RUNNING, Submission
+from sweep.contract import SLURM_PENDING, SLURM_RUNNING, Submission, SummaryStatus, lock_holder
 
-STATES = ("done", "running", "pending", "failed", "cancelled", "unknown")
+
+class RunState(contract.Vocabulary):
+    """Where a run stands, as `bitlaw status` says it (worked out from the run dir, the ledger and Slurm;
+    never written to a file)."""
+
+    DONE = "done"
+    RUNNING = "running"
+    PENDING = "pending"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+
+STATES = tuple(RunState)
 _RUN_MARKERS = (contract.RUN, contract.SUMMARY, contract.CONFIG)
 _LOG_TAIL_LINES = 3
-
-
-# The training job holds an flock on this file of its run dir for its whole life (the lock goes with the
-# process, however it dies), so a second job on the same dir (two submitters, a re-run while the first still
-# trains) fails fast instead of interleaving metrics.jsonl and the checkpoint. The file says who holds it.
-LOCK_FILE = ".train.lock"
-
-
-class RunDirBusy(Exception):
-    """Another live process holds the run dir's lock: one line naming the dir and the holder."""
-
-
-def lock_holder(run_dir: Path) -> str | None:
-    """'pid 123 on host' while a live job holds `run_dir`'s lock, else None (torch-free: the launcher and
-    `bitlaw status` ask too)."""
-    try:
-        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "an unknown process"
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def hold_run_dir(run_dir: Path) -> Iterator[None]:
-    """Hold `run_dir`'s lock while the block runs, or raise RunDirBusy at once if another process holds it."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "an unknown process"
-            raise RunDirBusy(f"run dir {run_dir} is being trained by {holder}; nothing was changed: wait for "
-                             "that job to end (or stop it), then run the same command again") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock; the file stays (unlinking it would race with the next holder)
 
 
 @dataclass
 class RunStatus:
     run: str
-    state: str
+    state: RunState
     detail: str = ""
     job_id: str = ""
     slurm_state: str = ""
@@ -105,7 +65,7 @@ def sweep_status(sweep_dir: Path, query_slurm: bool = True) -> list[RunStatus]:
     summaries = {run: contract.read_json(sweep_dir / run / contract.SUMMARY) for run in runs}
     open_jobs = [ledger[run].job_id for run in runs
                  if run in ledger and ledger[run].executor == "slurm"
-                 and (summaries[run] or {}).get("status") not in contract.FINAL_STATUSES]
+                 and (summaries[run] or {}).get("status") not in tuple(SummaryStatus)]
     slurm = _slurm_states(open_jobs) if query_slurm and open_jobs else {}
     return [_run_status(sweep_dir, run, summaries[run], ledger.get(run), slurm) for run in runs]
 
@@ -114,32 +74,33 @@ def _run_status(sweep_dir: Path, run: str, summary: dict | None, submission: Sub
                 slurm: dict[str, str]) -> RunStatus:
     job_id = submission.job_id if submission else ""
     status = (summary or {}).get("status")
-    if status == contract.COMPLETED:
-        return RunStatus(run, "done", f"final_val_loss {summary.get('final_val_loss')}", job_id)
-    if status in (contract.FAILED, contract.DIVERGED):
+    if status == SummaryStatus.COMPLETED:
+        return RunStatus(run, RunState.DONE, f"final_val_loss {summary.get('final_val_loss')}", job_id)
+    if status in (SummaryStatus.FAILED, SummaryStatus.DIVERGED):
         log = f"; log: {_tail(sweep_dir / submission.stderr, _LOG_TAIL_LINES)}" if submission else ""
-        return RunStatus(run, "failed", f"{status}: {summary.get('reason')}{log}", job_id)
+        return RunStatus(run, RunState.FAILED, f"{status}: {summary.get('reason')}{log}", job_id)
     holder = lock_holder(sweep_dir / run)
     if holder is not None:  # a live job holds the run dir, whoever submitted it
-        return RunStatus(run, "running", f"training: {holder}", job_id)
+        return RunStatus(run, RunState.RUNNING, f"training: {holder}", job_id)
     if not submission:
-        return RunStatus(run, "unknown", "no summary.json and no recorded job (interrupted local run?)")
+        return RunStatus(run, RunState.UNKNOWN,
+                         "no summary.json and no recorded job (interrupted local run?)")
     if submission.executor == "local":
         alive = _pid_alive(job_id)
-        return RunStatus(run, "running" if alive else "unknown",
+        return RunStatus(run, RunState.RUNNING if alive else RunState.UNKNOWN,
                          "local process" if alive else "local job ended without summary.json", job_id)
     state = slurm.get(job_id, "")
     word = contract.slurm_state_word(state)
     if word in SLURM_PENDING:
-        return RunStatus(run, "pending", state, job_id, state)
+        return RunStatus(run, RunState.PENDING, state, job_id, state)
     if word in SLURM_RUNNING:
-        return RunStatus(run, "running", state, job_id, state)
+        return RunStatus(run, RunState.RUNNING, state, job_id, state)
     log_tail = _tail(sweep_dir / submission.stderr, _LOG_TAIL_LINES)
     if word == "CANCELLED":
-        return RunStatus(run, "cancelled", state, job_id, state)
+        return RunStatus(run, RunState.CANCELLED, state, job_id, state)
     if word:  # FAILED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, COMPLETED without a summary, ...
-        return RunStatus(run, "failed", f"Slurm {state}; log: {log_tail}", job_id, state)
-    return RunStatus(run, "unknown", "Slurm has no record of this job", job_id)
+        return RunStatus(run, RunState.FAILED, f"Slurm {state}; log: {log_tail}", job_id, state)
+    return RunStatus(run, RunState.UNKNOWN, "Slurm has no record of this job", job_id)
 
 
 def _tail(path: Path, n_lines: int) -> str:

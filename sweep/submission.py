@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sweep.contract import Submission, config_snapshot_path, read_json
+from sweep.contract import SUMMARY, Submission, SummaryStatus, config_snapshot_path, read_json
 from sweep.slurm import SubmissionError, sbatch_error_line
 
 
@@ -126,5 +126,5 @@ def report_and_exit_on_user_error() -> Iterator[None]:
 
 
 def completed_summary(run_dir: Path) -> dict | None:
-    summary = read_json(run_dir / "summary.json")
-    return summary if summary and summary.get("status") == "completed" else None
+    summary = read_json(run_dir / SUMMARY)
+    return summary if summary and summary.get("status") == SummaryStatus.COMPLETED else None

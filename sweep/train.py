@@ -27,13 +27,17 @@ from sweep import branches as branching
 from sweep import checkpoint, data, distributed, export, meters, quant
 from sweep.config import ConfigError, JobConfig, default_threads, from_dict, resolve_device
 from sweep.contract import (
+    BRANCHES_DIR,
     CHECKPOINT,
     METRICS,
     RUN,
     SUMMARY,
+    Summary,
+    SummaryStatus,
     atomic_write_json,
     compute_run_id,
     read_json,
+    write_summary,
 )
 from sweep.loop import (
     Outcome,
@@ -257,7 +261,7 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
             metrics.truncate_after(resume_branch["trunk_step"] if resume_branch else start_step)
         else:
             metrics.path.unlink(missing_ok=True)
-            shutil.rmtree(run_dir / branching.BRANCHES_DIR, ignore_errors=True)  # a fresh trunk's branches
+            shutil.rmtree(run_dir / BRANCHES_DIR, ignore_errors=True)  # a fresh trunk's branches
         atomic_write_json(run_dir / RUN, run_info)
     logger = WandbLogger(job.wandb, run_dir, run_id, job.sweep_name, job.raw) if dist_info.is_main else None
     trunk = Segment(total_steps, evaluation_steps(total_steps, t), metrics, progress["evals"])
@@ -287,12 +291,10 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
             info["export"] = export.export(model, quantized, q, counts, branch_dir if t.save_export else None)
         write_config(branch_dir, config)
         atomic_write_json(branch_dir / RUN, info)
-        atomic_write_json(branch_dir / SUMMARY, {
-            "status": outcome.status, "final_val_loss": final if completed else None,
-            "final_val_loss_se": final_se if completed else None,
-            "tokens_seen": outcome.done * t.batch_tokens,
-            "wall_s": wall_s, "reason": outcome.reason, "steps": outcome.done, "final_evals": n_final,
-            "trunk": run_id, "branch": branch.name})
+        write_summary(branch_dir, Summary(
+            SummaryStatus(outcome.status), outcome.reason, final if completed else None,
+            final_se if completed else None, n_final, tokens_seen=outcome.done * t.batch_tokens,
+            wall_s=wall_s, steps=outcome.done, trunk=run_id, branch=branch.name))
         log.info("branch %s: %s, final_val_loss %s", branch.name, outcome.status, final)
 
     def on_stop(done: int) -> None:
@@ -321,13 +323,14 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
     wall_s = progress["wall_s"] + (time.time() - started)
     final, final_se, n_final = final_loss(trunk.evals, trunk.eval_at, t.final_evals)
     completed = status == "completed"
-    summary = {"status": status, "final_val_loss": final if completed else None,
-               "final_val_loss_se": final_se if completed else None, "tokens_seen": done * t.batch_tokens,
-               "wall_s": wall_s, "reason": reason, "steps": done, "final_evals": n_final}
+    record = Summary(SummaryStatus(status), reason, final if completed else None,
+                     final_se if completed else None, n_final, tokens_seen=done * t.batch_tokens,
+                     wall_s=wall_s, steps=done)
     if plan:
-        summary["trunk"] = run_id
-        summary["branches"] = {b.name: (read_json(trainer.branch_dir(b) / SUMMARY) or {}).get("status")
-                               for b in plan}
+        record.trunk = run_id
+        record.branches = {b.name: (read_json(trainer.branch_dir(b) / SUMMARY) or {}).get("status")
+                           for b in plan}
+    summary = record.to_json()
     if dist_info.is_main:
         if completed:
             export_dir = run_dir if t.save_export else None
@@ -335,7 +338,7 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
             atomic_write_json(run_dir / RUN, run_info)
         if completed and t.keep_checkpoint:
             save_checkpoint(done, None)  # the final latent weights and optimizer, to continue training
-        atomic_write_json(run_dir / SUMMARY, summary)
+        write_summary(run_dir, record)
         if not t.keep_checkpoint:
             # the run is final; a cluster-scale checkpoint (fp32 weights + Adam moments) is 16 bytes per
             # parameter, and export.pt already holds the weights as they would be stored

@@ -1,6 +1,6 @@
 """The house rules that keep data flowing one way: conf -> sweep -> run dir -> fit, with the CLI on top.
 
-- sweep/contract.py is the run-dir contract: the only module of sweep/ that fit/ may import, and it imports
+- sweep/contract/ is the run-dir contract: the only package of sweep/ that fit/ may import, and it imports
   the standard library only;
 - fit/ never imports torch, and nothing of sweep/ but the contract;
 - sweep/ never imports fit/ or the CLI package bitlaw/;
@@ -78,9 +78,14 @@ def test_nothing_imports_the_cli_package() -> None:
 
 
 def test_the_contract_is_standard_library_only() -> None:
-    top, anywhere = _imports(ROOT / "sweep" / "contract.py")
-    third_party = {m for m in _roots(anywhere) if m not in sys.stdlib_module_names and m != "__future__"}
-    assert third_party == set(), f"sweep/contract.py must import the standard library only: {third_party}"
+    modules = _files("sweep/contract")
+    assert len(modules) > 1, modules  # the walk found the contract's modules
+    anywhere = set().union(*(_imports(path)[1] for path in modules))
+    third_party = {m for m in _roots(anywhere)
+                   if m not in sys.stdlib_module_names and m not in ("__future__", "sweep")}
+    assert third_party == set(), f"sweep/contract/ must import the standard library only: {third_party}"
+    sweep_modules = {m for m in anywhere if m.split(".")[0] == "sweep"}
+    assert all(m.startswith("sweep.contract") for m in sweep_modules), sweep_modules
 
 
 def test_the_plugin_reaches_sweep_only_lazily() -> None:
@@ -99,7 +104,8 @@ def test_fit_imports_without_torch() -> None:
         "import importlib, sys\n"
         f"for m in {modules!r}: importlib.import_module(m)\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
-        "leaked = sorted(m for m in sys.modules if m.startswith('sweep.') and m != 'sweep.contract')\n"
+        "leaked = sorted(m for m in sys.modules if m.startswith('sweep.') and m != 'sweep.contract'\n"
+        "                and not m.startswith('sweep.contract.'))\n"
         "assert not leaked, leaked\n"
         "print('ok', len(sys.modules))\n"
     )

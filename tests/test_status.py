@@ -163,7 +163,7 @@ def test_a_finished_single_run_dir_is_its_own_run_and_a_clean_sweep_exits_0(tmp_
 
 
 def test_a_run_dir_held_by_a_live_job_is_running_without_a_ledger(tmp_path):
-    from sweep.status import hold_run_dir
+    from sweep.contract import hold_run_dir
 
     write_json(tmp_path / "sweep" / "a=1" / "run.json", {"run_id": "r1"})
     with hold_run_dir(tmp_path / "sweep" / "a=1"):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep.status import LOCK_FILE, hold_run_dir, lock_holder
+from sweep.contract import LOCK_FILE, hold_run_dir, lock_holder
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

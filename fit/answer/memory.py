@@ -20,9 +20,8 @@ from pathlib import Path
 from fit.errors import InputError
 from sweep import contract
 
-BF16_BITS = 16
-QUANT_FORMATS = ("kmeans", "uniform", "binary", "ternary")
-ALL_FORMATS = ("none", *QUANT_FORMATS)
+BF16_BITS = contract.BF16_BITS
+ALL_FORMATS = contract.FORMATS  # what --format accepts
 SHAPE_KEYS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "vocab_size")
 LINEARS_PER_LAYER = 7  # wq, wk, wv, wo, w1, w2, w3
 
@@ -78,7 +77,7 @@ class Shape:
         return self.d_model // self.n_heads
 
     def counts(self) -> dict[str, int]:
-        """N_quant, N_hp, N_total, N_nonembed: the contract's closed form (sweep/contract.py), the same
+        """N_quant, N_hp, N_total, N_nonembed: the contract's closed form (sweep/contract/), the same
         formula the training job records in run.json."""
         return contract.param_counts(self.d_model, self.n_layers, self.n_heads, self.n_kv_heads, self.ffn_dim,
                                      self.vocab_size)

@@ -1,7 +1,7 @@
 """Run dirs -> one runs table (the run-dir contract, sweep/contract.py).
 
 A run dir is any directory holding ``run.json`` under a sweep dir (walked recursively by the run-dir
-contract, sweep/contract.py: hidden, ``wandb`` and ``checkpoint`` trees are skipped). One row per run; only
+contract, sweep/contract/: hidden, ``wandb`` and ``checkpoint`` trees are skipped). One row per run; only
 runs whose ``summary.json`` says ``completed`` become rows unless ``include_all``. Files are read as JSON
 and YAML (PyYAML's safe loader, its C build when present) only; nothing is ever
 unpickled, so a run dir from an untrusted cluster cannot
@@ -148,7 +148,7 @@ def read_run(run_dir: Path, sweep: Path, n_convention: str, result: Gathered, in
         summary = {"status": "running", "reason": "no summary.json yet (running, pending or killed)"}
     status = str(summary.get("status", "unknown"))
     records = read_metrics(run_dir / contract.METRICS, result.warnings)
-    if status != contract.COMPLETED:
+    if status != contract.SummaryStatus.COMPLETED:
         result.skipped.append(Skipped(run_dir, status, str(summary.get("reason") or "no reason recorded")))
         if not include_all:
             return
@@ -160,7 +160,7 @@ def read_run(run_dir: Path, sweep: Path, n_convention: str, result: Gathered, in
         result.skipped.append(Skipped(run_dir, MISMATCHED, mismatch))
         return
     loss = summary.get("final_val_loss")
-    if status == "completed" and not isinstance(loss, (int, float)):
+    if status == contract.SummaryStatus.COMPLETED and not isinstance(loss, (int, float)):
         loss = _last_val_loss(records)
         result.warnings.append(
             f"{run_dir}: summary.json has no final_val_loss; used the last val_loss of metrics.jsonl ({loss})"
