@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from sweep import branches as branching
-from sweep import checkpoint, data, distributed, meters, quant
+from sweep import checkpoint, data, distributed, meters, quant, quant_batch
 from sweep.contract import CHECKPOINT, METRICS, SUMMARY, read_json
 from sweep.rundir import MetricsLog
 
@@ -232,7 +232,7 @@ class Trainer:
                 group["lr"] = lr
             x, y = data.train_batch(self.corpus, t.seed, step, self.n_sequences, t.seq_len, self.dist.rank,
                                     self.dist.world_size)
-            quant.update(self.quantized)  # quantize once per optimizer step, for every micro-batch
+            quant_batch.update(self.quantized)  # quantize once per optimizer step, for every micro-batch
             local_loss = forward_backward(self.trainable, x.to(self.device), y.to(self.device), self.micro,
                                           self.autocast)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -258,7 +258,7 @@ class Trainer:
                                       and step >= self.qat_step else "warmup"}
             interval_train_s += time.time() - step_started
             if evaluate_now and status == "completed":
-                quant.update(self.quantized)  # the step changed the weights; compiled code cannot check
+                quant_batch.update(self.quantized)  # the step changed the weights; compiled code cannot check
                 # mid-run evaluations use the cheap subset; the final ones the whole validation set
                 val = self.final_val if done in finals else self.val
                 val_loss, val_se = evaluate(self.model, val, self.device, self.autocast, self.micro)
