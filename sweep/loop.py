@@ -24,7 +24,6 @@ from sweep import branches as branching
 from sweep import checkpoint, data, distributed, meters, quant, quant_batch, schedule
 from sweep.config import JobConfig
 from sweep.contract import CHECKPOINT, METRICS, SUMMARY, read_json
-from sweep.quant import QuantLinear
 from sweep.rundir import MetricsLog
 
 if TYPE_CHECKING:
@@ -118,7 +117,7 @@ class ModelParts:
     model: torch.nn.Module          # the plain model: state dicts, evaluation, gradient clipping
     trainable: torch.nn.Module      # what forward/backward runs: the model, or its DDP wrapper
     optimizer: torch.optim.Optimizer
-    quantized: list[tuple[str, QuantLinear]]
+    quantized: list[tuple[str, quant.QuantLinear]]
 
 
 class Hooks(Protocol):

@@ -131,3 +131,18 @@ def test_refitted_codebook_is_used() -> None:
         expected = m.weight + (quant.fake_quantize(m.weight, m.kind, m.bits, m.block_size, m.scale_mode,
                                                    m.centroids) - m.weight)
         assert torch.equal(m.ste_weight(), expected)
+
+
+def test_quant_batch_builds_on_quant_and_not_the_other_way() -> None:
+    """No import cycle: sweep/quant.py imports nothing of quant_batch, not even inside a function."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(quant.__file__).read_text())
+    imports = [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
+    assert imports  # the walk saw the module's imports
+    names = {alias.name for node in imports for alias in node.names} | \
+        {node.module for node in imports if isinstance(node, ast.ImportFrom) and node.module}
+    assert not {name for name in names if "quant_batch" in name}
+    assert "sweep.quant" in {node.module for node in ast.parse(Path(quant_batch.__file__).read_text()).body
+                             if isinstance(node, ast.ImportFrom)}
