@@ -121,7 +121,7 @@ class ModelParts:
 
 
 class Hooks(Protocol):
-    """What the loop hands back to its job (sweep.train.RunOutputs writes the run dir)."""
+    """What the loop hands back to its job (sweep.run_outputs.RunOutputs writes the run dir)."""
 
     def save_checkpoint(self, done: int, branch: dict | None) -> None:
         """A checkpoint at `done` steps; `branch`: Trainer.branch_checkpoint(), when inside a branch."""
