@@ -26,7 +26,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sweep import meters, quant  # noqa: E402
+from sweep import meters, quant, quant_batch  # noqa: E402
 from sweep.loop import forward_backward  # noqa: E402
 from sweep.model import Llama, ModelConfig  # noqa: E402
 
@@ -73,7 +73,7 @@ def measure(config: ModelConfig, point: str, compiled: bool, args: argparse.Name
     for i in range(args.warmup + args.steps):
         sync(device)
         start = time.perf_counter()
-        quant.update(quantized)
+        quant_batch.update(quantized)
         forward_backward(model, x, y, micro, autocast)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -9,7 +9,7 @@ same shapes on this machine. On CUDA it also prints MFU against a peak you pass 
 SXM dense bf16 ≈ 989). Targets (issues 6, 12): QAT overhead ≤ 5 % at every CPU rung, k-means fit ≤ 1 s per
 1M weights, ≥ 50 % of torch.mm on CPU, MFU ≥ 40 % on a GPU at ~100M parameters. The points are timed
 interleaved, step by step, so load on a shared machine falls on all of them alike. Each step begins with
-``quant.update`` (the batched quantization), as the training loop's does.
+``quant_batch.update`` (the batched quantization), as the training loop's does.
 Latest figures (2026-12-02, idle, batch 1024, after the StraightThrough node
 was replaced by ``w + delta``): QAT overhead k-means +8 … +18 %, uniform +7 … +11 % over r49k … r786k,
 so the ≤ 5 % target is not met yet; docs/performance.md ("CPU QAT overhead") has the table and where the
@@ -30,7 +30,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sweep import quant  # noqa: E402
+from sweep import quant, quant_batch  # noqa: E402
 from sweep.model import Llama, ModelConfig, param_counts  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
@@ -62,7 +62,7 @@ class Stepper:
     def step(self, record: bool) -> None:
         sync(self.device)
         start = time.perf_counter()
-        quant.update(self.quantized)  # as the training loop does before each step
+        quant_batch.update(self.quantized)  # as the training loop does before each step
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             logits = self.model(self.x)
         F.cross_entropy(logits.float().flatten(0, 1), self.y.flatten()).backward()

@@ -15,44 +15,27 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from sweep import branches as branching
-from sweep import checkpoint, data, distributed, meters, quant
-from sweep.contract import BRANCHES_DIR, CHECKPOINT, METRICS, SUMMARY, TrainingEnd, read_json
+from sweep import checkpoint, data, distributed, meters, quant, quant_batch, schedule
+from sweep.config import JobConfig
+from sweep.contract import (
+    BRANCHES_DIR,
+    CHECKPOINT,
+    METRICS,
+    SKIPPED_STATUSES,
+    SUMMARY,
+    TrainingEnd,
+    read_json,
+)
 from sweep.rundir import MetricsLog
 
-
-def steps_from(value: float, total: int) -> int:
-    """A config value that is a fraction of the run (< 1) or a step count (>= 1)."""
-    return int(round(value * total)) if value < 1 else int(value)
-
-
-def evaluation_steps(total: int, cfg: Any) -> set[int]:
-    """Steps (1-based, after the update) with a validation pass: every ``eval_every`` for the curve, plus
-    the final ``final_evals`` steps spaced ``final_eval_spacing`` apart, whose mean is the final loss (the
-    tail of the schedule, where the loss is flat, rather than points spread over the last 20 % of the run).
-    """
-    every = max(1, steps_from(cfg.eval_every, total))
-    return set(range(every, total + 1, every)) | final_evaluation_steps(total, cfg)
-
-
-def final_evaluation_steps(total: int, cfg: Any) -> set[int]:
-    gap = max(1, steps_from(cfg.final_eval_spacing, total))
-    return {total - i * gap for i in range(cfg.final_evals) if total - i * gap >= 1}
-
-
-def learning_rate(step: int, total: int, warmup: int, cfg: Any) -> float:
-    if cfg.schedule == "wsd":
-        return branching.wsd_learning_rate(step, total, warmup, cfg.lr, cfg.min_lr_ratio, cfg.decay_fraction)
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    floor = cfg.lr * cfg.min_lr_ratio
-    progress = (step - warmup) / max(1, total - warmup)
-    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+if TYPE_CHECKING:
+    from sweep.wandb_logger import WandbLogger
 
 
 @torch.no_grad()
@@ -115,72 +98,139 @@ class Outcome:
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class Validation:
+    mid: tuple[torch.Tensor, torch.Tensor]    # a fixed subset, for the mid-run curve (cheap)
+    final: tuple[torch.Tensor, torch.Tensor]  # the whole set, for the evaluations the final loss averages
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """What the loop reads and never changes, built in one place (sweep.train.trainer_config)."""
+
+    job: JobConfig
+    run_dir: Path
+    device: torch.device
+    dist: distributed.DistInfo
+    steps: schedule.StepPlan
+    plan: list[branching.Branch]    # the WSD cooldown branches, sorted by fork step
+    corpus: data.Corpus
+    validation: Validation
+
+
+@dataclass
+class ModelParts:
+    """What the steps update: the model, how it is trained, and its quantized linears."""
+
+    model: torch.nn.Module          # the plain model: state dicts, evaluation, gradient clipping
+    trainable: torch.nn.Module      # what forward/backward runs: the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    quantized: list[tuple[str, quant.QuantLinear]]
+
+
+class Hooks(Protocol):
+    """What the loop hands back to its job (sweep.run_outputs.RunOutputs writes the run dir)."""
+
+    def save_checkpoint(self, done: int, branch: dict | None) -> None:
+        """A checkpoint at `done` steps; `branch`: Trainer.branch_checkpoint(), when inside a branch."""
+
+    def write_branch(self, branch: branching.Branch, segment: Segment, outcome: Outcome,
+                     wall_s: float) -> None:
+        """A branch ended (completed or diverged): its run dir."""
+
+    def on_stop(self, done: int, signum: int) -> None:
+        """A stop signal arrived and the checkpoint at `done` is written."""
+
+
+class StopFlag(Protocol):
+    """A stop signal seen at step boundaries (sweep.train.StopSignals)."""
+
+    received: int | None
+
+    def hand_over(self) -> None:
+        """After the checkpoint: let the signal take its course (requeue or exit)."""
+
+
+def branch_run_dir(run_dir: Path, branch: branching.Branch) -> Path:
+    """A branch's own run dir, inside its trunk's."""
+    return run_dir / BRANCHES_DIR / branch.name
+
+
+class Throughput:
+    """Training seconds and tokens since the last log step (update steps only, evaluation excluded)."""
+
+    def __init__(self) -> None:
+        self.train_s, self.tokens = 0.0, 0
+
+    def take(self) -> float:
+        """Tokens per second since the last call; starts the next interval."""
+        tokens_per_s = self.tokens / max(self.train_s, 1e-9)
+        self.train_s, self.tokens = 0.0, 0
+        return tokens_per_s
+
+
 class Trainer:
     """The state of one job's training (built by sweep.train) and the loop over its segments."""
 
-    def __init__(self, *, job: Any, run_dir: Path, run_id: str, model: torch.nn.Module, trainable: Any,
-                 optimizer: torch.optim.Optimizer, quantized: list, corpus: Any, val: tuple, final_val: tuple,
-                 device: torch.device, dist_info: Any, autocast: Any, total_steps: int, warmup: int,
-                 qat_step: int | None, n_sequences: int, micro_sequences: int, plan: list, logger: Any,
-                 started: float, stop: Any, hooks: Any, meter: Any = None) -> None:
-        self.job, self.run_dir, self.run_id = job, run_dir, run_id
-        self.model, self.trainable, self.optimizer, self.quantized = model, trainable, optimizer, quantized
-        self.corpus, self.val, self.final_val = corpus, val, final_val
-        self.device, self.dist, self.autocast = device, dist_info, autocast
-        self.total_steps, self.warmup, self.qat_step = total_steps, warmup, qat_step
-        self.n_sequences, self.micro = n_sequences, micro_sequences
-        self.plan, self.logger, self.started, self.stop = plan, logger, started, stop
-        self.hooks = hooks  # save_checkpoint(done, extra), write_branch(branch, segment, outcome, wall_s)
-        self.meter = meter or meters.Meter(None, device)  # MFU, grad norm, peak memory at log steps
-        t = job.train
-        self.diverge_loss = t.diverge_loss or 1.5 * math.log(job.model.vocab_size)
+    def __init__(self, config: TrainerConfig, parts: ModelParts, hooks: Hooks, stop: StopFlag,
+                 logger: WandbLogger | None = None, meter: meters.Meter | None = None) -> None:
+        self.config, self.parts, self.hooks, self.stop, self.logger = config, parts, hooks, stop, logger
+        self.meter = meter or meters.Meter(None, config.device)  # MFU, grad norm, peak memory at log steps
+        job = config.job
+        self.diverge_loss = job.train.diverge_loss or 1.5 * math.log(job.model.vocab_size)
         self.steps_this_run = 0
         self.last_checkpoint_time = time.time()
         self.trunk_state: dict | None = None      # the trunk's snapshot while a branch trains
         self.branch_segment: Segment | None = None
         self.branch_began = 0.0
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on CUDA; full precision on CPU."""
+        if self.config.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     # ------------------------------------------------------------------ the segments
     def run(self, trunk: Segment, start_step: int, resume_branch: dict | None) -> Outcome:
         """Train the trunk from `start_step`, forking every branch at its step; a checkpoint taken inside
         a branch (`resume_branch`) is finished first."""
+        plan = self.config.plan
         if resume_branch is not None:
-            branch = next(b for b in self.plan if b.name == resume_branch["name"])
+            branch = next(b for b in plan if b.name == resume_branch["name"])
             outcome = self._branch(branch, trunk, resume_branch)
-            if outcome.status == "stopped":
+            if outcome.status == TrainingEnd.STOPPED:
                 return outcome
             start_step = branch.fork_step
         step = start_step
-        for branch in self.plan:
+        for branch in plan:
             if branch.fork_step < step or self._branch_finished(branch):
                 continue
             outcome = self._steps(trunk, step, branch.fork_step)
-            if outcome.status != "completed":
+            if outcome.status != TrainingEnd.COMPLETED:
                 return outcome
             step = branch.fork_step
             outcome = self._branch(branch, trunk, None)
-            if outcome.status == "stopped":
+            if outcome.status == TrainingEnd.STOPPED:
                 return outcome
-        return self._steps(trunk, step, self.total_steps)
+        return self._steps(trunk, step, self.config.steps.total)
 
     def _branch_finished(self, branch: branching.Branch) -> bool:
-        summary = read_json(self.branch_dir(branch) / SUMMARY) or {}
-        return summary.get("status") in ("completed", "diverged")
-
-    def branch_dir(self, branch: branching.Branch) -> Path:
-        return self.run_dir / BRANCHES_DIR / branch.name
+        summary = read_json(branch_run_dir(self.config.run_dir, branch) / SUMMARY) or {}
+        return summary.get("status") in SKIPPED_STATUSES
 
     def _branch(self, branch: branching.Branch, trunk: Segment, resume: dict | None) -> Outcome:
-        t = self.job.train
-        metrics = MetricsLog(self.branch_dir(branch) / METRICS)
+        t, is_main = self.config.job.train, self.config.dist.is_main
+        model, optimizer = self.parts.model, self.parts.optimizer
+        directory = branch_run_dir(self.config.run_dir, branch)
+        metrics = MetricsLog(directory / METRICS)
         if resume is None:
-            self.trunk_state = {"model": copy.deepcopy(self.model.state_dict()),
-                                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            self.trunk_state = {"model": copy.deepcopy(model.state_dict()),
+                                "optimizer": copy.deepcopy(optimizer.state_dict()),
                                 "rng": checkpoint.rng_state(), "evals": copy.deepcopy(trunk.evals)}
             evals = [e for e in trunk.evals if e[0] <= branch.fork_step]
             start, wall_before = branch.fork_step, 0.0
-            if self.dist.is_main:
-                self.branch_dir(branch).mkdir(parents=True, exist_ok=True)
+            if is_main:
+                directory.mkdir(parents=True, exist_ok=True)
                 history = [r for r in trunk.metrics.read() if r.get("step", 0) <= branch.fork_step]
                 metrics.path.write_text("")
                 for record in history:
@@ -188,112 +238,146 @@ class Trainer:
         else:
             self.trunk_state, evals = resume["trunk_state"], resume["evals"]
             start, wall_before = resume["step"], resume["wall_s"]
-            if self.dist.is_main:
+            if is_main:
                 metrics.truncate_after(start)
-        segment = Segment(branch.steps, evaluation_steps(branch.steps, t), metrics, evals, branch)
+        segment = Segment(branch.steps, schedule.evaluation_steps(branch.steps, t), metrics, evals, branch)
         self.branch_segment = segment
         self.branch_began = time.time() - wall_before
         outcome = self._steps(segment, start, branch.steps)
-        if outcome.status == "stopped":
+        if outcome.status == TrainingEnd.STOPPED:
             return outcome
         self.hooks.write_branch(branch, segment, outcome, time.time() - self.branch_began)
         # back to the trunk exactly as it was at the fork
-        self.model.load_state_dict(self.trunk_state["model"])
-        self.optimizer.load_state_dict(self.trunk_state["optimizer"])
+        model.load_state_dict(self.trunk_state["model"])
+        optimizer.load_state_dict(self.trunk_state["optimizer"])
         checkpoint.set_rng_state(self.trunk_state["rng"])
         trunk.evals[:] = self.trunk_state["evals"]
         self.trunk_state, self.branch_segment = None, None
-        return Outcome("completed", branch.fork_step)
+        return Outcome(TrainingEnd.COMPLETED, branch.fork_step)
 
     def branch_checkpoint(self, done: int) -> dict | None:
-        """What a checkpoint taken now must add so a resumed job can finish the branch, then the trunk."""
+        """What a checkpoint taken now must add so a resumed job can finish the branch, then the trunk
+        (``trunk_step``: the trunk is at the fork, where its metrics log ends)."""
         if self.branch_segment is None:
             return None
         segment = self.branch_segment
         return {"name": segment.branch.name, "step": done, "trunk_state": self.trunk_state,
-                "evals": segment.evals, "wall_s": time.time() - self.branch_began}
+                "evals": segment.evals, "wall_s": time.time() - self.branch_began,
+                "trunk_step": segment.branch.fork_step}
 
     # ------------------------------------------------------------------ the steps
     def _steps(self, segment: Segment, first: int, last: int) -> Outcome:
         """Steps first..last-1 (0-based) under `segment`'s schedule, with evaluation, logging, divergence,
         checkpoints and stop signals."""
-        q, t = self.job.quant, self.job.train
-        interval_train_s, interval_tokens = 0.0, 0
-        finals = final_evaluation_steps(segment.total, t)
+        t = self.config.job.train
+        throughput = Throughput()
+        finals = schedule.final_evaluation_steps(segment.total, t)
         for step in range(first, last):
             step_started = time.time()
-            if self.qat_step is not None and step == self.qat_step:
-                quant.switch_on(self.quantized, q, t.seed)
-            elif self.qat_step is not None and q.refresh_every and step > self.qat_step \
-                    and (step - self.qat_step) % q.refresh_every == 0:
-                quant.refresh(self.quantized, q, t.seed)
-            lr = learning_rate(step, segment.total, self.warmup, t)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            x, y = data.train_batch(self.corpus, t.seed, step, self.n_sequences, t.seq_len, self.dist.rank,
-                                    self.dist.world_size)
-            quant.update(self.quantized)  # quantize once per optimizer step, for every micro-batch
-            local_loss = forward_backward(self.trainable, x.to(self.device), y.to(self.device), self.micro,
-                                          self.autocast)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            self._schedule_quantizers(step)
+            lr = schedule.learning_rate(step, segment.total, self.config.steps.warmup, t)
+            local_loss, grad_norm = self._update(step, lr)
 
             done = step + 1
             self.steps_this_run += 1
-            interval_tokens += t.batch_tokens
+            throughput.tokens += t.batch_tokens
             evaluate_now = done in segment.eval_at
             log_now = done % t.log_every == 0 or evaluate_now
             # A divergence check reads the loss: free on CPU (no device to wait for), so every step there
             # as before; on CUDA it is a sync, so at log steps and the segment's end (a NaN stays a NaN).
-            check_now = log_now or done == last or self.device.type == "cpu"
-            status, reason, train_loss = "completed", None, math.nan
+            check_now = log_now or done == last or self.config.device.type == "cpu"
+            status, reason, train_loss = TrainingEnd.COMPLETED, None, math.nan
             if check_now:
-                train_loss = distributed.all_reduce_mean(local_loss, self.dist, self.device)
-                if not math.isfinite(train_loss) or train_loss > self.diverge_loss:
-                    status = "diverged"
-                    reason = f"train loss {train_loss:.4g} at step {done} (limit {self.diverge_loss:.3g})"
-            record: dict[str, Any] = {"step": done, "tokens": done * t.batch_tokens, "train_loss": train_loss,
-                                      "lr": lr, "phase": "qat" if self.qat_step is not None
-                                      and step >= self.qat_step else "warmup"}
-            interval_train_s += time.time() - step_started
-            if evaluate_now and status == "completed":
-                quant.update(self.quantized)  # the step changed the weights; compiled code cannot check
-                # mid-run evaluations use the cheap subset; the final ones the whole validation set
-                val = self.final_val if done in finals else self.val
-                val_loss, val_se = evaluate(self.model, val, self.device, self.autocast, self.micro)
-                record["val_loss"] = val_loss
-                record["val_loss_se"] = val_se
-                segment.evals.append([done, val_loss, val_se])
-            if log_now or status != "completed":
-                # training throughput: update steps only, evaluation time excluded
-                tokens_per_s = interval_tokens / max(interval_train_s, 1e-9)
-                record["tokens_per_s"] = tokens_per_s
-                record.update(self.meter.log_fields(tokens_per_s, grad_norm))
-                interval_train_s, interval_tokens = 0.0, 0
-                if self.dist.is_main:
-                    segment.metrics.append(record)
-                    if self.logger and segment.branch is None:
-                        self.logger.log(record, step=done)
-            if status != "completed":
+                status, reason, train_loss = self._check_divergence(local_loss, done)
+            record = self._record(step, lr, train_loss)
+            throughput.train_s += time.time() - step_started
+            if evaluate_now and status == TrainingEnd.COMPLETED:
+                self._evaluate(segment, record, final=done in finals)
+            if log_now or status != TrainingEnd.COMPLETED:
+                self._log(segment, record, throughput.take(), grad_norm)
+            if status != TrainingEnd.COMPLETED:
                 return Outcome(status, done, reason)
+            if self._checkpoint_and_stop(segment, done, log_now):
+                return Outcome(TrainingEnd.STOPPED, done)
+        return Outcome(TrainingEnd.COMPLETED, last)
 
-            # a stop flag from any rank is a collective (and a sync): every step alone, at log steps in DDP
-            stop_now = (not self.dist.enabled or log_now) and distributed.any_rank(
-                self.stop.received is not None, self.dist, self.device)
-            limit_reached = t.max_steps_this_run is not None and self.steps_this_run >= t.max_steps_this_run \
-                and done < segment.total
-            periodic = (t.checkpoint_every and done % t.checkpoint_every == 0) or \
-                (time.time() - self.last_checkpoint_time >= t.checkpoint_every_s)
-            if (stop_now or limit_reached or periodic) and done < segment.total:
-                self.hooks.save_checkpoint(done, self.branch_checkpoint(done))
-                self.last_checkpoint_time = time.time()
-            if stop_now and self.stop.received is not None:
-                self.hooks.on_stop(done)
-                self.stop.hand_over()
-            if limit_reached:
-                return Outcome("stopped", done)
-        return Outcome("completed", last)
+    def _schedule_quantizers(self, step: int) -> None:
+        """The QAT switch at its step (codebooks fitted then); k-means re-fits every ``refresh_every``."""
+        q, seed, qat_step = self.config.job.quant, self.config.job.train.seed, self.config.steps.qat_step
+        if qat_step is not None and step == qat_step:
+            quant.switch_on(self.parts.quantized, q, seed)
+        elif qat_step is not None and q.refresh_every and step > qat_step \
+                and (step - qat_step) % q.refresh_every == 0:
+            quant.refresh(self.parts.quantized, q, seed)
+
+    def _update(self, step: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step at `lr` on this rank's share of the step's batch: (the batch loss as a 0-d
+        device tensor, the gradient norm before clipping)."""
+        t, dist, device, parts = self.config.job.train, self.config.dist, self.config.device, self.parts
+        for group in parts.optimizer.param_groups:
+            group["lr"] = lr
+        x, y = data.train_batch(self.config.corpus, t.seed, step, self.config.steps.n_sequences, t.seq_len,
+                                dist.rank, dist.world_size)
+        quant_batch.update(parts.quantized)  # quantize once per optimizer step, for every micro-batch
+        local_loss = forward_backward(parts.trainable, x.to(device), y.to(device),
+                                      self.config.steps.micro_sequences, self.autocast)
+        grad_norm = torch.nn.utils.clip_grad_norm_(parts.model.parameters(), t.grad_clip)
+        parts.optimizer.step()
+        parts.optimizer.zero_grad(set_to_none=True)
+        return local_loss, grad_norm
+
+    def _check_divergence(self, local_loss: torch.Tensor, done: int) -> tuple[str, str | None, float]:
+        """(status, reason, the loss averaged over ranks): diverged on a non-finite or too high loss."""
+        train_loss = distributed.all_reduce_mean(local_loss, self.config.dist, self.config.device)
+        if not math.isfinite(train_loss) or train_loss > self.diverge_loss:
+            reason = f"train loss {train_loss:.4g} at step {done} (limit {self.diverge_loss:.3g})"
+            return TrainingEnd.DIVERGED, reason, train_loss
+        return TrainingEnd.COMPLETED, None, train_loss
+
+    def _record(self, step: int, lr: float, train_loss: float) -> dict[str, Any]:
+        """The step's metrics line (evaluation and throughput fields are added to it)."""
+        qat_step, done = self.config.steps.qat_step, step + 1
+        return {"step": done, "tokens": done * self.config.job.train.batch_tokens, "train_loss": train_loss,
+                "lr": lr, "phase": "qat" if qat_step is not None and step >= qat_step else "warmup"}
+
+    def _evaluate(self, segment: Segment, record: dict[str, Any], final: bool) -> None:
+        quant_batch.update(self.parts.quantized)  # the step changed the weights; compiled code cannot check
+        # mid-run evaluations use the cheap subset; the final ones the whole validation set
+        val = self.config.validation.final if final else self.config.validation.mid
+        val_loss, val_se = evaluate(self.parts.model, val, self.config.device, self.autocast,
+                                    self.config.steps.micro_sequences)
+        record["val_loss"] = val_loss
+        record["val_loss_se"] = val_se
+        segment.evals.append([record["step"], val_loss, val_se])
+
+    def _log(self, segment: Segment, record: dict[str, Any], tokens_per_s: float,
+             grad_norm: torch.Tensor) -> None:
+        # training throughput: update steps only, evaluation time excluded
+        record["tokens_per_s"] = tokens_per_s
+        record.update(self.meter.log_fields(tokens_per_s, grad_norm))
+        if self.config.dist.is_main:
+            segment.metrics.append(record)
+            if self.logger and segment.branch is None:
+                self.logger.log(record, step=record["step"])
+
+    def _checkpoint_and_stop(self, segment: Segment, done: int, log_now: bool) -> bool:
+        """Checkpoint on a stop signal, at this run's step limit or periodically; hand a stop signal over.
+        True when this run's step limit (``train.max_steps_this_run``) is reached."""
+        t, dist, device = self.config.job.train, self.config.dist, self.config.device
+        # a stop flag from any rank is a collective (and a sync): every step alone, at log steps in DDP
+        stop_now = (not dist.enabled or log_now) and distributed.any_rank(self.stop.received is not None,
+                                                                          dist, device)
+        limit_reached = t.max_steps_this_run is not None and self.steps_this_run >= t.max_steps_this_run \
+            and done < segment.total
+        periodic = (t.checkpoint_every and done % t.checkpoint_every == 0) or \
+            (time.time() - self.last_checkpoint_time >= t.checkpoint_every_s)
+        if (stop_now or limit_reached or periodic) and done < segment.total:
+            self.hooks.save_checkpoint(done, self.branch_checkpoint(done))
+            self.last_checkpoint_time = time.time()
+        if stop_now and self.stop.received is not None:
+            self.hooks.on_stop(done, self.stop.received)
+            self.stop.hand_over()
+        return limit_reached
 
 
 def final_loss(evals: list, eval_at: set[int], k: int) -> tuple[float | None, float | None, int]:

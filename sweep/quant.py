@@ -316,8 +316,8 @@ class QuantLinear(nn.Linear):
         if not self.enabled:
             return F.linear(x, self.weight)
         if not torch.compiler.is_compiling():
-            # eager: a no-op unless the weight changed; compiled code relies on update(), called by the loop
-            # before each step and evaluation, since the graph cannot keep Python-side cache state
+            # eager: a no-op unless the weight changed; compiled code relies on quant_batch.update(), which
+            # the loop calls before each step and evaluation, since the graph cannot keep Python-side state
             self.update_quantized()
         return F.linear(x, self.ste_weight())
 
@@ -364,10 +364,3 @@ def refresh(quantized: list[tuple[str, QuantLinear]], config: QuantConfig, seed:
     for index, (_, module) in enumerate(quantized):
         module.fit_codebook(seed + index, config.kmeans_tol, config.kmeans_max_iter)
 
-
-def update(quantized: list[tuple[str, QuantLinear]]) -> None:
-    """Quantize every switched-on weight that changed since its last quantization (once per optimizer
-    step; a no-op otherwise), the tensors that share a quantizer in one batched computation."""
-    from sweep import quant_batch  # imported here: quant_batch builds on this module
-
-    quant_batch.update(quantized)

@@ -10,46 +10,44 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import platform
 import shutil
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from sweep import branches as branching
-from sweep import checkpoint, data, distributed, export, meters, quant
+from sweep import checkpoint, data, distributed, meters, quant
 from sweep.config import ConfigError, JobConfig, default_threads, from_dict, resolve_device
 from sweep.contract import (
     BRANCHES_DIR,
     CHECKPOINT,
     METRICS,
     RUN,
+    SKIPPED_STATUSES,
     SUMMARY,
-    Summary,
-    SummaryStatus,
+    TrainingEnd,
     atomic_write_json,
     compute_run_id,
     read_json,
-    write_summary,
 )
 from sweep.loop import (
-    Outcome,
+    ModelParts,
     Segment,
     Trainer,
-    evaluation_steps,
-    final_evaluation_steps,
-    final_loss,
-    steps_from,
+    TrainerConfig,
+    Validation,
 )
 from sweep.model import Llama, param_counts
+from sweep.run_outputs import RunOutputs
 from sweep.rundir import MetricsLog, write_config
+from sweep.schedule import evaluation_steps, final_evaluation_steps, plan_steps
 from sweep.wandb_logger import WandbLogger
 
 log = logging.getLogger("sweep.train")
@@ -145,7 +143,7 @@ def check_run_dir(run_dir: Path, run_id: str) -> str:
     summary = read_json(run_dir / SUMMARY)
     # completed and diverged are final (training is deterministic: a diverged run would diverge again);
     # a failed run (an exception, a killed node) runs again, from its checkpoint when it has one
-    if existing is not None and summary is not None and summary.get("status") in ("completed", "diverged"):
+    if existing is not None and summary is not None and summary.get("status") in SKIPPED_STATUSES:
         return "skip"
     if existing is not None and checkpoint.exists(run_dir / CHECKPOINT):
         return "resume"
@@ -177,26 +175,46 @@ def train(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
 
 def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.device,
          dist_info: distributed.DistInfo) -> dict[str, Any]:
-    m, q, t = job.model, job.quant, job.train
+    """The job in steps: its config, the model, where it starts (fresh or from its checkpoint), the run dir,
+    the loop, then the outputs."""
     started = time.time()
     corpus = data.load_corpus(job.data)
-    counts = param_counts(m)
-    if t.tokens is not None:
-        target_tokens = int(float(t.tokens))
-    else:  # tokens per *quantized* parameter: N_quant is the law's N (docs/method.md §2)
-        target_tokens = int(t.tokens_per_param * counts["N_quant"])
-    total_steps = max(1, math.ceil(target_tokens / t.batch_tokens))
-    n_sequences = t.batch_tokens // t.seq_len
-    if n_sequences % dist_info.world_size:
-        raise ConfigError(f"train.batch_tokens / train.seq_len ({n_sequences} sequences) must be divisible "
-                          f"by the number of ranks ({dist_info.world_size})")
-    local_sequences = n_sequences // dist_info.world_size
-    micro_sequences = min(local_sequences, max(1, (t.micro_batch_tokens or t.batch_tokens) // t.seq_len))
-    qat_step = steps_from(q.qat_start, total_steps) if q.format != "none" else None
-    if qat_step is not None and qat_step >= total_steps:
-        raise ConfigError(f"quant.qat_start ({q.qat_start}) is step {qat_step}, but the run has only "
-                          f"{total_steps} steps: QAT would never start; lower it or train longer")
-    warmup = max(1, steps_from(t.warmup, total_steps))
+    counts = param_counts(job.model)
+    config = trainer_config(job, run_dir, device, dist_info, corpus, counts)
+    parts = build_model(job, device, dist_info)
+    if mode == "resume":
+        start = resume(run_dir, run_id, parts, device)
+    else:
+        start = Start(0, {"evals": [], "wall_s": 0.0}, None, describe_run(job, run_id, counts, config))
+    if dist_info.is_main:
+        prepare_run_dir(run_dir, job, mode, start)
+    logger = WandbLogger(job.wandb, run_dir, run_id, job.sweep_name, job.raw) if dist_info.is_main else None
+    total_steps = config.steps.total
+    trunk = Segment(total_steps, evaluation_steps(total_steps, job.train), MetricsLog(run_dir / METRICS),
+                    start.progress["evals"])
+    outputs = RunOutputs(job=job, run_dir=run_dir, run_id=run_id, run_info=start.run_info, parts=parts,
+                         counts=counts, plan=config.plan, progress=start.progress, trunk=trunk,
+                         started=started, is_main=dist_info.is_main)
+    meter = meters.Meter(meters.model_flops_per_token(job.model, job.train.seq_len), device,
+                         meters.peak_flops(device, job.train.peak_flops))
+    with StopSignals() as stop:
+        trainer = Trainer(config, parts, hooks=outputs, stop=stop, logger=logger, meter=meter)
+        outcome = trainer.run(trunk, start.step, start.branch)
+    if outcome.status == TrainingEnd.STOPPED:
+        log.info("stopped after %d steps this run (train.max_steps_this_run); checkpoint at %d",
+                 trainer.steps_this_run, outcome.done)
+        if logger:
+            logger.finish({}, exit_code=0)
+        return {"status": TrainingEnd.STOPPED, "step": outcome.done, "run_id": run_id}
+    return outputs.write_trunk(outcome, logger)
+
+
+def trainer_config(job: JobConfig, run_dir: Path, device: torch.device, dist_info: distributed.DistInfo,
+                   corpus: data.Corpus, counts: dict[str, int]) -> TrainerConfig:
+    """The loop's fixed inputs, derived from the job's config once, with the checks that need the run's
+    length (a ConfigError before anything trains)."""
+    t = job.train
+    steps = plan_steps(job, counts["N_quant"], dist_info.world_size)
     plan = branch_plan(job)
     try:
         final_val = data.validation_windows(corpus, max(1, t.eval_tokens // t.seq_len), t.seq_len)
@@ -204,11 +222,18 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
         raise ConfigError(str(err)) from None
     # mid-run evaluations (the curve) on a fixed subset: cheap; the final ones on the whole set: quiet
     mid_windows = max(1, (t.mid_eval_tokens or t.eval_tokens) // t.seq_len)
-    val = (final_val[0][:mid_windows], final_val[1][:mid_windows])
+    validation = Validation(mid=(final_val[0][:mid_windows], final_val[1][:mid_windows]), final=final_val)
+    return TrainerConfig(job=job, run_dir=run_dir, device=device, dist=dist_info, steps=steps, plan=plan,
+                         corpus=corpus, validation=validation)
 
+
+def build_model(job: JobConfig, device: torch.device, dist_info: distributed.DistInfo) -> ModelParts:
+    """The seeded model with its quantized linears, AdamW (no decay on embeddings and norms), compiled
+    blocks where asked, wrapped in DDP across ranks."""
+    t = job.train
     torch.manual_seed(t.seed)
-    model = Llama(m).to(device)
-    quantized = quant.prepare(model, q)
+    model = Llama(job.model).to(device)
+    quantized = quant.prepare(model, job.quant)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         (decay if param.dim() >= 2 and "tok_embeddings" not in name else no_decay).append(param)
@@ -217,135 +242,73 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
                                   lr=t.lr, betas=(t.beta1, t.beta2), fused=device.type == "cuda")
     if t.compile if t.compile is not None else device.type == "cuda":
         compile_blocks(model)
-    trainable = model
+    trainable: torch.nn.Module = model
     if dist_info.enabled:
         trainable = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    return ModelParts(model=model, trainable=trainable, optimizer=optimizer, quantized=quantized)
 
-    def autocast() -> Any:
-        if device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
+def describe_run(job: JobConfig, run_id: str, counts: dict[str, int],
+                 config: TrainerConfig) -> dict[str, Any]:
+    """run.json of a fresh run: what it trains, on what data, code and machine."""
+    q, t, steps = job.quant, job.train, config.steps
     run_info = {
         "run_id": run_id, "format": q.format, "bits": q.bits,
         "quantizer": quant.quantizer_kind(q.format, q.bits),
         "P_w": quant.bits_per_weight(q.format, q.bits, q.block_size, q.binary_mean), **counts,
-        "D": total_steps * t.batch_tokens,
-        "steps": total_steps, "qat_start_step": qat_step, "seed": t.seed, "git_sha": git_sha(),
-        "corpus": corpus.description, "corpus_sha256": corpus.sha256, "torch_version": torch.__version__,
+        "D": steps.total * t.batch_tokens,
+        "steps": steps.total, "qat_start_step": steps.qat_step, "seed": t.seed, "git_sha": git_sha(),
+        "corpus": config.corpus.description, "corpus_sha256": config.corpus.sha256,
+        "torch_version": torch.__version__,
         "python_version": platform.python_version(), "host": platform.node(), **job_ids(),
-        "sweep": job.sweep_name, "device": device.type, "world_size": dist_info.world_size,
+        "sweep": job.sweep_name, "device": config.device.type, "world_size": config.dist.world_size,
         "threads": torch.get_num_threads(),
     }
-    if plan:
+    if config.plan:
+        plan = config.plan
         run_info.update(trunk=run_id, branches=[b.name for b in plan],
-                        tokens_trained=branching.trained_tokens(total_steps, t.batch_tokens, plan),
-                        tokens_as_separate_runs=branching.separate_tokens(total_steps, t.batch_tokens, plan))
+                        tokens_trained=branching.trained_tokens(steps.total, t.batch_tokens, plan),
+                        tokens_as_separate_runs=branching.separate_tokens(steps.total, t.batch_tokens, plan))
+    return run_info
+
+
+@dataclass
+class Start:
+    """Where this process starts training."""
+
+    step: int
+    progress: dict[str, Any]            # carried across requeues: {"evals": [...], "wall_s": seconds}
+    branch: dict | None                 # a branch to finish first (Trainer.branch_checkpoint), or None
+    run_info: dict[str, Any]            # run.json
+
+
+def resume(run_dir: Path, run_id: str, parts: ModelParts, device: torch.device) -> Start:
+    """Load the checkpoint into the model and optimizer; run.json is the first attempt's, with this
+    attempt's job ids and host."""
+    payload = checkpoint.load(run_dir / CHECKPOINT, map_location=device)
+    checkpoint.restore(payload, model=parts.model, optimizer=parts.optimizer)
+    step, progress = payload["step"], payload["progress"]
+    run_info = {**read_json(run_dir / RUN), **job_ids(), "host": platform.node()}
+    log.info("resume: %s from step %d%s", run_id, step,
+             f" (branch {progress['branch']['name']})" if progress.get("branch") else "")
+    branch = progress.pop("branch", None)
+    return Start(step, progress, branch, run_info)
+
+
+def prepare_run_dir(run_dir: Path, job: JobConfig, mode: str, start: Start) -> None:
+    """The main rank's run dir before training: the config, no summary, the metrics log cut back to where
+    this process starts (a fresh run: no log, no branches), run.json."""
     metrics = MetricsLog(run_dir / METRICS)
-    progress: dict[str, Any] = {"evals": [], "wall_s": 0.0}
-    start_step = 0
+    write_config(run_dir, job.raw)
+    (run_dir / SUMMARY).unlink(missing_ok=True)  # a failed attempt's summary: this one is running
     if mode == "resume":
-        payload = checkpoint.load(run_dir / CHECKPOINT, map_location=device)
-        checkpoint.restore(payload, model=model, optimizer=optimizer)
-        start_step, progress = payload["step"], payload["progress"]
-        run_info = {**read_json(run_dir / RUN), **job_ids(), "host": platform.node()}
-        log.info("resume: %s from step %d%s", run_id, start_step,
-                 f" (branch {progress['branch']['name']})" if progress.get("branch") else "")
-    resume_branch = progress.pop("branch", None)
-    if dist_info.is_main:
-        write_config(run_dir, job.raw)
-        (run_dir / SUMMARY).unlink(missing_ok=True)  # a failed attempt's summary: this one is running
-        if mode == "resume":
-            # inside a branch the trunk stopped at the fork: its log ends there
-            metrics.truncate_after(resume_branch["trunk_step"] if resume_branch else start_step)
-        else:
-            metrics.path.unlink(missing_ok=True)
-            shutil.rmtree(run_dir / BRANCHES_DIR, ignore_errors=True)  # a fresh trunk's branches
-        atomic_write_json(run_dir / RUN, run_info)
-    logger = WandbLogger(job.wandb, run_dir, run_id, job.sweep_name, job.raw) if dist_info.is_main else None
-    trunk = Segment(total_steps, evaluation_steps(total_steps, t), metrics, progress["evals"])
-
-    def save_checkpoint(done: int, branch: dict | None) -> None:
-        if dist_info.is_main:
-            wall = progress["wall_s"] + (time.time() - started)
-            state = {**progress, "evals": trunk.evals, "wall_s": wall}
-            if branch is not None:  # inside a branch: `done` is the branch's step, the trunk is at the fork
-                state["branch"] = {**branch, "trunk_step": trainer.branch_segment.branch.fork_step}
-            checkpoint.save(run_dir / CHECKPOINT, model=model, optimizer=optimizer, run_id=run_id,
-                            step=done, progress=state)
-
-    def write_branch(branch: branching.Branch, segment: Segment, outcome: Outcome, wall_s: float) -> None:
-        if not dist_info.is_main:
-            return
-        branch_dir = trainer.branch_dir(branch)
-        config = branching.standalone_config(job.raw, branch)
-        branch_id = compute_run_id(config)
-        final, final_se, n_final = final_loss(segment.evals, segment.eval_at, t.final_evals)
-        completed = outcome.status == "completed"
-        info = {**run_info, "run_id": branch_id, "trunk": run_id, "branch": branch.name,
-                "fork_step": branch.fork_step, "D": branch.steps * t.batch_tokens, "steps": branch.steps}
-        for key in ("branches", "tokens_trained", "tokens_as_separate_runs"):
-            info.pop(key, None)
-        if completed:
-            info["export"] = export.export(model, quantized, q, counts, branch_dir if t.save_export else None)
-        write_config(branch_dir, config)
-        atomic_write_json(branch_dir / RUN, info)
-        write_summary(branch_dir, Summary(
-            SummaryStatus(outcome.status), outcome.reason, final if completed else None,
-            final_se if completed else None, n_final, tokens_seen=outcome.done * t.batch_tokens,
-            wall_s=wall_s, steps=outcome.done, trunk=run_id, branch=branch.name))
-        log.info("branch %s: %s, final_val_loss %s", branch.name, outcome.status, final)
-
-    def on_stop(done: int) -> None:
-        log.warning("checkpointed at step %d after signal %s", done, trainer.stop.received)
-
-    with StopSignals() as stop:
-        trainer = Trainer(
-            job=job, run_dir=run_dir, run_id=run_id, model=model, trainable=trainable, optimizer=optimizer,
-            quantized=quantized, corpus=corpus, val=val, final_val=final_val, device=device,
-            dist_info=dist_info, autocast=autocast, total_steps=total_steps, warmup=warmup, qat_step=qat_step,
-            n_sequences=n_sequences, micro_sequences=micro_sequences, plan=plan, logger=logger,
-            started=started, stop=stop,
-            hooks=SimpleNamespace(save_checkpoint=save_checkpoint, write_branch=write_branch,
-                                  on_stop=on_stop),
-            meter=meters.Meter(meters.model_flops_per_token(m, t.seq_len), device,
-                               meters.peak_flops(device, t.peak_flops)))
-        outcome = trainer.run(trunk, start_step, resume_branch)
-    if outcome.status == "stopped":
-        log.info("stopped after %d steps this run (train.max_steps_this_run); checkpoint at %d",
-                 trainer.steps_this_run, outcome.done)
-        if logger:
-            logger.finish({}, exit_code=0)
-        return {"status": "stopped", "step": outcome.done, "run_id": run_id}
-
-    status, reason, done = outcome.status, outcome.reason, outcome.done
-    wall_s = progress["wall_s"] + (time.time() - started)
-    final, final_se, n_final = final_loss(trunk.evals, trunk.eval_at, t.final_evals)
-    completed = status == "completed"
-    record = Summary(SummaryStatus(status), reason, final if completed else None,
-                     final_se if completed else None, n_final, tokens_seen=done * t.batch_tokens,
-                     wall_s=wall_s, steps=done)
-    if plan:
-        record.trunk = run_id
-        record.branches = {b.name: (read_json(trainer.branch_dir(b) / SUMMARY) or {}).get("status")
-                           for b in plan}
-    summary = record.to_json()
-    if dist_info.is_main:
-        if completed:
-            export_dir = run_dir if t.save_export else None
-            run_info["export"] = export.export(model, quantized, q, counts, export_dir)
-            atomic_write_json(run_dir / RUN, run_info)
-        if completed and t.keep_checkpoint:
-            save_checkpoint(done, None)  # the final latent weights and optimizer, to continue training
-        write_summary(run_dir, record)
-        if not t.keep_checkpoint:
-            # the run is final; a cluster-scale checkpoint (fp32 weights + Adam moments) is 16 bytes per
-            # parameter, and export.pt already holds the weights as they would be stored
-            shutil.rmtree(run_dir / CHECKPOINT, ignore_errors=True)
-        if logger:
-            logger.finish(summary, exit_code=0 if completed else 1)
-    return {**summary, "run_id": run_id}
+        # inside a branch the trunk stopped at the fork: its log ends there
+        metrics.truncate_after(start.branch["trunk_step"] if start.branch else start.step)
+    else:
+        metrics.path.unlink(missing_ok=True)
+        shutil.rmtree(run_dir / BRANCHES_DIR, ignore_errors=True)  # a fresh trunk's branches
+    atomic_write_json(run_dir / RUN, start.run_info)
 
 
 def compile_blocks(model: Llama) -> None:

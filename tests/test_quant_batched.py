@@ -73,13 +73,13 @@ def check(modules: list[tuple[str, quant.QuantLinear]], expected: list[torch.Ten
 def test_batched_update_skips_fresh_and_disabled_modules() -> None:
     config = quant.QuantConfig(format="kmeans", bits=2)
     modules = make_modules(config)
-    quant.update(modules)
+    quant_batch.update(modules)
     buffers = [m.ste_delta.data_ptr() for _, m in modules]
     modules[1][1].set_enabled(False)
     with torch.no_grad():
         modules[2][1].weight.mul_(1.5)  # only this one is stale
     before = [m.ste_delta.clone() for _, m in modules]
-    quant.update(modules)
+    quant_batch.update(modules)
     assert [m.ste_delta.data_ptr() for _, m in modules] == buffers  # written in place
     for index, (_, m) in enumerate(modules):
         if index != 2:
@@ -104,7 +104,7 @@ def train_losses(fmt: str, bits: int, batched_update: bool, steps: int = 6) -> l
         if step == 2:
             quant.switch_on(quantized, q, seed=0)
         if batched_update:
-            quant.update(quantized)
+            quant_batch.update(quantized)
         # without it, every module quantizes itself in forward: the per-tensor path
         loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
         loss.backward()
@@ -124,10 +124,25 @@ def test_refitted_codebook_is_used() -> None:
     """The per-block codebook tables are cached; a re-fit (or a load) bumps the centroids' version."""
     config = quant.QuantConfig(format="kmeans", bits=3)
     modules = make_modules(config)
-    quant.update(modules)
+    quant_batch.update(modules)
     quant.refresh(modules, config, seed=11)
-    quant.update(modules)
+    quant_batch.update(modules)
     for _, m in modules:
         expected = m.weight + (quant.fake_quantize(m.weight, m.kind, m.bits, m.block_size, m.scale_mode,
                                                    m.centroids) - m.weight)
         assert torch.equal(m.ste_weight(), expected)
+
+
+def test_quant_batch_builds_on_quant_and_not_the_other_way() -> None:
+    """No import cycle: sweep/quant.py imports nothing of quant_batch, not even inside a function."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(quant.__file__).read_text())
+    imports = [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
+    assert imports  # the walk saw the module's imports
+    names = {alias.name for node in imports for alias in node.names} | \
+        {node.module for node in imports if isinstance(node, ast.ImportFrom) and node.module}
+    assert not {name for name in names if "quant_batch" in name}
+    assert "sweep.quant" in {node.module for node in ast.parse(Path(quant_batch.__file__).read_text()).body
+                             if isinstance(node, ast.ImportFrom)}
