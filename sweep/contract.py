@@ -313,3 +313,28 @@ def parameter_roles(d_model: int, n_layers: int, n_heads: int, n_kv_heads: int, 
     kv_dim = n_kv_heads * (d_model // n_heads)
     return {"quant": n_layers * (2 * d_model * d_model + 2 * d_model * kv_dim + 3 * d_model * ffn_dim),
             "embed": 2 * vocab_size * d_model, "norm": (2 * n_layers + 1) * d_model}
+
+
+# ----------------------------------------------------------------------------- the installation
+
+def conf_dir() -> Path:
+    """The Hydra config tree (conf/), found one way wherever bitlaw runs: package data of ``sweep``.
+
+    conf/ stays at the top of the repository; sweep/conf is a link to it, which a wheel ships as files, so a
+    checkout, an editable install and an installed wheel all read it here (the app, `bitlaw plan`, and
+    ``--arch bitlaw`` through fit/). Resolved, so a checkout names its top-level conf/.
+    """
+    from importlib.resources import files
+
+    return Path(str(files(__package__ or "sweep") / "conf")).resolve()
+
+
+def bitlaw_version() -> str | None:
+    """The installed bitlaw distribution's version (what runs and reports record where there is no git
+    checkout to name the code), or None when the code runs from a tree that was never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bitlaw")
+    except PackageNotFoundError:
+        return None

@@ -203,9 +203,9 @@ def llama3_shapes() -> list[Shape]:
 
 
 def conf_model_dir() -> Path:
-    import fit
+    from sweep.contract import conf_dir  # where conf/ is: the one place that knows
 
-    return Path(fit.__file__).resolve().parents[1] / "conf" / "model"
+    return conf_dir() / "model"
 
 
 def shape_from_mapping(name: str, spec: object, source: str) -> Shape:
