@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from sweep import branches as branching
-from sweep import checkpoint, data, distributed, export, meters, quant
+from sweep import checkpoint, contract, data, distributed, export, meters, quant
 from sweep.config import ConfigError, JobConfig, default_threads, from_dict, resolve_device
 from sweep.contract import (
     CHECKPOINT,
@@ -229,6 +229,7 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
         "P_w": quant.bits_per_weight(q.format, q.bits, q.block_size, q.binary_mean), **counts,
         "D": total_steps * t.batch_tokens,
         "steps": total_steps, "qat_start_step": qat_step, "seed": t.seed, "git_sha": git_sha(),
+        "bitlaw_version": contract.bitlaw_version(),  # names the code where there is no git checkout
         "corpus": corpus.description, "corpus_sha256": corpus.sha256, "torch_version": torch.__version__,
         "python_version": platform.python_version(), "host": platform.node(), **job_ids(),
         "sweep": job.sweep_name, "device": device.type, "world_size": dist_info.world_size,
