@@ -208,7 +208,7 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bitlaw.commands.recommend import load_source
+    from bitlaw.commands._options import load_source
     from fit.answer.memory import resolve_arch
     from fit.answer.recommend import parse_memory
     from fit.fitfile import load_fit
