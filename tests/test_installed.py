@@ -91,9 +91,15 @@ def test_the_installed_cli_answers_from_any_directory(installed) -> None:
 
 
 @pytest.mark.slow
-def test_the_installed_sweep_trains_and_records_its_version(installed) -> None:
+def test_the_installed_sweep_and_submit_train_and_record_the_version(installed) -> None:
     run_dir = installed[2] / "run"
     run(installed, "-m", "sweep", *TINY_RUN, f"hydra.run.dir={run_dir}")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and 0 < summary["final_val_loss"] < 6, summary
     assert json.loads((run_dir / "run.json").read_text())["bitlaw_version"] == VERSION
+    # bitlaw.submit execs the installed app as a multirun: one point of experiment=smoke, locally
+    sweep_dir = installed[2] / "sweep"
+    run(installed, "-m", "bitlaw.submit", "experiment=smoke", "point=kmeans2", *TINY_RUN,
+        f"hydra.sweep.dir={sweep_dir}")
+    summaries = [json.loads(path.read_text()) for path in sweep_dir.rglob("summary.json")]
+    assert [s["status"] for s in summaries] == ["completed"], summaries
