@@ -2,9 +2,9 @@
 
     .venv/bin/python benchmarks/branch_tokens.py [experiment ...]   (default: demo cluster)
 
-For each experiment, the jobs that differ only in `train.tokens` become one trunk (the largest budget) with
-a branch per smaller budget; each branch costs only its decay (decay_fraction of its steps). Figures, no
-assertions.
+Every job of the experiment (sweep/grid.py: the jobs `python -m sweep -m experiment=NAME` launches) is one
+trunk, the largest budget, with a branch per smaller budget in `train.branches`; each branch costs only its
+decay (decay_fraction of its steps). Figures, no assertions.
 """
 
 from __future__ import annotations
@@ -13,28 +13,25 @@ import math
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import sweep.app  # noqa: E402,F401  (registers the config resolvers)
-from sweep.branches import decay_start  # noqa: E402
+from sweep.branches import plan_branches, separate_tokens, trained_tokens  # noqa: E402
+from sweep.grid import expand  # noqa: E402
 
 
 def tokens(experiment: str) -> dict[str, float]:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
-    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
-    budgets = sorted(float(v) for v in str(params.pop("train.tokens")).split(","))
-    trunks = math.prod(len(str(v).split(",")) for v in params.values())
-    batch, fraction = cfg.train.batch_tokens, cfg.train.decay_fraction
-    steps = [math.ceil(d / batch) for d in budgets]
-    separate = batch * sum(steps)
-    branched = batch * (steps[-1] + sum(s - decay_start(s, fraction) for s in steps[:-1]))
-    return {"trunks": trunks, "budgets": len(budgets), "separate": trunks * separate,
-            "branched": trunks * branched, "saving": 1 - branched / separate}
+    trunks, budgets, separate, branched = 0, set(), 0, 0
+    for job in expand([f"experiment={experiment}"]):
+        t, q = job.train, job.quant
+        plan = plan_branches(t, str(q.format), q.qat_start)
+        steps = math.ceil(float(t.tokens) / t.batch_tokens)
+        trunks += 1
+        budgets.add(len(plan) + 1)
+        separate += separate_tokens(steps, t.batch_tokens, plan)
+        branched += trained_tokens(steps, t.batch_tokens, plan)
+    return {"trunks": trunks, "budgets": "/".join(str(b) for b in sorted(budgets)), "separate": separate,
+            "branched": branched, "saving": 1 - branched / separate}
 
 
 def main(argv: list[str]) -> None:

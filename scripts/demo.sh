@@ -65,7 +65,7 @@ cat "$OUT/forms.log"
 if [[ $CONTROL == 1 ]]; then
   step "6b/8 the shape control: the same budget with two-layer contenders (width grows instead of depth)"
   "$BIN/bitlaw" verify plan "$OUT/fit.json" --runs "$OUT/runs.csv" --format "$FORMAT" -o "$OUT/verify_wide" \
-    --arch scripts/demo_family_wide.yaml
+    --arch bitlaw/shapes/demo_family_wide.yaml
   mapfile -t CONTENDERS_WIDE < "$OUT/verify_wide/sweep_overrides.txt"
   "$BIN/python" -m sweep -m "${CONTENDERS_WIDE[@]}" hydra.sweep.dir="${VERIFY_SWEEP}_wide" "${SWEEP_ARGS[@]}"
   "$BIN/bitlaw" gather "${VERIFY_SWEEP}_wide" -o "$OUT/verify_wide/runs.csv"

@@ -189,7 +189,7 @@ class Progress:
 
 
 # An absolute path: with `python -m sweep` a relative config_path would be looked up as a Python module.
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(contract.conf_dir())
 
 
 def train_task(cfg: DictConfig) -> dict[str, Any]:

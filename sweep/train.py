@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from sweep import branches as branching
-from sweep import checkpoint, data, distributed, meters, quant
+from sweep import checkpoint, contract, data, distributed, meters, quant
 from sweep.config import ConfigError, JobConfig, default_threads, from_dict, resolve_device
 from sweep.contract import (
     BRANCHES_DIR,
@@ -259,6 +259,7 @@ def describe_run(job: JobConfig, run_id: str, counts: dict[str, int],
         "P_w": quant.bits_per_weight(q.format, q.bits, q.block_size, q.binary_mean), **counts,
         "D": steps.total * t.batch_tokens,
         "steps": steps.total, "qat_start_step": steps.qat_step, "seed": t.seed, "git_sha": git_sha(),
+        "bitlaw_version": contract.bitlaw_version(),  # names the code where there is no git checkout
         "corpus": config.corpus.description, "corpus_sha256": config.corpus.sha256,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(), "host": platform.node(), **job_ids(),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import subprocess
@@ -16,6 +15,7 @@ from omegaconf import OmegaConf
 
 from sweep.app import CONF_DIR
 from sweep.config import ConfigError, from_dict
+from sweep.grid import expand
 from sweep.model import ModelConfig, param_counts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,28 +33,9 @@ def compose_dict(overrides: list[str]) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def grid(experiment: str, extra: tuple[str, ...] = (), scalar_keys: tuple[str, ...] = ()) -> list[dict]:
-    """Every job of a named grid, composed as the BasicSweeper would (Cartesian product of its params).
-
-    `scalar_keys` are plain values set on a copy instead of recomposing (composition is ~0.1 s a job).
-    """
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"experiment={experiment}", *extra],
-                      return_hydra_config=True)
-        params = {key: str(value).split(",") for key, value in cfg.hydra.sweeper.params.items()}
-        composed = {k: v for k, v in params.items() if k not in scalar_keys}
-        jobs = []
-        for combo in itertools.product(*composed.values()):
-            overrides = [f"experiment={experiment}", *extra,
-                         *(f"{k}={v}" for k, v in zip(composed, combo, strict=True))]
-            base = OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
-            for values in itertools.product(*(params[k] for k in scalar_keys)):
-                job = json.loads(json.dumps(base))
-                for dotted, value in zip(scalar_keys, values, strict=True):
-                    section, key = dotted.split(".")
-                    job[section][key] = float(value)
-                jobs.append(job)
-    return jobs
+def grid(experiment: str, extra: tuple[str, ...] = ()) -> list[dict]:
+    """Every job of a named grid, composed as the BasicSweeper would (sweep/grid.py), resolved."""
+    return [OmegaConf.to_container(job, resolve=True) for job in expand([f"experiment={experiment}", *extra])]
 
 
 @pytest.mark.parametrize("override,named", [

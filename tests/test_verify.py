@@ -22,7 +22,7 @@ from fit.law import predict_loss
 from fit.study.verify import ContenderPlan, choose_contenders, smallest_bf16_budget, verdict
 
 REPO = Path(__file__).resolve().parents[1]
-FAMILY = REPO / "scripts" / "demo_family.yaml"
+FAMILY = REPO / "bitlaw" / "shapes" / "demo_family.yaml"
 GRID_MODELS = ("r49k", "base", "r295k")
 TRUTH = {"A": 60.0, "B": 100.0, "E": 1.2, "alpha": 0.3, "beta": 0.4, "gamma": 3.0}
 D_GRID = (500736, 750592, 1000448)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bitlaw.commands._options import N_CONVENTIONS
 from fit.errors import InputError
 
 LAWS = ("chinchilla", "precision", "efficiency", "penalty")  # mirrors fit.law.LAWS without importing numpy
@@ -44,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--n-convention",
-        choices=("quant", "nonembed", "total"),
+        choices=N_CONVENTIONS,
         help="take N from N_quant / N_nonembed / N_total (a `bitlaw gather` table); default: N",
     )
     parser.add_argument(

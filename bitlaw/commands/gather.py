@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bitlaw.commands._options import N_CONVENTIONS
 from fit.errors import InputError
 from sweep.contract import atomic_path
 
@@ -20,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--n-convention",
         default="quant",
-        choices=("quant", "nonembed", "total"),
+        choices=N_CONVENTIONS,
         help="which count becomes column N: N_quant (default), N_nonembed or N_total",
     )
     parser.add_argument(

@@ -1,15 +1,14 @@
 """``bitlaw plan (TABLE | experiment=NAME [overrides…]) (--law FIT.json | --preset NAME)``: before any
 compute, will this grid identify the law, and what will it cost (fit/study/plan.py does the work)?
 
-An experiment is expanded here, in the CLI layer, because fit/ must not depend on Hydra or sweep/: its
-``hydra.sweeper.params`` and any swept command-line overrides make the Cartesian product BasicSweeper would
-launch, and every job is composed from /conf as ``python -m sweep -m`` would compose it.
+An experiment is expanded by sweep/grid.py, here in the CLI layer, because fit/ must not depend on Hydra or
+sweep/: its ``hydra.sweeper.params`` and any swept command-line overrides make the Cartesian product
+BasicSweeper would launch, and every job is composed from conf/ as ``python -m sweep -m`` would compose it.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import sys
@@ -19,7 +18,6 @@ from typing import Any
 
 from fit.errors import InputError
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 FIT_GRIDS = ("coarse", "default", "fine")
 
 
@@ -71,69 +69,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def experiment_grid(overrides: list[str]) -> Any:
     """One row per job of the experiment: N (N_quant), D (tokens seen), P (P_w), format, bits, shape."""
     import pandas as pd
-    from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from sweep import contract
-    from sweep.recipe import register_resolvers
+    from sweep import contract, grid
 
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        parsed = grid.parse(overrides)
     except HydraException as err:
         raise InputError(f"overrides: {str(err).splitlines()[0]}") from None
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    register_resolvers()  # conf/ uses them (hydra.job's exclude_keys, width_lr, cpu_count)
     try:
-        with initialize_config_dir(str(CONF_DIR), version_base=None):
-            base = compose("config", overrides=fixed, return_hydra_config=True)
-            params = dict(OmegaConf.to_container(base.hydra.sweeper.params) or {})
-            # BasicSweeper: the experiment's params, then the command line's, a later key replacing an earlier
-            lines = [f"{k}={v}" for k, v in params.items()] + [o.input_line for o in parsed]
-            axes: dict[str, list[Any]] = {}
-            for o in OverridesParser.create().parse_overrides(lines):
-                key = o.get_key_element()
-                values = (
-                    list(o.sweep_string_iterator())
-                    if o.is_sweep_override()
-                    else [o.get_value_element_as_str()]
-                )
-                axes[key] = [OverridesParser.create().parse_override(f"{key}={v}") for v in values]
-            rows = _compose_jobs(axes, compose, OmegaConf, contract)
+        with grid.composing():
+            jobs = grid.sweep_grid(parsed).jobs()
+            rows = [row for index, cfg in enumerate(jobs) for row in _job_row(cfg, contract, f"job{index}")]
     except (HydraException, OmegaConfBaseException) as err:
-        allowed = ", ".join(sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
         reason = (str(err).strip() or str(err.__cause__ or "") or type(err).__name__).splitlines()[0]
         raise InputError(
-            f"experiment: cannot compose {' '.join(overrides)} ({reason}); experiments: {allowed}"
+            f"experiment: cannot compose {' '.join(overrides)} ({reason}); "
+            f"experiments: {', '.join(grid.experiments())}"
         ) from None
     return pd.DataFrame(rows)
-
-
-def _is_value_key(key: str) -> bool:
-    """A plain dotted key (train.tokens), as opposed to a config group selection (model, point) or a +/~ edit:
-    Hydra applies such an override by setting the key on the composed config, so we may do the same."""
-    return not key.startswith(("+", "~")) and not (CONF_DIR / key.split("@")[0]).is_dir()
-
-
-def _compose_jobs(axes: dict[str, list[Any]], compose: Any, omegaconf: Any, contract: Any) -> list[dict]:
-    """Every job of the product, composing once per combination of the group axes (a compose costs ~0.2 s:
-    Hydra re-reads the defaults tree) and setting the plain keys on a copy, which is what Hydra does too."""
-    group_keys = [k for k in axes if not _is_value_key(k)]
-    composed: dict[tuple[str, ...], Any] = {}
-    rows = []
-    for index, job in enumerate(itertools.product(*axes.values())):
-        chosen = dict(zip(axes, job, strict=True))
-        groups = tuple(chosen[k].input_line for k in group_keys)
-        if groups not in composed:
-            composed[groups] = compose("config", overrides=list(groups))
-        cfg = composed[groups].copy()
-        for key in axes:
-            if key not in group_keys:
-                omegaconf.update(cfg, key, chosen[key].value(), merge=True)
-        rows.extend(_job_row(cfg, contract, trunk=f"job{index}"))
-    return rows
 
 
 def _job_row(cfg: Any, contract: Any, trunk: str) -> list[dict[str, Any]]:
@@ -253,7 +208,7 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bitlaw.commands.recommend import load_source
+    from bitlaw.commands._options import load_source
     from fit.answer.shapes import resolve_arch
     from fit.fitfile import load_fit
     from fit.study.plan import DEFAULT_FLOPS_PER_S, plan

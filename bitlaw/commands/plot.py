@@ -3,55 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from bitlaw.commands.recommend import BITS_HELP, accounting, chosen_bits, load_source
+from bitlaw.commands._options import accounting, add_study_arguments, chosen_bits, load_source, output_dir
 from fit.errors import InputError
 from fit.fitfile import load_fit
 from fit.units import parse_memory, parse_tokens
 
-DEFAULT_BUDGETS = "1GB,2GB,4GB,8GB,16GB,32GB,64GB"
-
-
-def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options ``plot`` and ``report`` share."""
-    parser.add_argument("fit", nargs="?", metavar="FIT.json", help="a precision, efficiency or penalty fit")
-    parser.add_argument("--data", metavar="RUNS", help="the runs table the fit used (CSV, JSONL or Parquet)")
-    parser.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write into")
-    parser.add_argument(
-        "--memory", default=DEFAULT_BUDGETS, help=f"budgets to compare (default {DEFAULT_BUDGETS})"
-    )
-    parser.add_argument(
-        "--tokens", help="fixed D for isoloss and recommendation (default: the data's largest D)"
-    )
-    parser.add_argument(
-        "--arch",
-        default="llama3:continuous",
-        help="model family for the memory figures and tables (default llama3:continuous)",
-    )
-    parser.add_argument("--bits", help=BITS_HELP)
-    parser.add_argument(
-        "--block-size", type=int, default=64, help="weights per quantization scale (default 64)"
-    )
-    parser.add_argument("--scale-bits", type=int, default=16, help="bits per stored scale (default 16, bf16)")
-
-
-def output_dir(path: str) -> Path:
-    """-o DIR, created if needed, or one line saying why it cannot be written (before any work)."""
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(f"-o/--output: cannot create directory {out}: {err.strerror}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise InputError(f"-o/--output: directory {out} is not writable")
-    return out
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_shared_arguments(parser)
+    add_study_arguments(parser)
     parser.add_argument("--preset", help="published constants instead of a fit (memory figures only)")
     parser.add_argument(
         "--params", help="fixed N for the (D, P_w) isoloss panel (default: the data's largest N)"

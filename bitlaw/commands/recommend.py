@@ -6,16 +6,15 @@ import argparse
 import json
 import sys
 
-from fit.answer.fit_source import FitSource, source_from_fit, warnings_for
-from fit.answer.memory import BitAccounting
-from fit.answer.presets import PRESETS, LawSource, get_preset
-from fit.answer.query import can_answer, query_warnings
+from bitlaw.commands._options import accounting, add_bits, add_scale_accounting, chosen_bits, load_source
+from fit.answer.fit_source import FitSource, warnings_for
+from fit.answer.presets import PRESETS, LawSource
+from fit.answer.query import query_warnings
 from fit.answer.recommend import Recommendation, recommend
 from fit.answer.shapes import resolve_arch
 from fit.errors import InputError
-from fit.fitfile import load_fit
 from fit.render.recommend_text import render_text, to_json
-from fit.units import DEFAULT_BITS, parse_bits, parse_memory, parse_tokens
+from fit.units import parse_memory, parse_tokens
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,60 +31,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="llama3",
         help="llama3 | bitlaw (conf/model) | shapes.yaml/.json; each may end in :continuous (default llama3)",
     )
-    parser.add_argument("--bits", help=BITS_HELP)
+    add_bits(parser)
     parser.add_argument(
         "--format", help="quantization format (default: kmeans if fitted, else the fit's first)"
     )
-    parser.add_argument(
-        "--block-size", type=int, default=64, help="weights per quantization scale (default 64)"
-    )
-    parser.add_argument("--scale-bits", type=int, default=16, help="bits per stored scale (default 16, bf16)")
+    add_scale_accounting(parser)
     parser.add_argument(
         "--json", action="store_true", help="print JSON (top-level 'best': bits, format, ...)"
     )
 
 
-BITS_HELP = (f"bit widths to compare, 16 = bf16 (default: those of {','.join(map(str, DEFAULT_BITS))} "
-             "inside the fit's data; all of them for a preset)")
-
-
-def load_source(fit: str | None, preset: str | None) -> LawSource:
-    presets = ", ".join(PRESETS)
-    if fit and preset:
-        raise InputError(f"give FIT.json or --preset, not both (FIT.json {fit}, --preset {preset})")
-    if not fit and not preset:
-        raise InputError(f"FIT.json: required, or --preset NAME (one of: {presets})")
-    return get_preset(preset) if preset else source_from_fit(load_fit(fit))
-
-
-def chosen_bits(given: str | None, source: LawSource, acct: BitAccounting) -> list[int]:
-    """--bits as given, else the default widths every fitted format's data span. (A fixed default failed
-    late, on the first figure or budget, for a fit without 1-bit runs.) Presets have no span: all of them."""
-    if given is not None:
-        return parse_bits(given)
-    keep = list(DEFAULT_BITS)
-    for fmt, p_range in source.p_range.items():
-        if fmt == "none":
-            continue
-        fmt = source.default_format if fmt == "all" else fmt  # a fit without --by serves any format
-        law = source.law(fmt)
-        # the rule of fit.answer.recommend.check_bits_in_range, which refuses a width outside the span
-        keep = [b for b in keep if p_range[0] - 1e-9 <= law.law_p(b, acct.p_w(b, fmt)) <= p_range[1] + 1e-9]
-        # an efficiency fit has an eff only at the P it fitted: leave out widths it cannot answer
-        keep = [b for b in keep if can_answer(law.params, law.law_p(b, acct.p_w(b, fmt)))]
-    return keep or list(DEFAULT_BITS)
-
-
-def accounting(block_size: int, scale_bits: int) -> BitAccounting:
-    if block_size < 1:
-        raise InputError(f"--block-size: must be a positive integer, got {block_size}")
-    if scale_bits < 0:
-        raise InputError(f"--scale-bits: must be 0 or more, got {scale_bits}")
-    return BitAccounting(block_size, scale_bits)
-
-
 def run_recommendations(args: argparse.Namespace) -> tuple[LawSource, list[Recommendation]]:
-    """Shared by ``recommend`` and ``report``: parse, validate, rank every budget."""
+    """Parse, validate, rank every budget."""
     source = load_source(args.fit, args.preset)
     budgets = parse_memory(args.memory)
     acct = accounting(args.block_size, args.scale_bits)

@@ -7,11 +7,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from bitlaw.commands.plot import DEFAULT_BUDGETS, add_shared_arguments
+from bitlaw.commands._options import DEFAULT_BUDGETS, STUDY_ARCH, add_study_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_shared_arguments(parser)
+    add_study_arguments(parser)
     parser.add_argument("--preceded-by", metavar="CMD", action="append", default=[],
                         help="a command that produced the data (e.g. the sweep, gather), listed before the "
                         "fit's own in the report's Commands block; repeat in order")
@@ -29,7 +29,7 @@ def command_line(args: argparse.Namespace) -> str:
     for flag, value, default in (
         ("--memory", args.memory, DEFAULT_BUDGETS),
         ("--tokens", args.tokens, None),
-        ("--arch", args.arch, "llama3:continuous"),
+        ("--arch", args.arch, STUDY_ARCH),
         ("--bits", args.bits, None),
         ("--block-size", args.block_size, 64),
         ("--scale-bits", args.scale_bits, 16),
@@ -42,8 +42,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bitlaw.commands.plot import output_dir
-    from bitlaw.commands.recommend import accounting, chosen_bits
+    from bitlaw.commands._options import accounting, chosen_bits, output_dir
     from fit.answer.caveats import study_warnings
     from fit.answer.fit_source import source_from_fit
     from fit.answer.shapes import resolve_arch

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 SECTION = "The forecast, tested"
+DEFAULT_ARCH = "shapes/demo_family.yaml"  # the demo's family: package data of bitlaw, found from any cwd
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,9 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     plan.add_argument("--tokens", help="training tokens D (default: the grid's largest D)")
     plan.add_argument(
         "--arch",
-        default="scripts/demo_family.yaml",
         help="the shapes to choose from: llama3 | bitlaw | a shapes .yaml/.json (default "
-        "scripts/demo_family.yaml)",
+        f"bitlaw/{DEFAULT_ARCH}, shipped with bitlaw)",
     )
     plan.add_argument("--experiment", default="demo", help="the grid's experiment: its recipe trains them")
     check = steps.add_parser("check", help="set the contenders' measured losses beside the predictions")
@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def plan(args: argparse.Namespace) -> int:
+    from importlib.resources import files
+
     from fit.answer.shapes import resolve_arch
     from fit.data.table import read_frame
     from fit.errors import InputError
@@ -66,7 +68,7 @@ def plan(args: argparse.Namespace) -> int:
 
     fitfile = load_fit(args.fit)
     grid = read_frame(args.runs)
-    shapes = resolve_arch(args.arch)
+    shapes = resolve_arch(args.arch or str(files("bitlaw") / DEFAULT_ARCH))
     budgets = parse_memory(args.memory) if args.memory else [None]
     if len(budgets) != 1:
         raise InputError(f"--memory: one budget, got {len(budgets)} ({args.memory})")

@@ -166,6 +166,7 @@ def exact_bytes(shape: Shape, bits: int, fmt: str, acct: BitAccounting = BitAcco
 
 
 def conf_model_dir() -> Path:
-    import fit
+    from sweep.contract import conf_dir  # where conf/ is: the one place that knows
 
-    return Path(fit.__file__).resolve().parents[1] / "conf" / "model"
+
+    return conf_dir() / "model"

@@ -61,9 +61,17 @@ class ReportInputs:
 
 
 def _git_sha() -> str:
-    """The working tree's commit (with '+dirty' when modified), or 'unknown' outside a git checkout."""
+    """The working tree's commit (with '+dirty' when modified); outside a git checkout (an installed
+    package), 'unknown' with the installed bitlaw version, which then names the code."""
+    from sweep.contract import bitlaw_version
+
     here = Path(__file__).resolve().parent
+    version = bitlaw_version()
+    unknown = f"unknown (bitlaw {version} installed)" if version else "unknown"
     try:
+        # a tracked file, or this is an installed copy inside some other repository (a venv in a checkout)
+        subprocess.run(["git", "ls-files", "--error-unmatch", Path(__file__).name], cwd=here,
+                       capture_output=True, timeout=10, check=True)
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
         # results/ is what reports write: only code and config changes make a run "dirty"
@@ -71,7 +79,7 @@ def _git_sha() -> str:
                                 ":(top,exclude)results"], cwd=here,
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return unknown
     return sha + ("+dirty" if dirty else "")
 
 

@@ -1,0 +1,124 @@
+"""Options more than one subcommand takes, and how they are read: defined once here, so no subcommand
+imports another (recommend, plot, report and plan share the law source and the bit accounting; plot and
+report share the study options; fit and gather share the N conventions). Light to import (fit/ modules
+load inside the functions), so `bitlaw fit --help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fit.errors import InputError
+
+if TYPE_CHECKING:
+    from fit.answer.memory import BitAccounting
+    from fit.answer.presets import LawSource
+
+N_CONVENTIONS = ("quant", "nonembed", "total")  # which count of a `bitlaw gather` table is N
+DEFAULT_BUDGETS = "1GB,2GB,4GB,8GB,16GB,32GB,64GB"  # plot and report: the budgets compared
+STUDY_ARCH = "llama3:continuous"  # plot and report: the family of the memory figures and tables
+
+
+# ----------------------------------------------------------------------------- the law: FIT.json | --preset
+
+
+def load_source(fit: str | None, preset: str | None) -> LawSource:
+    """The law a command answers from: a fit.json or a preset's published constants, exactly one."""
+    from fit.answer.presets import PRESETS, get_preset
+    from fit.answer.recommend import source_from_fit
+    from fit.fitfile import load_fit
+
+    presets = ", ".join(PRESETS)
+    if fit and preset:
+        raise InputError(f"give FIT.json or --preset, not both (FIT.json {fit}, --preset {preset})")
+    if not fit and not preset:
+        raise InputError(f"FIT.json: required, or --preset NAME (one of: {presets})")
+    return get_preset(preset) if preset else source_from_fit(load_fit(fit))
+
+
+# ----------------------------------------------------------------------------- bits and their accounting
+
+
+def add_bits(parser: argparse.ArgumentParser) -> None:
+    """--bits: the widths compared (read back with `chosen_bits`)."""
+    from fit.answer.recommend import DEFAULT_BITS
+
+    widths = ",".join(map(str, DEFAULT_BITS))
+    parser.add_argument("--bits", help=f"bit widths to compare, 16 = bf16 (default: those of {widths} inside "
+                        "the fit's data; all of them for a preset)")
+
+
+def add_scale_accounting(parser: argparse.ArgumentParser) -> None:
+    """--block-size, --scale-bits: what the scales cost per weight (read back with `accounting`)."""
+    parser.add_argument(
+        "--block-size", type=int, default=64, help="weights per quantization scale (default 64)"
+    )
+    parser.add_argument("--scale-bits", type=int, default=16, help="bits per stored scale (default 16, bf16)")
+
+
+def accounting(block_size: int, scale_bits: int) -> BitAccounting:
+    from fit.answer.memory import BitAccounting
+
+    if block_size < 1:
+        raise InputError(f"--block-size: must be a positive integer, got {block_size}")
+    if scale_bits < 0:
+        raise InputError(f"--scale-bits: must be 0 or more, got {scale_bits}")
+    return BitAccounting(block_size, scale_bits)
+
+
+def chosen_bits(given: str | None, source: LawSource, acct: BitAccounting) -> list[int]:
+    """--bits as given, else the default widths every fitted format's data span. (A fixed default failed
+    late, on the first figure or budget, for a fit without 1-bit runs.) Presets have no span: all of them."""
+    from fit.answer.query import can_answer
+    from fit.answer.recommend import DEFAULT_BITS, parse_bits
+
+    if given is not None:
+        return parse_bits(given)
+    keep = list(DEFAULT_BITS)
+    for fmt, p_range in source.p_range.items():
+        if fmt == "none":
+            continue
+        fmt = source.default_format if fmt == "all" else fmt  # a fit without --by serves any format
+        law = source.law(fmt)
+        # the rule of fit.answer.recommend.check_bits_in_range, which refuses a width outside the span
+        keep = [b for b in keep if p_range[0] - 1e-9 <= law.law_p(b, acct.p_w(b, fmt)) <= p_range[1] + 1e-9]
+        # an efficiency fit has an eff only at the P it fitted: leave out widths it cannot answer
+        keep = [b for b in keep if can_answer(law.params, law.law_p(b, acct.p_w(b, fmt)))]
+    return keep or list(DEFAULT_BITS)
+
+
+# ----------------------------------------------------------------------------- plot and report
+
+
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options ``plot`` and ``report`` share."""
+    parser.add_argument("fit", nargs="?", metavar="FIT.json", help="a precision, efficiency or penalty fit")
+    parser.add_argument("--data", metavar="RUNS", help="the runs table the fit used (CSV, JSONL or Parquet)")
+    parser.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write into")
+    parser.add_argument(
+        "--memory", default=DEFAULT_BUDGETS, help=f"budgets to compare (default {DEFAULT_BUDGETS})"
+    )
+    parser.add_argument(
+        "--tokens", help="fixed D for isoloss and recommendation (default: the data's largest D)"
+    )
+    parser.add_argument(
+        "--arch",
+        default=STUDY_ARCH,
+        help=f"model family for the memory figures and tables (default {STUDY_ARCH})",
+    )
+    add_bits(parser)
+    add_scale_accounting(parser)
+
+
+def output_dir(path: str) -> Path:
+    """-o DIR, created if needed, or one line saying why it cannot be written (before any work)."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"-o/--output: cannot create directory {out}: {err.strerror}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise InputError(f"-o/--output: directory {out} is not writable")
+    return out
