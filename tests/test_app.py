@@ -8,9 +8,9 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -18,7 +18,6 @@ from sweep.app import CONF_DIR
 from sweep.config import ConfigError, from_dict
 from sweep.model import ModelConfig, param_counts
 
-ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 

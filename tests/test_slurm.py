@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from sweep.status import sweep_status
 
-ROOT = Path(__file__).resolve().parents[1]
 slurm = pytest.mark.slurm
 
 
