@@ -147,6 +147,7 @@ def test_isoloss_panels_share_one_colour_scale_and_outline_the_data(tmp_path: Pa
     assert all(len(ax.patches) == 1 for ax in axes)  # the box where the data are
 
 
+@pytest.mark.integration
 def test_neff_stars_only_inside_the_data(tmp_path: Path, capsys, drawn_figures) -> None:
     fit = write_study(tmp_path)
     code, _, err = run_cli(capsys, "plot", fit, "--data", tmp_path / "runs.csv", "-o", tmp_path / "p",
@@ -208,6 +209,7 @@ def test_a_run_id_twice_is_refused(tmp_path: Path, capsys) -> None:
     assert code == 2 and "repeat a run id" in err and not (tmp_path / "o").exists()
 
 
+@pytest.mark.integration
 def test_a_pooled_precision_fit_is_named(tmp_path: Path, capsys) -> None:
     """A precision fit without --by format on kmeans + uniform fits one γ to both: plot and predict say so."""
     fit = write_study(tmp_path)

@@ -23,6 +23,7 @@ from sweep.contract import compute_run_id
 from sweep.meters import MACHINE_FIELDS
 from sweep.train import EXIT_PREEMPTED, train
 
+pytestmark = pytest.mark.integration  # real training runs of the tiny rung
 # a short run on the tiny rung: 40 steps of 1024 tokens, QAT from step 10, evaluations every 8 steps
 FAST = ["model=tiny", "train.tokens=40960", "train.batch_tokens=1024", "train.seq_len=64", "train.threads=1",
         "train.eval_every=8", "train.eval_tokens=2048", "train.final_eval_spacing=1", "train.log_every=1",
