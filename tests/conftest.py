@@ -1,14 +1,32 @@
-"""Shared fixtures. The Slurm part: a session fixture for the local cluster, and CI's no-skip rule."""
+"""Shared helpers and fixtures: the repository root, a composed job config, and the Slurm part (a session
+fixture for the local cluster, and CI's no-skip rule). Test modules import the helpers with
+`from conftest import ROOT, compose_config` (tests/ is on sys.path: pytest's default import mode)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: cwd and PYTHONPATH of subprocess tests
 _IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def compose_config(*overrides: str) -> dict[str, Any]:
+    """conf/config.yaml composed with the overrides and resolved to plain containers: the dict a job gets."""
+    # imported here, not above: most tests (fit/, the CLI) need neither Hydra nor sweep/
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from sweep.app import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def _slurm_ping() -> str | None:

@@ -7,9 +7,9 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -18,7 +18,6 @@ from sweep.config import ConfigError, from_dict
 from sweep.grid import expand
 from sweep.model import ModelConfig, param_counts
 
-ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
@@ -141,6 +140,7 @@ def test_smoke_sweep_end_to_end(tmp_path) -> None:
     assert "[sweep] 4 run(s): 4 skipped" in again.stdout
 
 
+@pytest.mark.integration
 def test_a_bad_job_of_a_grid_stops_the_submission_before_anything_runs(tmp_path) -> None:
     for grid_override, key in (("quant.bits=2,17", "quant.bits"), ("train.tokens=20000,abc", "train.tokens")):
         out = sweep_cmd("-m", grid_override, f"hydra.sweep.dir={tmp_path}", "logger.wandb.mode=disabled")

@@ -7,10 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from conftest import compose_config
 
-from sweep.app import CONF_DIR
 from sweep.branches import plan_branches
 from sweep.config import ConfigError
 from sweep.contract import compute_run_id
@@ -29,9 +27,7 @@ TRUNK = ["train.tokens=49152", "train.branches=[24576,32768]"]
 
 
 def config(*overrides: str) -> dict:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*BRANCHED, *overrides])
-    return OmegaConf.to_container(cfg, resolve=True)
+    return compose_config(*BRANCHED, *overrides)
 
 
 def rows(run_dir: Path) -> list[dict]:

@@ -7,10 +7,10 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -21,7 +21,6 @@ from sweep.recipe import register_resolvers
 from sweep.train import branch_plan
 
 RUNGS = ("l30m", "l60m", "l110m", "l220m", "l500m", "l1b")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def recipe(n: float) -> dict:

@@ -7,10 +7,8 @@ import math
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from conftest import compose_config
 
-from sweep.app import CONF_DIR
 from sweep.train import train
 
 # 12 steps of 512 tokens on the tiny rung, 2-bit k-means switched on at step 4, a micro-batch of 2 sequences
@@ -21,9 +19,7 @@ SHORT = ["model=tiny", "point=kmeans2", "train.tokens=6144", "train.batch_tokens
 
 
 def config(*overrides: str) -> dict:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*SHORT, *overrides])
-    return OmegaConf.to_container(cfg, resolve=True)
+    return compose_config(*SHORT, *overrides)
 
 
 def losses(run_dir: Path) -> list[float]:

@@ -199,6 +199,7 @@ def test_bootstrap_resamples_trunks_and_seeds_not_branches() -> None:
     assert bootstrap_units(frame.assign(trunk=None))[1] == "run"
 
 
+@pytest.mark.integration
 def test_predict_serves_the_new_forms_and_refuses_what_cannot_apply(capsys, tmp_path: Path) -> None:
     N, D = default_grid(5, 4)
     path = tmp_path / "runs.csv"
@@ -229,6 +230,7 @@ def test_predict_serves_the_new_forms_and_refuses_what_cannot_apply(capsys, tmp_
         assert code == 2 and len(err) == 1 and "--P" in err[0] and needle in err[0], (fit_name, err)
 
 
+@pytest.mark.integration
 def test_compare_forms_ranks_the_true_form_first_and_refuses_unlike_fits() -> None:
     from fit.errors import InputError
     from fit.solve.compare import compare_forms

@@ -142,6 +142,7 @@ def test_gather_identity_check_uses_the_fast_loader(tmp_path: Path):
     assert [r["run"] for r in result.rows] == [compute_run_id(config)] and not result.skipped
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("spec", SPECS, ids=str)
 @pytest.mark.parametrize("obj", OBJECTIVES[:2] + OBJECTIVES[3:], ids=lambda o: f"{o.loss}-{o.space}")
 def test_lean_lbfgsb_is_scipy_minimize_bit_for_bit(spec, obj):

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 
 
 def test_gpu_step_benchmark_runs_on_cpu_with_a_tiny_rung(capsys) -> None:

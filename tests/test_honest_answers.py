@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from matplotlib import colors
+from matplotlib.figure import Figure
 
 from bitlaw.cli import main
 from fit.answer.caveats import blocking_flags, range_warnings
@@ -48,6 +49,22 @@ def write_study(root: Path, flags: dict[str, list[str]] | None = None, alpha: fl
            "data": {"path": str(root / "runs.csv"), "sha256": sha256_of(root / "runs.csv"), "dropped": {}}}
     (root / "fit.json").write_text(json.dumps(doc))  # fmt: skip
     return root / "fit.json"
+
+
+@pytest.fixture
+def drawn_figures(monkeypatch) -> list[tuple[Figure, Path]]:
+    """Every figure fit.render.plot saves from here on, with its path, in order (each still written)."""
+    import fit.render.plot as plot_module
+
+    drawn: list[tuple[Figure, Path]] = []
+    save = plot_module._save
+
+    def record(fig: Figure, path: Path) -> Path:
+        drawn.append((fig, path))
+        return save(fig, path)
+
+    monkeypatch.setattr(plot_module, "_save", record)
+    return drawn
 
 
 # ----------------------------------------------------------------------------- 6. honest answers
@@ -121,26 +138,19 @@ def test_predict_P_with_a_chinchilla_fit_is_refused(tmp_path: Path, capsys) -> N
     assert code == 2 and "--P:" in err and "chinchilla" in err and len(err.strip().splitlines()) == 1
 
 
-def test_isoloss_panels_share_one_colour_scale_and_outline_the_data(tmp_path: Path) -> None:
+def test_isoloss_panels_share_one_colour_scale_and_outline_the_data(tmp_path: Path, drawn_figures) -> None:
     fit = write_study(tmp_path)
     inputs = PlotInputs(source_from_fit(load_fit(fit)), load_fit(fit))
     assert inputs.tokens == 3e10 and inputs.params_n == 1e9  # defaults from the fit's data, not 50B/3.9B
-    figures = []
-    import fit.render.plot as plot_module
-
-    real = plot_module._save
-    plot_module._save = lambda fig, path: figures.append(fig) or path
-    try:
-        plot_isoloss(inputs, tmp_path / "iso.png")
-    finally:
-        plot_module._save = real
-    axes = [ax for ax in figures[0].axes if ax.get_label() != "<colorbar>"][:2]
+    plot_isoloss(inputs, tmp_path / "iso.png")
+    axes = [ax for ax in drawn_figures[0][0].axes if ax.get_label() != "<colorbar>"][:2]
     norms = [ax.collections[0].norm for ax in axes]
     assert norms[0] is norms[1] and isinstance(norms[0], colors.TwoSlopeNorm)
     assert all(len(ax.patches) == 1 for ax in axes)  # the box where the data are
 
 
-def test_neff_stars_only_inside_the_data(tmp_path: Path, capsys) -> None:
+@pytest.mark.integration
+def test_neff_stars_only_inside_the_data(tmp_path: Path, capsys, drawn_figures) -> None:
     fit = write_study(tmp_path)
     code, _, err = run_cli(capsys, "plot", fit, "--data", tmp_path / "runs.csv", "-o", tmp_path / "p",
                            "--memory", "1GB,64GB")  # fmt: skip
@@ -149,17 +159,10 @@ def test_neff_stars_only_inside_the_data(tmp_path: Path, capsys) -> None:
     from fit.render.plot import plot_neff_vs_pw
 
     inputs = PlotInputs(source_from_fit(load_fit(fit)), load_fit(fit), budgets=[1e9, 64e9])
-    figures = []
-    import fit.render.plot as plot_module
-
-    real = plot_module._save
-    plot_module._save = lambda fig, path: figures.append(fig) or path
-    try:
-        plot_neff_vs_pw(inputs, tmp_path / "n.png")
-    finally:
-        plot_module._save = real
-    stars = [line for line in figures[0].axes[0].lines if line.get_marker() == "*"]
-    assert len(stars) == 1 and "1 optima not starred" in figures[0].axes[0].get_title()
+    plot_neff_vs_pw(inputs, tmp_path / "n.png")
+    figure, _ = drawn_figures[-1]  # the CLI's figures come first
+    stars = [line for line in figure.axes[0].lines if line.get_marker() == "*"]
+    assert len(stars) == 1 and "1 optima not starred" in figure.axes[0].get_title()
 
 
 # ----------------------------------------------------------------------------- 8. bad input
@@ -183,16 +186,18 @@ def test_plot_and_report_refuse_the_table_fit_refuses(tmp_path: Path, capsys, ba
     assert code == 2 and f"rows are {reason}" in err
 
 
-def test_a_failing_figure_leaves_no_figures(tmp_path: Path, capsys, monkeypatch) -> None:
+def test_a_failing_figure_leaves_no_figures(tmp_path: Path, capsys, monkeypatch, drawn_figures) -> None:
     fit = write_study(tmp_path)
     import fit.render.plot as plot_module
 
     def boom(inp, path):
         raise RuntimeError("drawing failed")
 
-    monkeypatch.setattr(plot_module, "plot_best_bits", boom)  # the last figure: four are drawn before it
-    with pytest.raises(RuntimeError):
+    monkeypatch.setattr(plot_module, "plot_best_bits", boom)  # the last figure: the others come before it
+    with pytest.raises(RuntimeError, match="drawing failed"):
         plot_module.make_plots(PlotInputs(source_from_fit(load_fit(fit)), load_fit(fit)), tmp_path / "p")
+    # figures were written before the failure (else "none left" would hold trivially), and none is left
+    assert [path.name for _, path in drawn_figures] == [".isoloss.png.partial", ".neff_vs_pw.png.partial"]
     assert list((tmp_path / "p").iterdir()) == []
 
 
@@ -206,6 +211,7 @@ def test_a_run_id_twice_is_refused(tmp_path: Path, capsys) -> None:
     assert code == 2 and "repeat a run id" in err and not (tmp_path / "o").exists()
 
 
+@pytest.mark.integration
 def test_a_pooled_precision_fit_is_named(tmp_path: Path, capsys) -> None:
     """A precision fit without --by format on kmeans + uniform fits one γ to both: plot and predict say so."""
     fit = write_study(tmp_path)

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("sweep", "fit", "bitlaw", "hydra_plugins")
 
 
@@ -46,7 +46,10 @@ def _imports(path: Path) -> tuple[set[str], set[str]]:
 
 
 def _files(package: str) -> list[Path]:
-    return sorted((ROOT / package).rglob("*.py"))
+    """The package's Python files; never empty, so no rule below passes on an empty walk."""
+    files = sorted((ROOT / package).rglob("*.py"))
+    assert any(p.name == "__init__.py" for p in files), f"no package {package}/ under {ROOT}: {files}"
+    return files
 
 
 def _roots(modules: set[str]) -> set[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -21,6 +23,8 @@ def launcher_params(tmp_path, *overrides: str) -> dict:
     return OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
 
 
+@pytest.mark.slurm  # submitit's Slurm executor refuses to exist without srun on PATH
+@pytest.mark.skipif(shutil.which("srun") is None, reason="Slurm is not installed (no srun on PATH)")
 def test_a_two_node_job_asks_slurm_for_nodes_times_tasks_with_a_gpu_each(tmp_path) -> None:
     params = launcher_params(tmp_path, *TWO_NODES)
     for key in ("detach", "pool", "parallel"):  # the launcher's own keys, popped before the executor

@@ -65,6 +65,7 @@ def assert_png(path: Path) -> None:
     assert path.read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.integration
 def test_plot_makes_every_figure(study: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "plots"
     code, stdout, err = run_cli(capsys, "plot", study / "fit.json", "--data", study / "runs.csv", "-o", out)
@@ -76,6 +77,7 @@ def test_plot_makes_every_figure(study: Path, tmp_path: Path, capsys) -> None:
     assert sorted(p.stem for p in out.iterdir()) == sorted(names)
 
 
+@pytest.mark.integration
 def test_plot_from_a_preset_draws_the_memory_figures(tmp_path: Path, capsys) -> None:
     code, _, err = run_cli(capsys, "plot", "--preset", "1bw-kmeans", "-o", tmp_path)
     assert code == 0, err
@@ -83,6 +85,7 @@ def test_plot_from_a_preset_draws_the_memory_figures(tmp_path: Path, capsys) -> 
     assert_png(tmp_path / "neff_vs_pw.png")
 
 
+@pytest.mark.integration
 def test_report_links_resolve_and_numbers_come_from_the_inputs(study: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "results"
     code, stdout, err = run_cli(capsys, "report", study / "fit.json", "--data", study / "runs.csv", "-o", out,
@@ -133,6 +136,7 @@ def test_report_links_resolve_and_numbers_come_from_the_inputs(study: Path, tmp_
     assert re.search(r"1: \d+%", rows[1])
 
 
+@pytest.mark.integration
 def test_report_without_data_still_links_its_figures(study: Path, tmp_path: Path, capsys) -> None:
     code, _, err = run_cli(capsys, "report", study / "fit.json", "-o", tmp_path, "--memory", "2GB,16GB")
     assert code == 0, err
@@ -176,6 +180,7 @@ def test_recommend_does_not_import_matplotlib_or_pandas() -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.integration
 def test_single_fit_for_all_formats(study: Path, tmp_path: Path, capsys) -> None:
     """A fit without --by format (fits['all']) serves every figure and the recommendation table."""
     doc = json.loads((study / "fit.json").read_text())
@@ -189,6 +194,7 @@ def test_single_fit_for_all_formats(study: Path, tmp_path: Path, capsys) -> None
     assert "### all" in report and "| 8 GB | 1-bit |" in report
 
 
+@pytest.mark.integration
 def test_report_compares_given_form_fits_as_they_are(study: Path, tmp_path: Path, capsys) -> None:
     """--forms: the efficiency fit is used as given (its AIC appears in the table), not refitted."""
     runs = study / "runs.csv"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 LAUNCHERS = ("BitlawLocalLauncher", "BitlawSlurmLauncher")
 
 

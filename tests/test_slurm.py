@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from sweep.status import sweep_status
 
-ROOT = Path(__file__).resolve().parents[1]
 slurm = pytest.mark.slurm
 
 
@@ -187,6 +187,7 @@ def test_detached_sweep_runs_from_frozen_configs_and_status_follows_it(slurm_clu
     assert cli.returncode == 0 and cli.stdout.strip().endswith("2 runs: 2 done"), cli.stdout
 
 
+@pytest.mark.integration
 def test_local_launcher_runs_skips_and_refuses_detach(tmp_path):
     sweep = tmp_path / "sweep"
     first = submit(sweep, "value=1,2", launcher="local")

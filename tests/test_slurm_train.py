@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 # The smallest rung, one thread per task so that runs on one and two tasks do the same arithmetic.
 TRAIN = ("model=tiny", "train.threads=1", "logger.wandb.mode=disabled")

@@ -15,17 +15,15 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from conftest import ROOT, compose_config
 
 from sweep import export
-from sweep.app import CONF_DIR
 from sweep.config import ConfigError
 from sweep.contract import compute_run_id
 from sweep.meters import MACHINE_FIELDS
 from sweep.train import EXIT_PREEMPTED, train
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration  # real training runs of the tiny rung
 # a short run on the tiny rung: 40 steps of 1024 tokens, QAT from step 10, evaluations every 8 steps
 FAST = ["model=tiny", "train.tokens=40960", "train.batch_tokens=1024", "train.seq_len=64", "train.threads=1",
         "train.eval_every=8", "train.eval_tokens=2048", "train.final_eval_spacing=1", "train.log_every=1",
@@ -33,9 +31,7 @@ FAST = ["model=tiny", "train.tokens=40960", "train.batch_tokens=1024", "train.se
 
 
 def config(*overrides: str) -> dict:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*FAST, *overrides])
-    return OmegaConf.to_container(cfg, resolve=True)
+    return compose_config(*FAST, *overrides)
 
 
 def metrics(run_dir: Path) -> list[dict]:

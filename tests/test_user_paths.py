@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from sweep.contract import LOCK_FILE, hold_run_dir, lock_holder
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration  # a user's path end to end: subprocesses, sweeps and the CLI
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 # the QAT job, as short as a run gets: 2 steps of 1024 tokens on the tiny rung
 FAST = ["model=tiny", "train.tokens=2048", "train.batch_tokens=1024", "train.seq_len=64", "train.threads=1",
