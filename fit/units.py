@@ -1,6 +1,6 @@
 """Parsing the user's amounts (memory budgets, token counts, bit widths) and printing them back.
 
-Split from fit.answer.recommend (which re-exports every name) to keep that module about the ranking itself.
+Split from fit.answer.recommend to keep that module about the ranking itself; callers import from here.
 """
 
 from __future__ import annotations
