@@ -108,9 +108,9 @@ def closing_summary(outcomes: list[RunOutcome], sweep_dir: Path) -> tuple[str, i
         counts[outcome.state] = counts.get(outcome.state, 0) + 1
     totals = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     line = f"[sweep] {len(outcomes)} run(s): {totals or 'none'}  (sweep dir {sweep_dir})"
-    if counts.get("submitted"):
+    if counts.get(RunOutcomeState.SUBMITTED):
         line += f"\n[sweep] detached; follow with: bitlaw status {sweep_dir}"
-    return line, 1 if counts.get("failed") or counts.get("cancelled") else 0
+    return line, 1 if counts.get(RunOutcomeState.FAILED) or counts.get(RunOutcomeState.CANCELLED) else 0
 
 
 class SweepSummary(Callback):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bitlaw.commands._options import N_CONVENTIONS
 from fit.errors import InputError
-from sweep.contract import atomic_path
+from sweep.contract import SummaryStatus, atomic_path
 
 SUFFIXES = (".csv", ".parquet")
 
@@ -68,6 +68,6 @@ def run(args: argparse.Namespace) -> int:
             frame.to_csv(tmp, index=False)
         else:
             _parquet_safe(frame).to_parquet(tmp, index=False)
-    completed = int((frame["status"] == "completed").sum())
+    completed = int((frame["status"] == SummaryStatus.COMPLETED).sum())
     print(f"wrote {output}: {len(frame)} rows ({completed} completed, {len(result.skipped)} not completed)")
     return 0

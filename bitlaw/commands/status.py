@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from fit.errors import InputError
-from sweep.status import STATES, sweep_status
+from sweep.status import STATES, RunState, sweep_status
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     statuses = sweep_status(sweep_dir, query_slurm=not args.no_slurm)
     totals = {state: sum(s.state == state for s in statuses) for state in STATES}
     # scripts and CI can tell a sweep with failed or cancelled runs from a clean one without parsing
-    exit_status = 1 if totals["failed"] or totals["cancelled"] else 0
+    exit_status = 1 if totals[RunState.FAILED] or totals[RunState.CANCELLED] else 0
     if args.json:
         print(json.dumps({"sweep_dir": str(sweep_dir), "runs": [s.as_dict() for s in statuses],
                           "totals": totals}, indent=1))

@@ -26,6 +26,7 @@ from fit.answer.recommend import recommend
 from fit.errors import InputError
 from fit.fitfile import FitFile
 from fit.units import format_bytes, format_count
+from sweep.contract import SummaryStatus
 
 SHAPE_COLUMNS = {
     k: f"model.{k}" for k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "vocab_size")
@@ -202,7 +203,7 @@ def measured(
         rows = table[_point_mask(table, contender.shape, contender.format, contender.bits)]
         rows = rows[np.isclose(pd.to_numeric(rows["D"], errors="coerce"), D, rtol=0.01)]
         if "status" in rows.columns:
-            rows = rows[rows["status"] == "completed"]
+            rows = rows[rows["status"] == SummaryStatus.COMPLETED]
         if len(rows):
             row = rows.iloc[0]
             se = row.get("final_val_loss_se")
