@@ -276,7 +276,7 @@ def _compute_line(c: dict[str, Any]) -> str:
 
 
 def _cost_lines(c: dict[str, Any]) -> list[str]:
-    from fit.answer.recommend import format_count
+    from fit.units import format_count
 
     return [f"compute, whole grid: {_compute_line(c)}", f"  FLOPs = {c['flops_formula']}",
             f"  one run per D instead of branches: {format_count(c['separate_runs_tokens'])} tokens, "
