@@ -212,3 +212,22 @@ def test_recommend_refuses_a_coupled_fit_without_p(tmp_path: Path, capsys) -> No
     refused = r"recommend needs a law with a bits-per-weight term .* 'coupled' fitted without P"
     with pytest.raises(InputError, match=refused):
         source_from_fit(load_fit(fit))
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--two-stage"], "--two-stage: --law coupled needs a P column"),
+        (["--shared"], "--shared: --law coupled needs a P column"),
+    ],
+)
+def test_options_that_need_gamma_are_refused_without_p(tmp_path: Path, capsys, extra, needle) -> None:
+    N, D = default_grid(4, 4)
+    truth = {k: v for k, v in COUPLED_TRUTH.items() if k != "gamma"}
+    path = tmp_path / "runs.csv"
+    frame = simulate(truth, N, D, bits=(2,), formats=("a", "b"), anchor=False)
+    frame.drop(columns=["P"]).to_csv(path, index=False)
+    argv = ["fit", str(path), "-o", str(tmp_path / "fit.json"), "--law", "coupled", "--by", "format", *extra]
+    code = cli.main([*argv, "--grid", "coarse"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err

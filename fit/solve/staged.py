@@ -162,6 +162,8 @@ def _fit_coupled(
             f"--law coupled: needs >= {coupled.MIN_SIZES} distinct N (model sizes) to tell k from the "
             f"exponents; these rows have {sizes}"
         )
+    if not spec.precision and spec.n_gamma > 1:
+        raise InputError("--shared: --law coupled needs a P column (gamma is its per-format parameter)")
     box = coupled.bounds(spec)
     if two_stage:
         if not spec.precision:
