@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from fit.errors import InputError
-from fit.law import CHINCHILLA_PARAMS, EFF_PREFIX, law_of, predict_loss
+from fit.law import CHINCHILLA_PARAMS, EFF_PREFIX, law_of, needs_p, predict_loss
 from sweep import contract
 
-LAW_PARAM_KEYS = (*CHINCHILLA_PARAMS, "gamma", "offset", "C", "delta_D", "delta_N")
+LAW_PARAM_KEYS = (*CHINCHILLA_PARAMS, "gamma", "offset", "C", "delta_D", "delta_N", "k")  # k: coupled law
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class FitFile:
 
     def predict(self, N: Any, D: Any, P: Any = None, fmt: str | None = None) -> np.ndarray:
         params = self.params(fmt)
-        _check_p(law_of(params), P)
+        _check_p(params, P)
         return predict_loss(params, N, D, P)
 
     def bootstrap_samples(self, fmt: str | None = None) -> dict[str, np.ndarray] | None:
@@ -77,7 +77,7 @@ def prediction_interval(
     samples = fit.bootstrap_samples(fmt)
     if not samples:
         return None
-    _check_p(law_of(fit.params(fmt)), P)
+    _check_p(fit.params(fmt), P)
     n_draws = len(next(iter(samples.values())))
     draws = np.stack([predict_loss({k: v[i] for k, v in samples.items()}, N, D, P) for i in range(n_draws)])
     finite = np.isfinite(draws).all(axis=tuple(range(1, draws.ndim)))
@@ -86,9 +86,9 @@ def prediction_interval(
     return lo, hi, int(finite.sum())
 
 
-def _check_p(law: str, P: Any) -> None:
-    if law != "chinchilla" and P is None:
-        raise InputError(f"--P: a {law}-law fit needs the bits per weight (e.g. --P 2.25)")
+def _check_p(params: dict[str, float], P: Any) -> None:
+    if needs_p(params) and P is None:
+        raise InputError(f"--P: a {law_of(params)}-law fit needs the bits per weight (e.g. --P 2.25)")
 
 
 def load_fit(path: str | Path) -> FitFile:

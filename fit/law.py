@@ -4,9 +4,12 @@
     precision:   L = A·N_eff^(−α) + B·D^(−β) + E,   N_eff = N·(1 − exp(−P/γ + offset))
     efficiency:  L = A·(N·eff_P)^(−α) + B·D^(−β) + E,   eff_P = 1 for P ≥ 16, else one value per fitted P
     penalty:     L = A·N^(−α) + B·D^(−β) + E + C·e^(−P/γ)·D^(δ_D)·N^(−δ_N)
+    coupled:     L = (A·N_eff^(−α) + B·D^(−β))^k + E,   N_eff as the precision law's; N itself without γ
 
 ``offset`` is Kumar et al.'s exponent bias (Appendix K); 0 is 1-Bit Wonder's form.  An efficiency law's
-mapping holds one key ``"eff:<P>"`` per fitted P (flat keys, so bootstrap draws stay plain arrays).
+mapping holds one key ``"eff:<P>"`` per fitted P (flat keys, so bootstrap draws stay plain arrays).  A
+coupled mapping has ``k``; with ``gamma`` it needs P (k = 1 is the precision law), without it is the
+Chinchilla analogue (k = 1 is Chinchilla's law).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from fit.errors import InputError
 CHINCHILLA_PARAMS = ("A", "B", "E", "alpha", "beta")
 PRECISION_PARAMS = (*CHINCHILLA_PARAMS, "gamma")
 PENALTY_PARAMS = (*CHINCHILLA_PARAMS, "C", "gamma", "delta_D", "delta_N")
-LAWS = ("chinchilla", "precision", "efficiency", "penalty")
+COUPLED_PARAMS = (*PRECISION_PARAMS, "k")  # gamma only where the fitted rows had P
+LAWS = ("chinchilla", "precision", "efficiency", "penalty", "coupled")
 FULL_P = 16.0  # the efficiency law's eff is 1 here and above: bf16 is the reference, not a free parameter
 EFF_PREFIX = "eff:"
 P_TOLERANCE = 1e-6  # a P matches a fitted one within this (P_w values are n + 0.25, exact in binary)
@@ -42,7 +46,16 @@ def law_of(params: Mapping[str, float]) -> str:
         return "penalty"
     if any(k.startswith(EFF_PREFIX) for k in params):
         return "efficiency"
+    if "k" in params:
+        return "coupled"
     return "precision" if "gamma" in params else "chinchilla"
+
+
+def needs_p(params: Mapping[str, float]) -> bool:
+    """Whether a prediction from this mapping needs P: every law with a bits-per-weight term (a coupled law
+    fitted without P has none)."""
+    law = law_of(params)
+    return law != "chinchilla" and (law != "coupled" or "gamma" in params)
 
 
 def is_precision(params: Mapping[str, float]) -> bool:
@@ -94,13 +107,16 @@ def predict_loss(
     law = law_of(params)
     N = np.asarray(N, dtype=float)
     D = np.asarray(D, dtype=float)
-    if law != "chinchilla" and P is None:
+    if needs_p(params) and P is None:
         raise ValueError(f"P (bits per weight) is required for a {law}-law fit")
-    if law == "precision":
+    if law == "precision" or (law == "coupled" and "gamma" in params):
         N = n_eff(N, P, params["gamma"], params.get("offset", 0.0))
     elif law == "efficiency":
         N = N * efficiency(params, P)
-    loss = params["A"] * N ** (-params["alpha"]) + params["B"] * D ** (-params["beta"]) + params["E"]
+    terms = params["A"] * N ** (-params["alpha"]) + params["B"] * D ** (-params["beta"])
+    if law == "coupled":
+        return terms ** params["k"] + params["E"]
+    loss = terms + params["E"]
     if law == "penalty":
         loss = loss + penalty(params, N, D, P)
     return loss

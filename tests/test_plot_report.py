@@ -105,13 +105,15 @@ def test_report_links_resolve_and_numbers_come_from_the_inputs(study: Path, tmp_
     assert len(links) == 6  # the five figures + eff_vs_gamma (issue 14 item 2)
     assert "plots/eff_vs_gamma.png" in links
 
-    # Law forms: all three fitted to the same rows, per format, held-out MAPE and AIC/BIC, and a verdict.
+    # Law forms: all four fitted to the same rows, per format, held-out MAPE and AIC/BIC, and a verdict.
     for fmt in ("kmeans", "uniform"):
         forms = report.split(f"### Law forms, {fmt}")[1].split("###")[0]
         table = [line for line in forms.splitlines() if line.startswith("| ") and "---" not in line][1:]
-        assert sorted(line.split(" | ")[0][2:] for line in table) == ["efficiency", "penalty", "precision"]
+        forms_named = sorted(line.split(" | ")[0][2:].split(" (k = ")[0] for line in table)
+        assert forms_named == ["coupled", "efficiency", "penalty", "precision"]
         assert all(re.search(r"\| -?\d[\d.]* \| [\d.e+]+ \|", line) for line in table)  # AIC, ΔAIC
-        assert re.search(r"The data prefer the \*\*(precision|efficiency|penalty)\*\* form by AIC", forms)
+        preferred = r"The data prefer the \*\*(precision|efficiency|penalty|coupled)\*\* form by AIC"
+        assert re.search(preferred, forms)
     for link in links:
         assert not Path(link).is_absolute()
         assert_png(out / link)

@@ -15,7 +15,8 @@ from typing import Any
 from bitlaw.commands._options import N_CONVENTIONS
 from fit.errors import InputError
 
-LAWS = ("chinchilla", "precision", "efficiency", "penalty")  # mirrors fit.law.LAWS without importing numpy
+# mirrors fit.law.LAWS without importing numpy
+LAWS = ("chinchilla", "precision", "efficiency", "penalty", "coupled")
 LOSSES = ("huber", "mse", "mae", "asymmetric")  # mirrors fit.solve.optimize.LOSSES without importing scipy
 SPACES = ("log", "raw")
 GRIDS = ("coarse", "default", "fine")
@@ -31,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="chinchilla",
         choices=LAWS,
         help="chinchilla: E + A/N^alpha + B/D^beta; precision: N -> N(1 - exp(-P/gamma)); efficiency: "
-        "N -> N*eff(P), one eff per P (1 at P >= 16); penalty: chinchilla + C*exp(-P/gamma)*D^dD/N^dN",
+        "N -> N*eff(P), one eff per P (1 at P >= 16); penalty: chinchilla + C*exp(-P/gamma)*D^dD/N^dN; "
+        "coupled: E + (A/N_eff^alpha + B/D^beta)^k (N_eff with a P column, else N; k = 1 is precision)",
     )
     parser.add_argument(
         "--two-stage",
@@ -139,10 +141,9 @@ def run(args: argparse.Namespace) -> int:
     from fit.solve.pipeline import FitOptions, bootstrap_units, run_fits
 
     _check_numbers(args)
-    require = (
-        ("N", "D", "loss") + (("P",) if args.law != "chinchilla" else ()) + (("format",) if args.by else ())
-    )
     columns = parse_columns(args.columns)
+    uses_p = args.law != "chinchilla" and (args.law != "coupled" or _has_p_column(args.data, columns))
+    require = ("N", "D", "loss") + (("P",) if uses_p else ()) + (("format",) if args.by else ())
     table = load_table(args.data, columns, args.where, require, args.drop_invalid, args.n_convention)
     _refuse_silent_pooling(args, table.frame)
     objective = Objective(args.loss, args.delta, args.space, args.asym_weight)
@@ -204,6 +205,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _has_p_column(path: str, columns: dict[str, str] | None) -> bool:
+    """--law coupled fits N_eff when the table has P (then validated as for the precision law), else N."""
+    from fit.data.table import read_frame
+
+    return (columns or {}).get("P", "P") in read_frame(path).columns
+
+
 def _refuse_silent_pooling(args: argparse.Namespace, frame: Any) -> None:
     """A precision-type law without --by on several quantized formats would fit one γ (or one set of effs)
     to all of them: refuse, naming the way out, rather than pool silently."""
@@ -244,7 +252,7 @@ def format_summary(document: dict[str, Any]) -> str:
             f"{entry['iterations']} iterations{', shared' if entry.get('shared') else ''})"
         )
         ci = entry.get("bootstrap", {})
-        for key in ("A", "B", "E", "alpha", "beta", "C", "gamma", "delta_D", "delta_N", "offset"):
+        for key in ("A", "B", "E", "alpha", "beta", "k", "C", "gamma", "delta_D", "delta_N", "offset"):
             if key in entry:
                 band = f"  95% CI [{_num(ci[key][0])}, {_num(ci[key][1])}]" if key in ci else ""
                 lines.append(f"  {key:<7} {_num(entry[key]):>12}{band}")

@@ -39,7 +39,7 @@ def warnings_for(source: LawSource, fmt: str) -> list[str]:
 
 def source_from_fit(fitfile: FitFile) -> LawSource:
     """A fit.json as a LawSource: every fit entry, its bootstrap samples, and the N convention it used."""
-    check_law(fitfile.law, str(fitfile.path))
+    check_law(fitfile.law, str(fitfile.path), fitfile.params(fitfile.formats[0]))
     data = fitfile.data
     column = str((data.get("columns") or {}).get("N", "N"))
     # fit.json says quant|nonembed|total, or that N came as given from a column (then its name decides).

@@ -1,9 +1,11 @@
-"""What a fitted law says about a candidate model, whatever its form (precision, efficiency, penalty).
+"""What a fitted law says about a candidate model, whatever its form (precision, efficiency, penalty,
+coupled).
 
 ``recommend`` (and the plots built on it) need, per bit width, N_eff and the predicted loss for every
 bootstrap draw.  The precision law has both for any P; the efficiency law only at the P values it fitted
 (and at P >= 16, where eff = 1); the penalty law has a loss but no N_eff (its QAT cost is an added term that
-depends on D, not a shrunk N): its N_eff is reported as N, and ranking is by loss.
+depends on D, not a shrunk N): its N_eff is reported as N, and ranking is by loss.  The coupled law has the
+precision law's N_eff and raises the N and D terms together to its k; one fitted without P cannot answer.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ import numpy as np
 from fit.errors import InputError
 from fit.law import EFF_PREFIX, FULL_P, P_TOLERANCE, capacity, law_of
 
-ANSWERING_LAWS = ("precision", "efficiency", "penalty")
+ANSWERING_LAWS = ("precision", "efficiency", "penalty", "coupled")
 
 
-def check_law(law: str, where: str) -> None:
-    if law not in ANSWERING_LAWS:
+def check_law(law: str, where: str, params: Mapping[str, object] | None = None) -> None:
+    """``params`` (one fit's): a coupled law fitted on a table without P has no bits-per-weight term."""
+    if law not in ANSWERING_LAWS or (law == "coupled" and params is not None and "gamma" not in params):
         raise InputError(
             f"{where}: recommend needs a law with a bits-per-weight term ({', '.join(ANSWERING_LAWS)}); this "
-            f"one is {law!r} — refit with `bitlaw fit DATA --law precision --by format`"
+            f"one is {law!r}{' fitted without P' if law == 'coupled' else ''} — refit with "
+            "`bitlaw fit DATA --law precision --by format`"
         )
 
 
@@ -60,7 +64,7 @@ def capacity_matrix(params: Mapping[str, np.ndarray], p: np.ndarray) -> np.ndarr
     law = law_of(params)
     first = np.asarray(next(iter(params.values())))
     K = len(first)
-    if law == "precision":
+    if law == "precision" or (law == "coupled" and "gamma" in params):
         gamma = np.asarray(params["gamma"])[:, None]
         offset = np.asarray(params.get("offset", np.zeros(K)))[:, None]
         return capacity(p[None, :], gamma, offset)
@@ -77,7 +81,8 @@ def loss_matrix(params: Mapping[str, np.ndarray], n: np.ndarray, p: np.ndarray, 
     get = {k: np.asarray(v, dtype=float)[:, None] for k, v in params.items()}
     n_eff = n[None, :] * capacity_matrix(params, p)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        loss = get["A"] * n_eff ** (-get["alpha"]) + get["B"] * D ** (-get["beta"]) + get["E"]
+        terms = get["A"] * n_eff ** (-get["alpha"]) + get["B"] * D ** (-get["beta"])
+        loss = terms ** get["k"] + get["E"] if law_of(params) == "coupled" else terms + get["E"]
         if law_of(params) == "penalty":
             qat = get["C"] * np.exp(-p[None, :] / get["gamma"]) * D ** get["delta_D"]
             loss = loss + qat * n[None, :] ** (-get["delta_N"])

@@ -1,13 +1,14 @@
-"""The report's law-form comparison (issue 14 item 2): the precision (γ), efficiency (one eff per P) and
-penalty (D-dependent QAT term) forms fitted to the same rows with the same objective, compared per format on
-held-out error (leave-largest-N-out MAPE) and AIC/BIC (fit.solve.compare.compare_forms).
+"""The report's law-form comparison (issue 14 item 2): the precision (γ), efficiency (one eff per P),
+penalty (D-dependent QAT term) and coupled ((N term + D term)^k) forms fitted to the same rows with the same
+objective, compared per format on held-out error (leave-largest-N-out MAPE) and AIC/BIC
+(fit.solve.compare.compare_forms).
 
-The report's own fit.json is one of the three; the other two are refitted here with its options (columns,
+The report's own fit.json is one of the four; the others are refitted here with its options (columns,
 --where, loss, δ, --by, tie, two-stage).  To keep ``bitlaw report`` to seconds: the extra forms use the
 coarse start grid (their Chinchilla bases are screened from it; fit/solve/staged.py), no γ profile, and only
 the
 efficiency form is bootstrapped, ``EFF_BOOTSTRAP`` resamples, for the eff(P) figure's intervals; the penalty
-form gets none (docs/method.md §8).
+form gets none (docs/method.md §8); nor does the coupled form, which a format with < 3 sizes leaves out.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from fit.fitfile import FitFile
 from fit.render.markdown import number_cell
 from fit.solve.compare import compare_forms
 
-FORMS = ("precision", "efficiency", "penalty")
+FORMS = ("precision", "efficiency", "penalty", "coupled")
 HEADER = "| form | k | held-out MAPE | AIC | ΔAIC | BIC | ΔBIC | flags |"
 EFF_BOOTSTRAP = 20  # resamples of the efficiency form: a rough 95 % band for the figure, ~1 s
 
@@ -71,7 +72,11 @@ def compare_in_report(
             bootstrap=EFF_BOOTSTRAP if law == "efficiency" else 0, seed=int(options.get("seed") or 0),
             workers=workers, progress=False, profile=False, two_stage=bool(options.get("two_stage")),
         )
-        documents[law] = {"law": law, **keep, "data": info, **run_fits(table, opts)}
+        try:
+            documents[law] = {"law": law, **keep, "data": info, **run_fits(table, opts)}
+        except InputError:
+            if law != "coupled":  # it alone refuses a format with < 3 sizes; the other forms still compare
+                raise
     return FormComparison(documents, compare_forms(documents))
 
 
@@ -121,8 +126,9 @@ def section_forms(comparison: FormComparison) -> list[str]:
         return lines + [f"Not compared: {comparison.skipped}.", ""]
     lines += [
         "Precision: N_eff = N·(1 − e^(−P/γ)); efficiency: N·eff(P), one free eff per P; penalty: Chinchilla "
-        "+ C·e^(−P/γ)·D^δ_D·N^(−δ_N).  Same rows and objective; held-out = fit without the largest N, "
-        "predict it (MAPE); AIC/BIC from the objective's likelihood (lower is better, Δ to the best).",
+        "+ C·e^(−P/γ)·D^δ_D·N^(−δ_N); coupled: (A·N_eff^(−α) + B·D^(−β))^k + E.  Same rows and objective; "
+        "held-out = fit without the largest N, predict it (MAPE); AIC/BIC from the objective's likelihood "
+        "(lower is better, Δ to the best).",
         "",
     ]
     for fmt, rows in comparison.rows.items():
@@ -131,12 +137,17 @@ def section_forms(comparison: FormComparison) -> list[str]:
             mape = "–" if r["heldout_mape"] is None else f"{100 * r['heldout_mape']:.2f} %"
             flags = ", ".join(dict.fromkeys(r["flags"])) or "–"  # one eff_at_bound per P: name it once
             lines.append(
-                f"| {r['law']} | {number_cell(r['k'])} | {mape} | {number_cell(r['aic'], 6)} | "
+                f"| {_form_label(r)} | {number_cell(r['k'])} | {mape} | {number_cell(r['aic'], 6)} | "
                 f"{number_cell(r['delta_aic'], 3)} | "
                 f"{number_cell(r['bic'], 6)} | {number_cell(r['delta_bic'], 3)} | {flags} |"
             )
         lines += ["", verdict(rows), ""]
     return lines
+
+
+def _form_label(row: dict[str, Any]) -> str:
+    coupling = row.get("coupling")
+    return row["law"] if coupling is None else f"{row['law']} (k = {coupling:.3g})"
 
 
 def verdict(rows: list[dict[str, Any]]) -> str:

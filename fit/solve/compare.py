@@ -25,7 +25,8 @@ def _key(document: dict[str, Any]) -> tuple:
 
 def compare_forms(documents: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """{label: fit.json document} -> {format: rows sorted by AIC (None last)}, each row ``law, k, n, aic,
-    bic, delta_aic, delta_bic, heldout_mape, flags``.  The deltas are to the format's lowest AIC / BIC."""
+    bic, delta_aic, delta_bic, heldout_mape, flags`` (``k``: the parameter count) and ``coupling``, the
+    coupled law's exponent k (None for the other forms).  The deltas are to the format's lowest AIC / BIC."""
     if len(documents) < 2:
         raise InputError(f"--compare: needs at least 2 fits of the same table; got {len(documents)}")
     keys = {label: _key(doc) for label, doc in documents.items()}
@@ -51,6 +52,7 @@ def compare_forms(documents: dict[str, dict[str, Any]]) -> dict[str, list[dict[s
                     "aic": info.get("aic"),
                     "bic": info.get("bic"),
                     "heldout_mape": extrap.get("mape"),
+                    "coupling": entry.get("k") if document.get("law") == "coupled" else None,
                     "flags": [f.split(":")[0] for f in entry.get("flags", [])],
                 }
             )

@@ -19,6 +19,7 @@ from fit.data.table import Table
 from fit.errors import InputError
 from fit.law import EFF_PREFIX, FULL_P, LAWS, predict_loss
 from fit.solve.bootstrap import BootJob, finite_percentile_ci, run_bootstrap
+from fit.solve.coupled import CoupledSpec, coupled_flags
 from fit.solve.diagnostics import collinear_flag, form_flags, information
 from fit.solve.forms import FORMS, FormSpec, assign_slots
 from fit.solve.objective import GAMMA_BOUNDS, FitData, LawSpec, Objective
@@ -77,6 +78,8 @@ def _job(names: list[str], rows: np.ndarray, frame: pd.DataFrame, opts: FitOptio
     """The rows of one optimisation and its parameter layout (efficiency slots depend on the rows' P)."""
     sub = frame.iloc[rows]
     uses_p = opts.law != "chinchilla"
+    if opts.law == "coupled":  # N_eff where every row has a P (`bitlaw fit` validates a P column it finds)
+        uses_p = "P" in sub and bool((pd.to_numeric(sub["P"], errors="coerce") > 0).all())
     P = sub["P"].to_numpy(dtype=float) if uses_p else None
     group = np.zeros(len(rows), dtype=int) if group is None else group
     spec: Spec
@@ -90,6 +93,8 @@ def _job(names: list[str], rows: np.ndarray, frame: pd.DataFrame, opts: FitOptio
             p_bar = float(P[quantized].mean()) if quantized.any() else 0.0
             centre = (p_bar, float(np.log(sub["N"]).mean()), float(np.log(sub["D"]).mean()))
             spec = FormSpec("penalty", opts.tie, (), len(names), centre)
+        elif opts.law == "coupled":
+            spec = CoupledSpec(uses_p, len(names), opts.tie)
         else:
             spec = LawSpec(opts.law == "precision", len(names), opts.tie, opts.offset)
     return Job(names, rows, FitData(sub["N"], sub["D"], sub["loss"], P, group, None, slot), spec)
@@ -237,8 +242,10 @@ def run_fits(table: Table, opts: FitOptions) -> dict[str, Any]:
                 n_starts_screened=result.n_starts_screened,
                 n_starts_optimised=result.n_starts_optimised,
                 log_params=log_params_of(result.theta, job.spec),
-                flags=flags_for(params, job.data, rows, result.converged, precision)
+                flags=flags_for(params, job.data, rows, result.converged, precision or "gamma" in params
+                                and opts.law == "coupled")  # fmt: skip
                 + collinear_flag(job.data, rows)
+                + (coupled_flags(params) if opts.law == "coupled" else [])
                 + (form_flags(opts.law, params, job.data, rows) if opts.law in FORMS else []),
             )
             entry["information"] = _information(job, result.theta, opts.objective)
