@@ -184,6 +184,12 @@ def validate(job: JobConfig, check_paths: bool = True) -> None:
                  f"train.micro_batch_tokens ({t.micro_batch_tokens}) must be a multiple of train.seq_len "
                  f"({t.seq_len})")
     _require(t.lr > 0, f"train.lr must be > 0, got {t.lr!r}")
+    _require(t.warmup >= 0, f"train.warmup must be >= 0 (a fraction of the steps < 1, or a step count >= 1), "
+             f"got {t.warmup!r}")
+    _require(t.weight_decay >= 0, f"train.weight_decay must be >= 0 (0 = none), got {t.weight_decay!r}")
+    for key in ("beta1", "beta2"):  # AdamW refuses these only when the job builds its optimizer
+        _require(0 <= getattr(t, key) < 1, f"train.{key} must be in [0, 1), got {getattr(t, key)!r}")
+    _require(t.grad_clip > 0, f"train.grad_clip must be > 0 (the largest gradient norm), got {t.grad_clip!r}")
     _require(0 <= t.min_lr_ratio <= 1, f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio!r}")
     _require(t.schedule in SCHEDULES, f"train.schedule must be one of {', '.join(SCHEDULES)}, got "
              f"{t.schedule!r}")
