@@ -11,11 +11,10 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sweep.contract import BITS_BY_FORMAT, FORMATS
-from sweep.data import CORPORA, TOKEN_DTYPES, DataConfig
+from sweep.data import CORPORA, TOKEN_DTYPES, DataConfig, token_file_problem
 from sweep.model import ModelConfig, param_counts
 from sweep.quant import SCALES, QuantConfig
 from sweep.wandb_logger import MODES, WandbConfig
@@ -216,8 +215,9 @@ def validate(job: JobConfig, check_paths: bool = True) -> None:
         _require(d.dtype in TOKEN_DTYPES,
                  f"data.dtype must be one of {', '.join(TOKEN_DTYPES)}, got {d.dtype!r}")
         _require(bool(d.path), "data.path must name a token file when data.corpus=tokens")
-        if check_paths:
-            _require(Path(str(d.path)).is_file(), f"data.path: no such file: {d.path}")
+        if check_paths:  # its size only: the pass over its ids is sweep/preflight.py's, once per sweep
+            problem = token_file_problem(d, t.seq_len)
+            _require(problem is None, str(problem))
     _require(job.wandb.mode in MODES, f"logger.wandb.mode must be one of {', '.join(MODES)}, got "
              f"{job.wandb.mode!r}")
 
