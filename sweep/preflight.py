@@ -10,7 +10,6 @@ Each problem is one line naming the key to change; exit status 2.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,22 +38,23 @@ def check_inputs(job: JobConfig, local: bool) -> None:
 
 
 def output_dir_problem(path: Path, key: str) -> str | None:
-    """Why `path` cannot be (created as) a writable directory, as one line naming `key`; None if it can."""
+    """Why `path` cannot be made a writable directory, as one line naming `key`; None if it can.
+
+    Tried, not predicted: os.access says yes to root on /proc or a read-only bind mount. Hydra creates the
+    dir next anyway; a probe file is written and removed."""
+    import tempfile
+
     path = path.absolute()
     way_out = f"choose another {key}=PATH"
-    if path.exists():
-        if not path.is_dir():
-            return f"{key}: {path} is a file, not a directory; {way_out}"
-        if not os.access(path, os.W_OK | os.X_OK):
-            return f"{key}: {path} is not writable; {way_out}"
-        return None
-    parent = path.parent
-    while not parent.exists():  # the nearest existing ancestor is where mkdir -p would first write
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"{key}: cannot create {path}: {parent} is a file, not a directory; {way_out}"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"{key}: cannot create {path}: {parent} is not writable; {way_out}"
+    if path.exists() and not path.is_dir():
+        return f"{key}: {path} is a file, not a directory; {way_out}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        where = f" ({err.filename})" if err.filename and str(err.filename) != str(path) else ""
+        return f"{key}: cannot write {path}: {err.strerror or err}{where}; {way_out}"
     return None
 
 
@@ -81,10 +81,13 @@ class Preflight(Callback):
     inputs, so that a run that cannot succeed stops with one line and leaves no run dir behind."""
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        self._check_job(config)  # first: the dir check creates the dir
         run_dir = _output_dir(config, "hydra.run.dir")
         problem = output_dir_problem(run_dir, "hydra.run.dir") if run_dir is not None else None
         if problem:
             _refuse(problem)
+
+    def _check_job(self, config: Any) -> None:
         from sweep.slurm import SubmissionError
         from sweep.submission import task_config
 
