@@ -124,9 +124,41 @@ def _train_in(cfg: DictConfig, hydra_cfg: Any, run_dir: Path, multirun: bool) ->
 
 
 def resume_command(run_dir: Path, argv: list[str] | None = None) -> str:
-    """This single run's command line, pinned to its run dir (hydra.run.dir), which resumes it."""
-    args = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("hydra.run.dir=")]
-    return shlex.join(["python", "-m", "sweep", *args, f"hydra.run.dir={run_dir}"])
+    """This single run's command line, pinned to its run dir (hydra.run.dir), which resumes it.
+
+    Quoted twice: for Hydra's override grammar (a dir with `=`, `,` or brackets is not a plain value) and
+    then for the shell (spaces, quotes)."""
+    import re
+
+    argv = sys.argv[1:] if argv is None else argv
+    args = [a for a in argv if not re.match(r"\+{0,2}hydra\.run\.dir=", a)]
+    words = ["python", "-m", "sweep", *args, f"hydra.run.dir={hydra_value(str(run_dir))}"]
+    return " ".join(shell_word(w) for w in words)
+
+
+def shell_word(word: str) -> str:
+    """`word` quoted for a POSIX shell: in double quotes when nothing in it is special there (easier to read
+    around Hydra's single quotes than shlex's '"'"'), else shlex.quote."""
+    if shlex.quote(word) == word or any(c in word for c in '"$`\\!'):
+        return shlex.quote(word)
+    return f'"{word}"'
+
+
+def hydra_value(value: str) -> str:
+    """`value` as Hydra's override parser reads back unchanged: as is when it is a plain string there, else
+    single-quoted, with the backslashes before a quote (or the closing quote) doubled and quotes escaped."""
+    import re
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        if OverridesParser.create().parse_override(f"k={value}").value() == value:
+            return value
+    except Exception:  # noqa: BLE001  (a grammar error: the value needs quoting)
+        pass
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)
+    return f"'{escaped}'"
 
 
 class Progress:

@@ -11,11 +11,10 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sweep.contract import BITS_BY_FORMAT, FORMATS
-from sweep.data import CORPORA, TOKEN_DTYPES, DataConfig
+from sweep.data import CORPORA, TOKEN_DTYPES, DataConfig, token_file_problem
 from sweep.model import ModelConfig, param_counts
 from sweep.quant import SCALES, QuantConfig
 from sweep.wandb_logger import MODES, WandbConfig
@@ -184,6 +183,12 @@ def validate(job: JobConfig, check_paths: bool = True) -> None:
                  f"train.micro_batch_tokens ({t.micro_batch_tokens}) must be a multiple of train.seq_len "
                  f"({t.seq_len})")
     _require(t.lr > 0, f"train.lr must be > 0, got {t.lr!r}")
+    _require(t.warmup >= 0, f"train.warmup must be >= 0 (a fraction of the steps < 1, or a step count >= 1), "
+             f"got {t.warmup!r}")
+    _require(t.weight_decay >= 0, f"train.weight_decay must be >= 0 (0 = none), got {t.weight_decay!r}")
+    for key in ("beta1", "beta2"):  # AdamW refuses these only when the job builds its optimizer
+        _require(0 <= getattr(t, key) < 1, f"train.{key} must be in [0, 1), got {getattr(t, key)!r}")
+    _require(t.grad_clip > 0, f"train.grad_clip must be > 0 (the largest gradient norm), got {t.grad_clip!r}")
     _require(0 <= t.min_lr_ratio <= 1, f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio!r}")
     _require(t.schedule in SCHEDULES, f"train.schedule must be one of {', '.join(SCHEDULES)}, got "
              f"{t.schedule!r}")
@@ -210,8 +215,9 @@ def validate(job: JobConfig, check_paths: bool = True) -> None:
         _require(d.dtype in TOKEN_DTYPES,
                  f"data.dtype must be one of {', '.join(TOKEN_DTYPES)}, got {d.dtype!r}")
         _require(bool(d.path), "data.path must name a token file when data.corpus=tokens")
-        if check_paths:
-            _require(Path(str(d.path)).is_file(), f"data.path: no such file: {d.path}")
+        if check_paths:  # its size only: the pass over its ids is sweep/preflight.py's, once per sweep
+            problem = token_file_problem(d, t.seq_len)
+            _require(problem is None, str(problem))
     _require(job.wandb.mode in MODES, f"logger.wandb.mode must be one of {', '.join(MODES)}, got "
              f"{job.wandb.mode!r}")
 

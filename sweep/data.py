@@ -7,6 +7,7 @@ global batch without coordinating.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sysconfig
 from dataclasses import dataclass
@@ -65,6 +66,101 @@ def load_stdlib(config: DataConfig) -> Corpus:
     train = np.frombuffer(b"".join(train_parts), dtype=np.uint8)
     val = np.frombuffer(b"".join(val_parts), dtype=np.uint8)
     return Corpus(train, val, corpus_hash.hexdigest(), f"stdlib {root} ({total} bytes)")
+
+
+def token_file_problem(config: DataConfig, seq_len: int) -> str | None:
+    """What stops the token file from being read as `data.dtype` into two splits of at least one window
+    each (its size only, no read), as one line naming the key to change; None when nothing does."""
+    path, itemsize = Path(str(config.path)), np.dtype(config.dtype).itemsize
+    if not path.exists():
+        return f"data.path: no such file: {path}"
+    if not path.is_file():
+        return f"data.path: {path} is not a file; point data.path at a flat file of token ids"
+    size = path.stat().st_size
+    if size == 0:
+        return f"data.path: {path} is empty (0 bytes); point data.path at a flat file of token ids"
+    if size % itemsize:
+        head = (f"data.dtype={config.dtype}: {path} has {size} bytes, not a multiple of {config.dtype}'s "
+                f"{itemsize}")
+        if itemsize == 4 and size % 2 == 0:  # every size is whole bytes: only uint32 -> uint16 is a real hint
+            return f"{head}: it looks like uint16; set data.dtype=uint16"
+        return f"{head}; set data.dtype to the dtype the file was written with ({', '.join(TOKEN_DTYPES)})"
+    n_tokens = size // itemsize
+    n_val = int(n_tokens * config.val_fraction)
+    if n_val < seq_len + 1:  # the fixed validation set needs one whole window
+        return (f"data.path: {path} holds {n_tokens} {config.dtype} ids, so the validation split "
+                f"(data.val_fraction={config.val_fraction}) has {n_val}, fewer than train.seq_len + 1 = "
+                f"{seq_len + 1}; use a longer file or raise data.val_fraction")
+    if n_tokens - n_val < seq_len + 2:  # batch_offsets draws starts from [0, n - seq_len - 1)
+        return (f"data.path: {path} holds {n_tokens} {config.dtype} ids, leaving {n_tokens - n_val} for "
+                f"training, fewer than train.seq_len + 2 = {seq_len + 2}; use a longer file or lower "
+                "data.val_fraction")
+    return None
+
+
+def token_id_problem(config: DataConfig, vocab_size: int) -> str | None:
+    """What makes the file's ids wrong for the model, from one pass over it (cached per path, size, mtime
+    and dtype, so a grid's jobs read it once): an id >= model.vocab_size (the embedding's IndexError at run
+    time) or a file of the neighbouring dtype, as one line naming the key to change. Call it after
+    token_file_problem found nothing."""
+    path = Path(str(config.path)).resolve()
+    largest = _largest_id(path, config.dtype)
+    narrow, wide = _NARROWER.get(config.dtype), _WIDER.get(config.dtype)
+    if largest >= vocab_size:
+        if narrow is not None and _looks_narrow(path, config.dtype, narrow, vocab_size):
+            return (f"data.dtype={config.dtype}: {path} read as {config.dtype} has ids up to {largest}, but "
+                    f"read as {narrow} every id is < model.vocab_size ({vocab_size}): it looks like "
+                    f"{narrow}; set data.dtype={narrow}")
+        return (f"model.vocab_size ({vocab_size}) must exceed every id of data.path {path}: its largest "
+                f"{config.dtype} id is {largest}; set model.vocab_size to your tokenizer's size (at least "
+                f"{largest + 1}), or check data.path and data.dtype")
+    if wide is not None and _looks_wide(path, config.dtype, vocab_size):
+        zero = "0" if vocab_size <= 1 << (8 * np.dtype(config.dtype).itemsize) else "0 or 1"
+        return (f"data.dtype={config.dtype}: every second {config.dtype} id of {path} is {zero}, as the "
+                f"high halves of {wide} ids would be: it looks like {wide}; set data.dtype={wide}")
+    return None
+
+
+_NARROWER = {"uint16": "uint8", "uint32": "uint16"}
+_WIDER = {"uint8": "uint16", "uint16": "uint32"}
+_SCAN_CHUNK = 1 << 26  # ids per chunk: bounded memory however large the file
+_HEAD = 1 << 20  # ids looked at for the dtype pattern
+
+
+def _largest_id(path: Path, dtype: str) -> int:
+    stat = path.stat()
+    return _largest_id_cached(str(path), stat.st_size, stat.st_mtime_ns, dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _largest_id_cached(path: str, size: int, mtime_ns: int, dtype: str) -> int:
+    # size and mtime_ns are in the key so that a rewritten file is read again
+    # ~10 ms per 100 MB from the page cache: cheap next to one training step of any job
+    tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r")
+    return max(int(tokens[i: i + _SCAN_CHUNK].max()) for i in range(0, len(tokens), _SCAN_CHUNK))
+
+
+def _looks_narrow(path: Path, dtype: str, narrow: str, vocab_size: int) -> bool:
+    """Whether a file with ids >= vocab_size reads as ids of half the width: a uint16 file read as uint32
+    pairs two ids into one (lo + 65536·hi), so most ids are out of range (a real file of this width has a
+    few at most), yet read as uint16 all fit, and the narrow dtype can hold the vocabulary at all."""
+    if vocab_size > 1 << (8 * np.dtype(narrow).itemsize):
+        return False
+    head = np.asarray(np.memmap(path, dtype=np.dtype(dtype), mode="r")[:_HEAD])
+    return bool((head >= vocab_size).mean() > 0.5) and _largest_id(path, narrow) < vocab_size
+
+
+def _looks_wide(path: Path, dtype: str, vocab_size: int) -> bool:
+    """Whether the file reads as ids of twice the width: a wide id < vocab_size has a high half of at most
+    high_bound (0 below 65536 for uint32), so a wide file read narrow has every odd-position id within it,
+    which a real token stream does not when the bound is 0 or 1 (at larger bounds nothing is decided)."""
+    bits = 8 * np.dtype(dtype).itemsize
+    high_bound = (vocab_size - 1) >> bits
+    tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r")
+    if high_bound > 1 or len(tokens) % 2:
+        return False
+    head = np.asarray(tokens[:_HEAD])
+    return len(head) >= 2 and int(head[1::2].max()) <= high_bound < int(head[0::2].max())
 
 
 def load_token_file(config: DataConfig) -> Corpus:

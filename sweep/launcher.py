@@ -66,7 +66,11 @@ class SweepLauncher:
         if self.params.pop("pool", None) is not None:  # the process-per-run local path is gone
             raise SubmissionError(POOL_REMOVED)
         parallel = self.params.pop("parallel", None)
-        self.parallel = int(parallel) if parallel else (os.cpu_count() or 1)
+        # checked, not coerced: 0 used to mean "one per core" and a negative width a pool of one
+        if parallel is not None and (type(parallel) is not int or parallel < 1):
+            raise SubmissionError(f"hydra.launcher.parallel must be an integer >= 1 (runs at once) or null "
+                                  f"(one per core), got {parallel!r}")
+        self.parallel = parallel if parallel is not None else (os.cpu_count() or 1)
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function

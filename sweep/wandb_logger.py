@@ -24,6 +24,39 @@ class WandbConfig:
     tags: tuple[str, ...] = ()
 
 
+def api_key_source() -> str | None:
+    """Where an online W&B run would find its credentials, as wandb 0.31 looks (WANDB_API_KEY or
+    WANDB_IDENTITY_TOKEN_FILE, the .netrc entry for WANDB_BASE_URL's host, an api_key in W&B's settings
+    file), or None: then `wandb.init(mode="online")` fails in every job. Read without importing wandb."""
+    import configparser
+    import netrc
+    from urllib.parse import urlsplit
+
+    for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
+        if os.environ.get(var):
+            return var
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").netloc
+    netrc_path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
+    try:
+        entry = netrc.netrc(str(netrc_path)).authenticators(host) if netrc_path.is_file() else None
+    except (netrc.NetrcParseError, OSError):
+        entry = None
+    if entry and entry[2]:
+        return str(netrc_path)
+    settings = Path(os.environ.get("WANDB_CONFIG_DIR") or "~/.config/wandb").expanduser() / "settings"
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(settings)
+    except configparser.Error:
+        return None
+    return str(settings) if parser.get("default", "api_key", fallback="") else None
+
+
+MISSING_KEY = ("logger.wandb.mode=online needs a W&B API key and none is set (no WANDB_API_KEY, no entry for "
+               "the W&B host in ~/.netrc); run `wandb login` or export WANDB_API_KEY, or use "
+               "logger.wandb.mode=offline (sync later with `wandb sync`) or disabled")
+
+
 class WandbLogger:
     def __init__(self, config: WandbConfig, run_dir: Path, run_id: str, group: str, resolved_config: dict):
         self.run = None
