@@ -14,6 +14,7 @@ from fit.data.simulate import KMEANS_TRUTH, simulate
 from fit.data.table import Table, prepare_table
 from fit.errors import InputError
 from fit.law import LAWS
+from fit.render.backtest_text import format_backtest
 from fit.study.backtest import BacktestOptions, backtest, default_laws, preferences, size_index
 
 FAST = {"grid": "coarse", "workers": 1}
@@ -172,6 +173,17 @@ def test_command_writes_table_json_csv_and_plot(tmp_path, capsys) -> None:
     assert set(csv["law"]) == {"chinchilla", "precision"} and (out / "error_vs_factor.png").stat().st_size > 0
     assert main([*args, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["preferred"]["kmeans"]["law"] == "precision"
+
+
+def test_printed_table_names_the_flags_raised_at_the_origins() -> None:
+    result = backtest(prepare_table(coupled_table()), BacktestOptions(("chinchilla",), **FAST))
+    doc = result.to_dict()
+    for k, origin in zip((3, 5), [o for o in doc["origins"] if o["k"] in (3, 5)], strict=True):
+        assert origin["k"] == k
+        origin["fits"]["chinchilla"]["all"]["flags"].append("not_converged")
+    printed = format_backtest(doc)
+    assert f"flag: chinchilla all: not_converged at 2 of {len(doc['origins'])} origins (k = 3, 5)" in printed
+    assert printed.startswith("backtest: 7 sizes, N 1M-1B; 4 origin(s), fitting the smallest 3..6 sizes")
 
 
 @pytest.mark.parametrize(

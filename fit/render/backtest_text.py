@@ -58,13 +58,29 @@ def format_backtest(doc: dict[str, Any]) -> str:
         against = "" if aic is None else f"; AIC on all sizes prefers {aic}"
         lines.append(f"  {name}: {pref['law']} (mean |err| {scores}; {pref['n_common']} predictions{tie})"
                      f"{against}")
+    lines += _flag_lines(doc["origins"])
     for skip in doc["skipped"]:
         fit = f" {skip['fit']}" if skip.get("fit") else ""
         lines.append(f"skipped: origin {skip['origin']} {skip['law']}{fit}: {skip['reason']}")
     return "\n".join(lines)
 
 
+def _flag_lines(origins: list[dict[str, Any]]) -> list[str]:
+    """The fit flags raised at the origins, per law and fit: a held-out error from an unidentified or
+    unconverged fit says more about the fit than about the law."""
+    seen: dict[tuple[str, str, str], list[int]] = {}
+    for origin in origins:
+        for law, fits in origin["fits"].items():
+            for name, fit in fits.items():
+                for flag in fit.get("flags", []):
+                    seen.setdefault((law, name, flag), []).append(origin["k"])
+    return [f"flag: {law} {name}: {flag} at {len(ks)} of {len(origins)} origins (k = {_span(ks)})"
+            for (law, name, flag), ks in seen.items()]
+
+
 def _span(ks: list[int]) -> str:
     if not ks:
         return "-"
-    return str(ks[0]) if len(ks) == 1 else f"{ks[0]}..{ks[-1]}"
+    if ks == list(range(ks[0], ks[-1] + 1)):
+        return str(ks[0]) if len(ks) == 1 else f"{ks[0]}..{ks[-1]}"
+    return ", ".join(map(str, ks))
