@@ -158,7 +158,8 @@ def backtest(table: Table, opts: BacktestOptions) -> BacktestResult:
     groups = {law: _rows_per_fit(table, fit_opts[law]) for law in opts.laws}
     for (law, k), fits in zip(tasks, outcomes, strict=True):
         if isinstance(fits, str):
-            skipped.append({"origin": k, "law": law, "reason": fits})
+            what = "the all-sizes fit (for AIC): " if k == len(sizes) else ""
+            skipped.append({"origin": k, "law": law, "reason": what + fits})
             continue
         if k == len(sizes):  # every size: no prediction, only the information criterion
             aic.update({(law, n): (e.get("information") or {}).get("aic") for n, e in fits.items()})
