@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("bitlaw.commands.plan", "before any compute: will a grid identify the law, and at what cost"),
     "verify": ("bitlaw.commands.verify",
                "test a fit's forecast: plan memory-matched contenders, then compare their measured losses"),
+    "backtest": ("bitlaw.commands.backtest", "which law forecasts best: fit small sizes, predict larger"),
     "best-lr": ("bitlaw.commands.best_lr", "the best learning rate per model size of an lr sweep"),
     "status": ("bitlaw.commands.status",
                "per-run state of a sweep dir (done/running/pending/failed/cancelled), totals"),
