@@ -41,7 +41,7 @@ from fit.solve.pipeline import FitOptions, build_jobs, run_fits
 
 MIN_SIZES = 3
 SIZE_RTOL = 1e-3  # N values within 0.1 % are one size (Epoch's points read from a figure differ by ~1e-7)
-P_FREE_LAWS = ("chinchilla",)  # every other law reads P (fit.law.predict_loss's rule)
+P_FREE_LAWS = ("chinchilla", "coupled")  # fitted without a P column too (coupled: its P-free analogue)
 TIE = 1e-4  # mean |relative error| closer than 0.01 percentage points: a tie
 PREFERENCE_RULE = (
     "lowest mean |error| over every held-out prediction of every origin (on the predictions all laws made); "
