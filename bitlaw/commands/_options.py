@@ -27,7 +27,7 @@ STUDY_ARCH = "llama3:continuous"  # plot and report: the family of the memory fi
 def load_source(fit: str | None, preset: str | None) -> LawSource:
     """The law a command answers from: a fit.json or a preset's published constants, exactly one."""
     from fit.answer.presets import PRESETS, get_preset
-    from fit.answer.recommend import source_from_fit
+    from fit.answer.fit_source import source_from_fit
     from fit.fitfile import load_fit
 
     presets = ", ".join(PRESETS)
@@ -43,7 +43,7 @@ def load_source(fit: str | None, preset: str | None) -> LawSource:
 
 def add_bits(parser: argparse.ArgumentParser) -> None:
     """--bits: the widths compared (read back with `chosen_bits`)."""
-    from fit.answer.recommend import DEFAULT_BITS
+    from fit.units import DEFAULT_BITS
 
     widths = ",".join(map(str, DEFAULT_BITS))
     parser.add_argument("--bits", help=f"bit widths to compare, 16 = bf16 (default: those of {widths} inside "
@@ -72,7 +72,7 @@ def chosen_bits(given: str | None, source: LawSource, acct: BitAccounting) -> li
     """--bits as given, else the default widths every fitted format's data span. (A fixed default failed
     late, on the first figure or budget, for a fit without 1-bit runs.) Presets have no span: all of them."""
     from fit.answer.query import can_answer
-    from fit.answer.recommend import DEFAULT_BITS, parse_bits
+    from fit.units import DEFAULT_BITS, parse_bits
 
     if given is not None:
         return parse_bits(given)
