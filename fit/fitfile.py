@@ -224,6 +224,25 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def check_data_is_fitted(fit: FitFile, path: str | Path, allow_other: bool = False) -> str | None:
+    """``--data`` must be the table ``fit`` was fitted to (the sha256 fit.json records): another table would
+    draw one fit over foreign points without a word.  Refused with one line, unless ``allow_other`` (then
+    the warning to print is returned; comparing a fit with a later gather of the same sweep is legitimate,
+    but must say so).  A fit.json that records no digest cannot be checked: that is the warning."""
+    recorded = (fit.data.get("data") or {}).get("sha256") if isinstance(fit.data.get("data"), dict) else None
+    if not recorded:
+        return f"{fit.path} records no sha256 of its data; cannot check that --data {path} is the fitted one"
+    if sha256_of(path) == recorded:
+        return None
+    fitted = (fit.data.get("data") or {}).get("path") or "its data"
+    if not allow_other:
+        raise InputError(
+            f"--data: {path} is not the table {fit.path} was fitted to ({fitted}, sha256 "
+            f"{recorded[:12]}...); pass that table, or --allow-other-data to draw this fit over other points"
+        )
+    return f"--data {path} is not the table {fit.path} was fitted to ({fitted}); its points are not the fit's"
+
+
 def infer_n_convention(frame: Any) -> str | None:
     """Which count column N equals (a `bitlaw gather` table writes N = N_quant by default), else None."""
     for name, column in (("quant", "N_quant"), ("nonembed", "N_nonembed"), ("total", "N_total")):
