@@ -21,6 +21,13 @@ DEFAULT_BUDGETS = "1GB,2GB,4GB,8GB,16GB,32GB,64GB"  # plot and report: the budge
 STUDY_ARCH = "llama3:continuous"  # plot and report: the family of the memory figures and tables
 
 
+def add_allow_other_data(parser: argparse.ArgumentParser) -> None:
+    """--allow-other-data (report and plot): --data must be the fitted table unless this says otherwise."""
+    parser.add_argument("--allow-other-data", action="store_true",
+                        help="draw the fit over a --data table other than the one it was fitted to (its "
+                        "sha256 differs from fit.json's), with a warning; refused without it")
+
+
 # ----------------------------------------------------------------------------- the law: FIT.json | --preset
 
 

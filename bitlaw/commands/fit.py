@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--where",
         metavar="EXPR",
-        help="pandas query on the input's column names, e.g. 'D > 1e9' or '`model.d_model` >= 64'",
+        help="filter on the input's column names (==, !=, <, <=, >, >=, in [..], and/or/not; never run as "
+        "code), e.g. 'D > 1e9' or '`model.d_model` >= 64'",
     )
     parser.add_argument(
         "--drop-invalid",

@@ -6,8 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from bitlaw.commands._options import accounting, add_study_arguments, chosen_bits, load_source, output_dir
-from bitlaw.commands.report import add_allow_other_data
+from bitlaw.commands._options import (
+    accounting,
+    add_allow_other_data,
+    add_study_arguments,
+    chosen_bits,
+    load_source,
+    output_dir,
+)
 from fit.errors import InputError
 from fit.fitfile import check_data_is_fitted, load_fit
 from fit.units import parse_memory, parse_tokens

@@ -7,14 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from bitlaw.commands._options import DEFAULT_BUDGETS, STUDY_ARCH, add_study_arguments
-
-
-def add_allow_other_data(parser: argparse.ArgumentParser) -> None:
-    """--allow-other-data (report and plot): --data must be the fitted table unless this says otherwise."""
-    parser.add_argument("--allow-other-data", action="store_true",
-                        help="draw the fit over a --data table other than the one it was fitted to (its "
-                        "sha256 differs from fit.json's), with a warning; refused without it")
+from bitlaw.commands._options import DEFAULT_BUDGETS, STUDY_ARCH, add_allow_other_data, add_study_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

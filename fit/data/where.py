@@ -26,11 +26,14 @@ import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from fit.errors import InputError
+
+if TYPE_CHECKING:  # pandas only for the hints: fit.fitfile parses stored filters, and recommend stays light
+    import pandas as pd
 
 GRAMMAR = (
     "grammar: COLUMN OP VALUE with OP one of == != < <= > >=, or COLUMN [not] in [VALUE, ...], joined by "
@@ -323,7 +326,7 @@ def _mask(node: Node, frame: pd.DataFrame, text: str, label: str) -> np.ndarray:
             f"{label} {text!r}: cannot compare {_describe(node.left)} and {_describe(node.right)} with "
             f"{node.op} (text against a number?); {GRAMMAR}"
         ) from None
-    if isinstance(result, pd.Series):
+    if hasattr(result, "fillna"):  # a column's Series (a literal against a literal gives a bool)
         return result.fillna(False).to_numpy(dtype=bool)
     return np.full(len(frame), bool(result))
 
