@@ -22,6 +22,7 @@ Grammar (pandas-query compatible for these forms; ``&``, ``|``, ``~`` are accept
 
 from __future__ import annotations
 
+import difflib
 import operator
 import re
 from collections.abc import Callable
@@ -298,8 +299,11 @@ def mask_of(node: Node, frame: pd.DataFrame, text: str, label: str = "--where") 
     text with a number by order is one InputError line."""
     missing = [name for name in columns_of(node) if name not in frame.columns]
     if missing:
+        near = difflib.get_close_matches(missing[0], list(map(str, frame.columns)), n=1, cutoff=0.6)
+        hint = f" (did you mean `{near[0]}`?)" if near else ""
         raise InputError(
-            f"{label} {text!r}: unknown column {missing[0]!r}; columns: {', '.join(map(str, frame.columns))}"
+            f"{label} {text!r}: unknown column {missing[0]!r}{hint}; columns: "
+            f"{', '.join(map(str, frame.columns))}"
         )
     return np.asarray(_mask(node, frame, text, label), dtype=bool)
 
