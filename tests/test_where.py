@@ -95,9 +95,8 @@ def test_an_unknown_column_lists_the_columns() -> None:
     with pytest.raises(InputError) as err:
         apply_where(FRAME, "d_model > 1")
     assert str(err.value) == (
-        "--where 'd_model > 1': unknown column 'd_model' (did you mean `model.d_model`?); columns: N, format, "
-        "model.d_model, "
-        "quant.binary_mean"
+        "--where 'd_model > 1': unknown column 'd_model' (did you mean `model.d_model`?); columns: N, "
+        "format, model.d_model, quant.binary_mean"
     )
 
 
