@@ -50,6 +50,13 @@ def parse_tokens(text: str) -> float:
     return float(match.group(1)) * TOKEN_SUFFIX[suffix]
 
 
+def format_name(text: str) -> str:
+    """A quantization format as bitlaw spells it: lower case, no surrounding blanks ('KMeans' -> 'kmeans').
+    One rule for the runs table (`bitlaw fit`), fit.json's keys and every --format, so that a name fit
+    accepts is one recommend, predict and verify accept too."""
+    return str(text).strip().lower()
+
+
 def parse_bits(text: str) -> list[int]:
     try:
         bits = [int(b) for b in text.split(",")]

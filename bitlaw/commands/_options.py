@@ -21,6 +21,13 @@ DEFAULT_BUDGETS = "1GB,2GB,4GB,8GB,16GB,32GB,64GB"  # plot and report: the budge
 STUDY_ARCH = "llama3:continuous"  # plot and report: the family of the memory figures and tables
 
 
+def add_allow_other_data(parser: argparse.ArgumentParser) -> None:
+    """--allow-other-data (report and plot): --data must be the fitted table unless this says otherwise."""
+    parser.add_argument("--allow-other-data", action="store_true",
+                        help="draw the fit over a --data table other than the one it was fitted to (its "
+                        "sha256 differs from fit.json's), with a warning; refused without it")
+
+
 # ----------------------------------------------------------------------------- the law: FIT.json | --preset
 
 
@@ -43,7 +50,7 @@ def load_source(fit: str | None, preset: str | None) -> LawSource:
 
 def add_bits(parser: argparse.ArgumentParser) -> None:
     """--bits: the widths compared (read back with `chosen_bits`)."""
-    from fit.answer.recommend import DEFAULT_BITS
+    from fit.units import DEFAULT_BITS
 
     widths = ",".join(map(str, DEFAULT_BITS))
     parser.add_argument("--bits", help=f"bit widths to compare, 16 = bf16 (default: those of {widths} inside "

@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--where",
         metavar="EXPR",
-        help="pandas query on the input's column names, e.g. 'D > 1e9' or '`model.d_model` >= 64'",
+        help="filter on the input's column names (==, !=, <, <=, >, >=, in [..], and/or/not; never run as "
+        "code), e.g. 'D > 1e9' or '`model.d_model` >= 64'",
     )
     parser.add_argument(
         "--drop-invalid",
@@ -185,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
             "anchor": "rows of format none/bf16 with P >= 8 join every per-format fit" if args.by else None,
         },
         "data": {
-            "path": str(data_path.resolve()),
+            "path": str(data_path),  # as given: an absolute path names one machine in a shared fit.json
             "sha256": sha256_of(data_path),
             "where": args.where,
             "rows_read": table.n_rows_read,
@@ -235,6 +236,12 @@ def _num(value: float | None) -> str:
     return "nan" if value is None or not math.isfinite(value) else f"{value:.6g}"
 
 
+def _units(entry: dict[str, Any]) -> str:
+    """'6 trunks' when branches share trunks (18 branch rows are not 18 independent runs), else 'N runs'."""
+    trunks, runs = entry.get("n_trunks"), entry["n_runs"]
+    return f"{trunks} trunks" if trunks is not None and trunks < runs else f"{runs} runs"
+
+
 def format_summary(document: dict[str, Any]) -> str:
     """The compact human summary printed by ``bitlaw fit``: parameters with CIs, objective, flags, MAPE."""
     data = document["data"]
@@ -247,7 +254,7 @@ def format_summary(document: dict[str, Any]) -> str:
     for name, entry in document["fits"].items():
         state = "converged" if entry["converged"] else "NOT converged"
         lines.append(
-            f"fit {name!r}: {entry['n_points']} points, {entry['n_runs']} runs; objective "
+            f"fit {name!r}: {entry['n_points']} points, {_units(entry)}; objective "
             f"{entry['objective']:.10g}, {state} (|grad| {entry['grad_norm']:.1e}, "
             f"{entry['iterations']} iterations{', shared' if entry.get('shared') else ''})"
         )

@@ -6,9 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from bitlaw.commands._options import accounting, add_study_arguments, chosen_bits, load_source, output_dir
+from bitlaw.commands._options import (
+    accounting,
+    add_allow_other_data,
+    add_study_arguments,
+    chosen_bits,
+    load_source,
+    output_dir,
+)
 from fit.errors import InputError
-from fit.fitfile import load_fit
+from fit.fitfile import check_data_is_fitted, load_fit
 from fit.units import parse_memory, parse_tokens
 
 
@@ -18,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--params", help="fixed N for the (D, P_w) isoloss panel (default: the data's largest N)"
     )
+    add_allow_other_data(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if args.data and fitfile is None:
         raise InputError("--data: needs FIT.json (a preset has no runs to compare with)")
     runs = load_runs(fitfile, Path(args.data))[1] if args.data else None
+    other = check_data_is_fitted(fitfile, args.data, args.allow_other_data) if args.data else None
     resolve_arch(args.arch)  # fail on a bad --arch before any drawing
     acct = accounting(args.block_size, args.scale_bits)
     budgets, bits = parse_memory(args.memory), tuple(chosen_bits(args.bits, source, acct))
@@ -44,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--params: {args.params!r} is not a number of parameters, e.g. 3.9e9") from None
     out = output_dir(args.output)  # last: a bad option above leaves no empty directory behind
     formats = list(runs["format"].unique()) if runs is not None and "format" in runs else None
-    for warning in study_warnings(fitfile, formats):  # figures of a flagged fit must not look clean
+    for warning in ([other] if other else []) + study_warnings(fitfile, formats):  # flagged: not clean
         print(f"warning: {warning}", file=sys.stderr)
     inputs = PlotInputs(
         source,

@@ -14,7 +14,7 @@ from fit.answer.recommend import Recommendation, recommend
 from fit.answer.shapes import resolve_arch
 from fit.errors import InputError
 from fit.render.recommend_text import render_text, to_json
-from fit.units import parse_memory, parse_tokens
+from fit.units import format_name, parse_memory, parse_tokens
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_bits(parser)
     parser.add_argument(
-        "--format", help="quantization format (default: kmeans if fitted, else the fit's first)"
+        "--format",
+        type=format_name,
+        help="quantization format (default: kmeans if fitted, else the fit's first)",
     )
     add_scale_accounting(parser)
     parser.add_argument(

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from bitlaw.commands._options import DEFAULT_BUDGETS, STUDY_ARCH, add_study_arguments
+from bitlaw.commands._options import DEFAULT_BUDGETS, STUDY_ARCH, add_allow_other_data, add_study_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,13 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--forms", metavar="FIT.json", action="append", default=[],
                         help="a fit of another law form (efficiency, penalty) of the same rows, compared "
                         "as it is instead of refitted with coarse starts; repeat for each form")
+    add_allow_other_data(parser)
 
 
 def command_line(args: argparse.Namespace) -> str:
     """This report's own command, rebuilt from the parsed options (defaults left out)."""
     argv = ["bitlaw", "report", args.fit]
     if args.data:
-        argv += ["--data", args.data]
+        argv += ["--data", args.data] + (["--allow-other-data"] if args.allow_other_data else [])
     argv += ["-o", args.output]
     for flag, value, default in (
         ("--memory", args.memory, DEFAULT_BUDGETS),
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from fit.answer.fit_source import source_from_fit
     from fit.answer.shapes import resolve_arch
     from fit.errors import InputError
-    from fit.fitfile import load_fit
+    from fit.fitfile import check_data_is_fitted, load_fit
     from fit.render.report import ReportInputs, build_report, load_runs
     from fit.render.report_forms import check_given_forms
     from fit.units import parse_memory, parse_tokens
@@ -65,9 +66,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--forms: needs --data (the forms are compared on the runs table's rows)")
     check_given_forms(fitfile, form_fits)  # before -o is made: a refused option leaves nothing behind
     tables = load_runs(fitfile, Path(args.data)) if args.data else None  # a bad table: refused before -o
+    other = check_data_is_fitted(fitfile, args.data, args.allow_other_data) if args.data else None
     out = output_dir(args.output)  # last: a bad option above leaves no empty directory behind
     formats = list(tables[1]["format"].unique()) if tables is not None and "format" in tables[1] else None
-    for warning in study_warnings(fitfile, formats):  # after every check: an error stays one line
+    for warning in ([other] if other else []) + study_warnings(fitfile, formats):  # after every check
         print(f"warning: {warning}", file=sys.stderr)
     inputs = ReportInputs(
         fitfile=fitfile,

@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     plan.add_argument("fit", metavar="FIT.json")
     plan.add_argument("--runs", required=True, help="the grid's runs table (what the fit was fitted on)")
     plan.add_argument("-o", "--output", required=True, metavar="DIR", help="where the plan and configs go")
-    plan.add_argument("--format", default="kmeans", help="the recommending format (default kmeans)")
+    plan.add_argument("--format", default="kmeans", type=str.lower,
+                      help="the recommending format (default kmeans)")
     plan.add_argument("--memory", help="weight budget, e.g. 164kB (default: the grid's smallest bf16 model)")
     plan.add_argument("--tokens", help="training tokens D (default: the grid's largest D)")
     plan.add_argument(

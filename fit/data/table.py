@@ -13,10 +13,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fit.data.where import filter_rows
 from fit.errors import InputError
+from fit.units import format_name
+from sweep import contract
 
 CANONICAL = ("N", "D", "loss", "P", "format", "run")
 NUMERIC = ("N", "D", "loss", "P")
+# A loss this small is a logging or unit error (an LM's loss in nats is ~1), and on log loss one such row
+# (log 1e-300 = -691) outweighs all the others: the fit moved without a word.  Denormal and zero are below it.
+MIN_LOSS = 1e-6
+P_TOLERANCE = 1e-6  # P_w values are n + 16/block, exact in binary for power-of-two blocks
 N_CONVENTIONS = {"quant": "N_quant", "nonembed": "N_nonembed", "total": "N_total"}
 READERS = {
     ".csv": "csv",
@@ -126,6 +133,10 @@ def prepare_table(
     for name in ("format", "run"):
         if name in present:
             out[name] = out[name].astype(str)
+    if "format" in present:  # one spelling everywhere: 'KMeans' fits as, and is recommended as, 'kmeans'
+        out["format"] = out["format"].map(format_name)
+    if "P" in present and "P" in require:
+        check_p_matches_bits(out, mapping)
     if "run" in present:
         _check_unique_runs(out, column_label("run", mapping))
     check_distinct_n_and_d(out, mapping)
@@ -147,18 +158,17 @@ def column_mapping(columns: dict[str, str] | None, n_convention: str | None) -> 
     return mapping
 
 
-def apply_where(frame: pd.DataFrame, where: str | None) -> pd.DataFrame:
-    """The rows ``--where`` keeps (all without one); a bad expression or no row kept is an InputError."""
+def apply_where(frame: pd.DataFrame, where: str | None, label: str = "--where") -> pd.DataFrame:
+    """The rows ``--where`` keeps (all without one); a bad expression or no row kept is an InputError.
+
+    The filter is parsed by fit.data.where's grammar, never evaluated: fit.json stores it and report, plot
+    and predict re-apply it, so a shared fit.json must not be able to run code."""
     if not where:
         return frame
     n_read = len(frame)
-    try:
-        frame = frame.query(where)
-    except Exception as err:  # pandas raises many types for a bad expression; all are user input errors
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"--where {where!r}: not a valid filter on this table ({reason})") from None
+    frame = filter_rows(frame, where, label)
     if frame.empty:
-        raise InputError(f"--where {where!r} kept 0 of {n_read} rows")
+        raise InputError(f"{label} {where!r} kept 0 of {n_read} rows")
     return frame
 
 
@@ -208,6 +218,9 @@ def checked_numbers(
             ("missing, NaN or inf", ~np.isfinite(values) & ~not_numeric),
             ("not positive", np.isfinite(values) & (values <= 0)),
         ]
+        if name == "loss":
+            tiny = (values > 0) & (values < MIN_LOSS)
+            checks.append((f"below {MIN_LOSS:g}, the smallest loss allowed", tiny))
         for reason, mask in checks:
             count = int(mask.sum())
             if not count:
@@ -249,4 +262,39 @@ def _check_unique_runs(frame: pd.DataFrame, label: str) -> None:
     raise InputError(
         f"{label}: {int(frame['run'].duplicated().sum())} of {len(frame)} rows repeat a run id (first: "
         f"{first!r}, data rows {rows[0]} and {rows[1]}; was a sweep gathered twice?); allowed: each run once"
+    )
+
+
+def check_p_matches_bits(out: pd.DataFrame, mapping: dict[str, str]) -> None:
+    """A row whose P contradicts its ``bits`` column (a hand-edited or mis-joined table) is refused, naming
+    the row: P is at least the code bits, and where the row says its format and block size (a `bitlaw
+    gather` table: ``quant.block_size``, ``quant.binary_mean``) exactly sweep.contract.bits_per_weight."""
+    if "bits" not in out:
+        return
+    bits = pd.to_numeric(out["bits"], errors="coerce").to_numpy(dtype=float)
+    P = out["P"].to_numpy(dtype=float)
+    expected = np.full(len(out), np.nan)
+    if "format" in out and "quant.block_size" in out:
+        blocks = pd.to_numeric(out["quant.block_size"], errors="coerce").to_numpy(dtype=float)
+        means = out["quant.binary_mean"].astype(str).str.lower() if "quant.binary_mean" in out else None
+        for i, (fmt, b, block) in enumerate(zip(out["format"], bits, blocks, strict=True)):
+            if fmt not in contract.FORMATS or not np.isfinite(b) or not np.isfinite(block) or block <= 0:
+                continue
+            if means is None and (fmt == "binary" or (fmt == "uniform" and b == 1)):
+                continue  # 1.25 or 1.5 by binary_mean, which the table does not say
+            mean = means is not None and means.iloc[i] == "true"
+            expected[i] = contract.bits_per_weight(fmt, int(b), int(block), binary_mean=mean)
+    below = np.isfinite(bits) & (bits > P + P_TOLERANCE)
+    off = np.isfinite(expected) & (np.abs(P - expected) > P_TOLERANCE)
+    bad = below | off
+    if not bad.any():
+        return
+    first = int(np.flatnonzero(bad)[0])
+    row = out.iloc[first]
+    rule = (f"P_w = {expected[first]:g} for {row['format']} {int(bits[first])}-bit, block "
+            f"{int(row['quant.block_size'])}" if off[first] else "P >= bits")
+    raise InputError(
+        f"{column_label('P', mapping)}: {int(bad.sum())} of {len(out)} rows contradict their bits column "
+        f"(first: data row {out.index[first] + 1}, P {P[first]:g} with bits {bits[first]:g}); allowed: "
+        f"{rule}; fix the table or drop its bits column"
     )

@@ -216,6 +216,7 @@ def run_fits(table: Table, opts: FitOptions) -> dict[str, Any]:
     jobs = build_jobs(table, opts)
     frame = table.frame
     runs = frame["run"].to_numpy() if "run" in frame else np.arange(len(frame)).astype(str)
+    unit_of_row, unit_name = bootstrap_units(frame)  # branches of one trunk are one unit, not several runs
     fits: dict[str, dict[str, Any]] = {}
     results = []
     for job in jobs:
@@ -235,6 +236,8 @@ def run_fits(table: Table, opts: FitOptions) -> dict[str, Any]:
                 objective=result.objective,
                 n_points=int(rows.sum()),
                 n_runs=int(len(np.unique(runs[job.row_ids[rows]]))),
+                **({"n_trunks": int(len(np.unique(unit_of_row[job.row_ids[rows]])))}
+                   if unit_name.startswith("trunk") else {}),
                 converged=result.converged,
                 grad_norm=result.grad_norm,
                 iterations=result.iterations,

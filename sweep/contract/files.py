@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,8 +43,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     sees half a file and a machine crash never leaves a renamed-but-empty one; on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
-    os.close(fd)
+    tmp = _create_beside(path)
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
@@ -53,6 +52,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _create_beside(path: Path) -> Path:
+    """Create an empty, unique temp file beside ``path`` with the mode a plain ``open`` gives: 0666 less the
+    umask (and a directory's default ACL), which the kernel applies to ``os.open``'s mode.  tempfile.mkstemp
+    made every run.json, summary.json, export.pt, runs.csv and fit.json 0600, so teammates on a shared
+    cluster could not gather each other's sweeps; reading the umask instead (os.umask sets it to read it)
+    would race with other threads."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp{path.suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temp file name beside {path}")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
