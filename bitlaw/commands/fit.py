@@ -229,6 +229,8 @@ def _num(value: float | None) -> str:
 
 def format_summary(document: dict[str, Any]) -> str:
     """The compact human summary printed by ``bitlaw fit``: parameters with CIs, objective, flags, MAPE."""
+    from fit.answer.caveats import interval_note, unidentified_params
+
     data = document["data"]
     loss = document["loss"] + (f" delta={document['delta']:g}" if document["loss"] == "huber" else "")
     dropped = sum(data["dropped"].values())
@@ -244,14 +246,20 @@ def format_summary(document: dict[str, Any]) -> str:
             f"{entry['iterations']} iterations{', shared' if entry.get('shared') else ''})"
         )
         ci = entry.get("bootstrap", {})
+        unidentified = unidentified_params(entry)
         for key in ("A", "B", "E", "alpha", "beta", "C", "gamma", "delta_D", "delta_N", "offset"):
-            if key in entry:
+            if key in unidentified and key in entry:  # a flat objective: no value is measured, nor a CI
+                lines.append(f"  {key:<7} {'not identified':>14}  (flat objective; FLAG {key}_unidentified)")
+            elif key in entry:
                 band = f"  95% CI [{_num(ci[key][0])}, {_num(ci[key][1])}]" if key in ci else ""
-                lines.append(f"  {key:<7} {_num(entry[key]):>12}{band}")
+                note = interval_note(entry, key)
+                lines.append(f"  {key:<7} {_num(entry[key]):>12}{band}{'  (' + note + ')' if note else ''}")
         for p, value in entry.get("eff", {}).items():
             band = entry.get("eff_ci", {}).get(p)
             text = f"  95% CI [{_num(band[0])}, {_num(band[1])}]" if band else ""
             implied = entry["gamma_implied"].get(p)
+            if f"eff({float(p):g})" in unidentified:
+                text = "  not identified (flat objective)"
             lines.append(f"  eff({p:<4}) {_num(value):>9}{text}  (implied gamma {_num(implied)})")
         extrap = entry.get("extrapolation")
         if extrap and extrap.get("mape") is not None:
