@@ -19,6 +19,11 @@ LAWS = ("chinchilla", "precision", "efficiency", "penalty")  # mirrors fit.law.L
 LOSSES = ("huber", "mse", "mae", "asymmetric")  # mirrors fit.solve.optimize.LOSSES without importing scipy
 SPACES = ("log", "raw")
 GRIDS = ("coarse", "default", "fine")
+# The fewest resamples a 95 % percentile interval can rest on: its ends are the 2.5th and 97.5th percentiles,
+# and only from B = 40 on does each tail hold a whole draw (40 x 2.5 % = 1).  With fewer, the ends are
+# interpolated between the smallest (largest) draws: --bootstrap 1 printed a zero-width "95 % CI" that
+# excluded its own estimate, and B = 19 gives the draws' range, a ~90 % interval (issue 28 item 8).
+MIN_BOOTSTRAP = 40
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="K",
-        help="K bootstrap refits, resampling trunks (`trunk`[+`seed`]), else runs, else rows; 95%% CIs",
+        help="K bootstrap refits (0: none, else >= 40), resampling trunks (`trunk`[+`seed`]), else runs, "
+        "else rows; 95%% CIs",
     )
     parser.add_argument(
         "--bootstrap-strata",
@@ -113,8 +119,11 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise InputError(f"--delta: {args.delta} is not allowed; it must be a positive number (e.g. 1e-3)")
     if not (math.isfinite(args.asym_weight) and args.asym_weight > 0):
         raise InputError(f"--asym-weight: {args.asym_weight} is not allowed; it must be a positive number")
-    if args.bootstrap < 0:
-        raise InputError(f"--bootstrap: {args.bootstrap} is not allowed; use 0 (off) or a positive count")
+    if args.bootstrap < 0 or 0 < args.bootstrap < MIN_BOOTSTRAP:
+        raise InputError(
+            f"--bootstrap: {args.bootstrap} is not allowed; use 0 (off) or at least {MIN_BOOTSTRAP} "
+            "resamples (a 95 % interval's 2.5/97.5 percentiles need >= 1 draw in each tail: 40 x 2.5 % = 1)"
+        )
     if args.workers < 1:
         raise InputError(f"--workers: {args.workers} is not allowed; use 1 or more")
     if args.by is None and args.shared:
