@@ -139,3 +139,14 @@ def test_memory_blocks_change_no_answer(monkeypatch) -> None:
     monkeypatch.setattr(batched, "NEWTON_CELLS", 4 * len(frame) * len(theta0))  # blocks of 4 resamples
     assert np.array_equal(optimize.screen(starts, data, spec, obj, 8), whole)
     assert np.array_equal(batched.refit_batch(theta0, data, weight, spec, obj), draws)
+
+
+def test_tied_and_offset_fits_are_judged_per_fitted_variable() -> None:
+    """--tie-exponents (no β column) and --offset (a p0 column): one verdict per variable actually fitted."""
+    frame = simulate(KMEANS_TRUTH, np.geomspace(5e4, 3e5, 4), np.geomspace(1e6, 1e8, 4), noise=0.01, seed=4)
+    table = prepare_table(frame, require=REQUIRE)
+    opts = FitOptions(law="precision", by="format", grid="coarse", tie=True, offset=True, extrapolate=False,
+                      progress=False)  # fmt: skip
+    entry = run_fits(table, opts)["fits"]["kmeans"]
+    assert set(entry["identification"]) == {"A", "B", "E", "alpha", "gamma", "offset"}
+    assert entry["identification"]["gamma"]["method"].startswith("profile")

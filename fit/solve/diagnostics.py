@@ -237,6 +237,8 @@ def identify(
     box = spec_bounds(spec, data)
     scale = lr_scale(obj.loss, n_units)
     raw_names = list(log_params_of(theta, spec))
+    if spec.tie and len(raw_names) > len(theta):  # the precision law's log_params repeats a tied β = α
+        raw_names.remove("beta")
     scans = scan_others_fixed(theta, f_best, lambda t: objective_fn(spec)(t, data, spec, obj), box, scale)
     out: list[dict[str, dict]] = [{} for _ in range(n_groups)]
     for (col, name, group), raw in zip(parameter_columns(raw_names), raw_names, strict=True):
