@@ -118,6 +118,8 @@ def test_bad_columns_spec_and_where(capsys, tmp_path, runs) -> None:
 def test_bad_numbers_and_option_combinations(capsys, tmp_path, runs) -> None:
     assert "--delta" in fit_error(capsys, tmp_path, runs, "--delta", "0")
     assert "--bootstrap" in fit_error(capsys, tmp_path, runs, "--bootstrap", "-3")
+    for too_few in ("1", "39"):  # a 95 % percentile interval needs >= 40 resamples (one draw per tail)
+        assert "at least 40" in fit_error(capsys, tmp_path, runs, "--bootstrap", too_few)
     assert "--shared needs --by format" in fit_error(capsys, tmp_path, runs, "--shared")
     assert "--shared needs --law precision" in fit_error(capsys, tmp_path, runs, "--by", "format", "--shared")
 
@@ -151,11 +153,11 @@ def test_predict_prints_loss_and_ci_and_rejects_bad_input(capsys, tmp_path, runs
     runs.to_csv(path, index=False)
     out = tmp_path / "fit.json"
     args = (
-        f"fit {path} -o {out} --law precision --by format --grid coarse --bootstrap 8 --workers 1 --progress"
+        f"fit {path} -o {out} --law precision --by format --grid coarse --bootstrap 40 --workers 1 --progress"
     )
     assert cli.main(args.split()) == 0
     captured = capsys.readouterr()
-    assert "bootstrap [" in captured.err and "8/8" in captured.err  # the progress bar, on stderr only
+    assert "bootstrap [" in captured.err and "40/40" in captured.err  # the progress bar, on stderr only
     assert "95% CI" in captured.out
     assert (
         cli.main(["predict", str(out), "--N", "1e8", "--D", "1e9", "--P", "2.25", "--format", "kmeans"]) == 0
@@ -163,7 +165,7 @@ def test_predict_prints_loss_and_ci_and_rejects_bad_input(capsys, tmp_path, runs
     printed = capsys.readouterr().out
     loss = float(printed.split()[0])
     truth = simulate(KMEANS_TRUTH, [1e8], [1e9], bits=(2,), anchor=False)["loss"].iloc[0]
-    assert loss == pytest.approx(truth, rel=0.02) and "95% CI" in printed and "8 bootstrap" in printed
+    assert loss == pytest.approx(truth, rel=0.02) and "95% CI" in printed and "40 bootstrap" in printed
     for bad, needle in [
         (["--N", "abc", "--D", "1e9", "--P", "2"], "--N: 'abc' is not a number"),
         (["--N", "1e8", "--D", "-1", "--P", "2"], "--D: '-1' is not allowed"),

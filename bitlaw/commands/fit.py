@@ -20,6 +20,11 @@ LAWS = ("chinchilla", "precision", "efficiency", "penalty", "coupled")
 LOSSES = ("huber", "mse", "mae", "asymmetric")  # mirrors fit.solve.optimize.LOSSES without importing scipy
 SPACES = ("log", "raw")
 GRIDS = ("coarse", "default", "fine")
+# The fewest resamples a 95 % percentile interval can rest on: its ends are the 2.5th and 97.5th percentiles,
+# and only from B = 40 on does each tail hold a whole draw (40 x 2.5 % = 1).  With fewer, the ends are
+# interpolated between the smallest (largest) draws: --bootstrap 1 printed a zero-width "95 % CI" that
+# excluded its own estimate, and B = 19 gives the draws' range, a ~90 % interval (issue 28 item 8).
+MIN_BOOTSTRAP = 40
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="K",
-        help="K bootstrap refits, resampling trunks (`trunk`[+`seed`]), else runs, else rows; 95%% CIs",
+        help="K bootstrap refits (0: none, else >= 40), resampling trunks (`trunk`[+`seed`]), else runs, "
+        "else rows; 95%% CIs",
     )
     parser.add_argument(
         "--bootstrap-strata",
@@ -116,8 +122,11 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise InputError(f"--delta: {args.delta} is not allowed; it must be a positive number (e.g. 1e-3)")
     if not (math.isfinite(args.asym_weight) and args.asym_weight > 0):
         raise InputError(f"--asym-weight: {args.asym_weight} is not allowed; it must be a positive number")
-    if args.bootstrap < 0:
-        raise InputError(f"--bootstrap: {args.bootstrap} is not allowed; use 0 (off) or a positive count")
+    if args.bootstrap < 0 or 0 < args.bootstrap < MIN_BOOTSTRAP:
+        raise InputError(
+            f"--bootstrap: {args.bootstrap} is not allowed; use 0 (off) or at least {MIN_BOOTSTRAP} "
+            "resamples (a 95 % interval's 2.5/97.5 percentiles need >= 1 draw in each tail: 40 x 2.5 % = 1)"
+        )
     if args.workers < 1:
         raise InputError(f"--workers: {args.workers} is not allowed; use 1 or more")
     if args.by is None and args.shared:
@@ -244,6 +253,8 @@ def _units(entry: dict[str, Any]) -> str:
 
 def format_summary(document: dict[str, Any]) -> str:
     """The compact human summary printed by ``bitlaw fit``: parameters with CIs, objective, flags, MAPE."""
+    from fit.answer.caveats import interval_note, unidentified_params
+
     data = document["data"]
     loss = document["loss"] + (f" delta={document['delta']:g}" if document["loss"] == "huber" else "")
     dropped = sum(data["dropped"].values())
@@ -259,14 +270,20 @@ def format_summary(document: dict[str, Any]) -> str:
             f"{entry['iterations']} iterations{', shared' if entry.get('shared') else ''})"
         )
         ci = entry.get("bootstrap", {})
+        unidentified = unidentified_params(entry)
         for key in ("A", "B", "E", "alpha", "beta", "k", "C", "gamma", "delta_D", "delta_N", "offset"):
-            if key in entry:
+            if key in unidentified and key in entry:  # a flat objective: no value is measured, nor a CI
+                lines.append(f"  {key:<7} {'not identified':>14}  (flat objective; FLAG {key}_unidentified)")
+            elif key in entry:
                 band = f"  95% CI [{_num(ci[key][0])}, {_num(ci[key][1])}]" if key in ci else ""
-                lines.append(f"  {key:<7} {_num(entry[key]):>12}{band}")
+                note = interval_note(entry, key)
+                lines.append(f"  {key:<7} {_num(entry[key]):>12}{band}{'  (' + note + ')' if note else ''}")
         for p, value in entry.get("eff", {}).items():
             band = entry.get("eff_ci", {}).get(p)
             text = f"  95% CI [{_num(band[0])}, {_num(band[1])}]" if band else ""
             implied = entry["gamma_implied"].get(p)
+            if f"eff({float(p):g})" in unidentified:
+                text = "  not identified (flat objective)"
             lines.append(f"  eff({p:<4}) {_num(value):>9}{text}  (implied gamma {_num(implied)})")
         extrap = entry.get("extrapolation")
         if extrap and extrap.get("mape") is not None:

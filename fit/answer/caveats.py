@@ -149,3 +149,32 @@ def study_warnings(fitfile: FitFile | None, formats: list[str] | None = None) ->
     if fitfile is None:
         return []
     return flag_warnings(fit_flags(fitfile)) + pooled_warning(fitfile, formats)
+
+
+# ------------------------------------------------------------------------ identification on the objective
+
+
+def unidentified_params(entry: dict[str, Any]) -> set[str]:
+    """The parameters of a fit entry that its objective does not identify (fit.solve.diagnostics.identify,
+    flag ``<name>_unidentified``): their values and bootstrap CIs must not be shown as measurements."""
+    verdicts = entry.get("identification") or {}
+    found = {n for n, v in verdicts.items() if isinstance(v, dict) and v.get("identified") is False}
+    for flag in entry.get("flags") or []:  # a flag alone (an older or hand-made fit.json) says the same
+        name = flag_name(str(flag))
+        if name.endswith("_unidentified") and name != "E_unidentified":  # E's older flag: E ~ 0, kept
+            found.add(name[: -len("_unidentified")])
+    return found
+
+
+def interval_note(entry: dict[str, Any], name: str) -> str:
+    """What the profile's 95 % likelihood interval says when it reaches a fitter bound ("" otherwise)."""
+    verdict = (entry.get("identification") or {}).get(name) or {}
+    interval = verdict.get("interval")
+    if not isinstance(interval, list | tuple) or len(interval) != 2 or verdict.get("identified") is False:
+        return ""
+    lo, hi = interval
+    if lo is not None and hi is None:
+        return f"profile: bounded only below, {name} >= {lo:.3g}"
+    if lo is None and hi is not None:
+        return f"profile: bounded only above, {name} <= {hi:.3g}"
+    return ""

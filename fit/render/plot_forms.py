@@ -13,11 +13,13 @@ from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from fit.answer.caveats import unidentified_params
 from fit.law import FULL_P, capacity
 
 CAPTION = (
     "Per-bit efficiency eff(P) of the efficiency-law fit (points, bootstrap 95 % intervals) against the "
-    "precision law's 1 − exp(−P/γ) (line; band: γ's bootstrap interval); eff = 1 at 16 bits by definition."
+    "precision law's 1 − exp(−P/γ) (line; band: γ's bootstrap interval; dashed, no band: γ not identified "
+    "by the objective); eff = 1 at 16 bits by definition."
 )
 
 
@@ -34,9 +36,13 @@ def plot_eff_vs_gamma(efficiency: dict[str, Any], precision: dict[str, Any], pat
     for ax, fmt in zip(axes, formats, strict=True):
         eff_entry, prec_entry = efficiency["fits"][fmt], precision["fits"][fmt]
         gamma, offset = float(prec_entry["gamma"]), float(prec_entry.get("offset", 0.0) or 0.0)
-        ax.plot(grid, capacity(grid, gamma, offset), color="C0", label=f"1 − exp(−P/γ), γ = {gamma:.3g}")
+        unidentified = "gamma" in unidentified_params(prec_entry)
+        # a γ the objective does not identify is drawn dashed, without a band: its value is no measurement
+        label = "1 − exp(−P/γ), γ not identified" if unidentified else f"1 − exp(−P/γ), γ = {gamma:.3g}"
+        style = "--" if unidentified else "-"
+        ax.plot(grid, capacity(grid, gamma, offset), color="C0", ls=style, label=label)
         band = (prec_entry.get("bootstrap") or {}).get("gamma")
-        if band and None not in band:
+        if band and None not in band and not unidentified:
             curves = [capacity(grid, float(g), offset) for g in band]
             ax.fill_between(grid, np.minimum(*curves), np.maximum(*curves), color="C0", alpha=0.15)
         effs = {float(p): float(v) for p, v in (eff_entry.get("eff") or {}).items()}

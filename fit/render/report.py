@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fit.answer.caveats import interval_note, unidentified_params
 from fit.answer.recommend import recommend
 from fit.answer.shapes import resolve_arch
 from fit.data.observed import render as observed_counts
@@ -141,11 +142,17 @@ def section_fits(fitfile: FitFile) -> list[str]:
     for fmt in fitfile.formats:
         entry = fitfile.entry(fmt)
         ci = entry.get("bootstrap") or {}
+        unidentified = unidentified_params(entry)
         rows = []
         for name in PARAM_ORDER:
-            if name in entry:
+            if name in unidentified and name in entry:  # flat objective: the value is no measurement
+                rows.append([name, f"{number_cell(float(entry[name]), 6)} (not identified)",
+                             f"not identified (flag {name}_unidentified)"])  # fmt: skip
+            elif name in entry:
                 band = ci.get(name)
                 band_text = f"[{number_cell(float(band[0]))}, {number_cell(float(band[1]))}]" if band else "–"
+                note = interval_note(entry, name)
+                band_text += f" ({note})" if note else ""
                 rows.append([name, number_cell(float(entry[name]), 6), band_text])
         lines += [f"### {fmt}", ""]
         lines += markdown_table(["parameter", "estimate", "95% bootstrap CI"], rows)
@@ -170,12 +177,20 @@ def section_gamma(fitfile: FitFile) -> list[str]:
             continue
         band = (entry.get("bootstrap") or {}).get("gamma")
         reference = ONE_BIT_WONDER_GAMMA.get(fmt)
+        if "gamma" in unidentified_params(entry):
+            # a flat objective in γ: neither agreement nor contradiction can be claimed
+            rows.append([fmt, "not identified", "not identified", number_cell(reference),
+                         "– (γ not identified: flat objective, flag gamma_unidentified)"])  # fmt: skip
+            continue
         inside = (
             "–" if not band or reference is None else ("yes" if band[0] <= reference <= band[1] else "no")
         )
         if band and (band[0] <= GAMMA_BOUNDS[0] * 1.001 or band[1] >= GAMMA_BOUNDS[1] / 1.001):
             # a CI that runs into the fitter's γ bounds says "not identified", not "agrees"
             inside += " (CI reaches a γ bound: not identified)"
+        note = interval_note(entry, "gamma")
+        if note:
+            inside += f" ({note})"
         rows.append(
             [
                 fmt,

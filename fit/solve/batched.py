@@ -60,6 +60,10 @@ MU = 1e-12  # eigenvalue floor relative to the largest scaled eigenvalue: Newton
 # demo resamples "stalled" 4-16 % above the L-BFGS-B optimum with gradients of 1e-2 (measured 2026-12-02).
 MU_GROWTH = 1e3
 MU_MAX = 1e3
+# (resample, row, parameter) cells refitted together at most: value_grad_hess holds ~8 (K, n, k) arrays, so
+# 2^22 cells keep a block near 270 MB.  Each resample's iterates depend only on its own weights, so splitting
+# K changes no draw; a demo-sized table (60 rows, k = 6) still refits 11,650 resamples in one block.
+NEWTON_CELLS = 2**22
 
 
 def supports(spec: object, obj: Objective) -> bool:
@@ -275,6 +279,10 @@ def refit_batch(
     the lower objective.  That no draw, AT_FLOOR ones included, ends worse than refit_any's alone is
     tested on synthetic tables and on the demo table (tests/test_batched_refit.py).
     A two-stage resample with too few anchors is NaN, as there."""
+    block = max(1, NEWTON_CELLS // (len(data.L) * len(np.atleast_1d(theta0))))
+    if len(weight) > block:  # bounded memory on large tables (NEWTON_CELLS); the same draws
+        return np.vstack([refit_batch(theta0, data, weight[i : i + block], spec, obj, two_stage)
+                          for i in range(0, len(weight), block)])  # fmt: skip
     K = len(weight)
     theta0 = np.asarray(theta0, dtype=float)
     theta = np.tile(theta0, (K, 1))

@@ -33,7 +33,11 @@ GRIDS = ("coarse", "default", "fine")
 # spin-wait: on a loaded 2-core machine 8 L-BFGS-B runs took 10 s instead of 0.16 s, and one warm-started
 # refit 100-300 ms instead of 21 ms (measured; docs/method.md §6).  Fits run under threadpool_limits(1).
 BLAS_LIMIT = {"limits": 1, "user_api": "blas"}
-SCREEN_CHUNK = 4096  # starts evaluated per vectorised block: bounds memory at ~SCREEN_CHUNK·n_rows floats
+SCREEN_CHUNK = 4096  # starts evaluated per vectorised block, at most
+# ...and at most this many (start, row) cells per block: objective_batch holds ~8 (starts, rows) arrays, so
+# 2^21 cells keep a block near 130 MB whatever the table's size.  A fixed 4096 starts on a 55k-row fit made
+# 1.8 GB arrays and a 100k-row table peaked at 14.7 GB (issue 28 item 8); below 512 rows nothing changes.
+SCREEN_CELLS = 2**21
 
 
 @dataclass
@@ -102,10 +106,11 @@ def screen(starts: np.ndarray, data: FitData, spec: LawSpec, obj: Objective, kee
         groups = [(np.flatnonzero(which.ravel() == k), keys[k]) for k in range(len(keys))]
     else:
         groups = [(np.arange(len(starts)), None)]
+    block = max(1, min(SCREEN_CHUNK, SCREEN_CELLS // max(len(data.L), 1)))
     for idx, key in groups:
         log_n = None if key is None else log_terms(starts[idx[:1]], data, spec)[3][0]
-        for i in range(0, len(idx), SCREEN_CHUNK):
-            chunk = idx[i : i + SCREEN_CHUNK]
+        for i in range(0, len(idx), block):
+            chunk = idx[i : i + block]
             values[chunk] = objective_batch(starts[chunk], data, spec, obj, log_n)
     order = np.argsort(values, kind="stable")
     return starts[_diverse(starts[order], spec, keep, order)]

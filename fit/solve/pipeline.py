@@ -9,6 +9,7 @@ of the per-format objectives with the five parameters tied.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from fit.errors import InputError
 from fit.law import EFF_PREFIX, FULL_P, LAWS, predict_loss
 from fit.solve.bootstrap import BootJob, finite_percentile_ci, run_bootstrap
 from fit.solve.coupled import CoupledSpec, coupled_flags
-from fit.solve.diagnostics import collinear_flag, form_flags, information
+from fit.solve.diagnostics import collinear_flag, form_flags, identification_flags, identify, information
 from fit.solve.forms import FORMS, FormSpec, assign_slots
 from fit.solve.objective import GAMMA_BOUNDS, FitData, LawSpec, Objective
 from fit.solve.optimize import profile_gamma
@@ -219,12 +220,22 @@ def run_fits(table: Table, opts: FitOptions) -> dict[str, Any]:
     unit_of_row, unit_name = bootstrap_units(frame)  # branches of one trunk are one unit, not several runs
     fits: dict[str, dict[str, Any]] = {}
     results = []
-    for job in jobs:
+    for number, job in enumerate(jobs, 1):
+        say = _stage(opts, f"fit {number}/{len(jobs)} ({', '.join(job.names)}, {len(job.data.L)} rows)")
+        say("fitting")
         result = fit_any(job.data, job.spec, opts.objective, opts.grid, opts.n_best, opts.two_stage)
         results.append(result)
+        if opts.extrapolate:
+            say("refitting without the largest N (extrapolation check)")
         extrap = _extrapolate(job, opts) if opts.extrapolate else [None] * len(job.names)
         profiled = opts.profile and precision and not opts.two_stage  # the profile frees A..beta
+        if profiled:
+            say("profiling gamma")
         profiles = profile_gamma(result.theta, job.data, job.spec, opts.objective) if profiled else []
+        # identification on the objective itself (fit.solve.diagnostics.identify); n: independent units
+        n_units = len(np.unique(unit_of_row[job.row_ids[job.data.weight > 0]]))
+        verdicts = identify(result.theta, result.objective, job.data, job.spec, opts.objective, n_units,
+                            len(job.names), profiles or None)  # fmt: skip
         for group, (name, params) in enumerate(
             zip(job.names, params_of(result.theta, job.spec), strict=True)
         ):
@@ -250,7 +261,11 @@ def run_fits(table: Table, opts: FitOptions) -> dict[str, Any]:
                 + collinear_flag(job.data, rows)
                 + (coupled_flags(params) if opts.law == "coupled" else [])
                 + (form_flags(opts.law, params, job.data, rows) if opts.law in FORMS else []),
+                identification=verdicts[group],
             )
+            named = {f.split(":", 1)[0] for f in entry["flags"]}
+            entry["flags"] += [f for f in identification_flags(verdicts[group], params)
+                               if f.split(":", 1)[0] not in named]  # fmt: skip
             entry["information"] = _information(job, result.theta, opts.objective)
             if opts.two_stage:
                 entry["two_stage"] = True  # A, B, E, alpha, beta are the 16-bit anchors' Chinchilla fit
@@ -267,6 +282,18 @@ def run_fits(table: Table, opts: FitOptions) -> dict[str, Any]:
     if opts.bootstrap > 0:
         _attach_bootstrap(jobs, results, fits, frame, opts)
     return {"fits": fits, "extrapolation": _pooled_extrapolation(fits)}
+
+
+def _stage(opts: FitOptions, label: str):
+    """A ``say(step)`` that prints ``label: step`` on stderr when progress is shown (a terminal, or
+    --progress): a 100k-row fit spends minutes before its bootstrap starts, and used to print nothing."""
+    show = sys.stderr.isatty() if opts.progress is None else opts.progress
+
+    def say(step: str) -> None:
+        if show:
+            print(f"{label}: {step}", file=sys.stderr, flush=True)
+
+    return say
 
 
 def _data_range(data: FitData, rows: np.ndarray) -> dict[str, list[float]]:
