@@ -113,7 +113,7 @@ def information(loss: str, space: str, delta: float, residuals: np.ndarray, n_pa
 LR_95 = 3.841  # χ²₁ 95 % quantile
 COEFFICIENT_SPAN = float(np.log(1e3))  # A, B, E, C: scanned from 1/1000 to 1000 times the estimate
 SCAN_POINTS = 9
-LAW_NAMES = {"a": "A", "b": "B", "e": "E", "alpha": "alpha", "beta": "beta", "p0": "offset"}
+LAW_NAMES = {"a": "A", "b": "B", "e": "E", "alpha": "alpha", "beta": "beta", "p0": "offset", "k": "k"}
 
 
 def lr_scale(loss: str, n_units: int) -> float:
