@@ -72,7 +72,8 @@ def chosen_bits(given: str | None, source: LawSource, acct: BitAccounting) -> li
     """--bits as given, else the default widths every fitted format's data span. (A fixed default failed
     late, on the first figure or budget, for a fit without 1-bit runs.) Presets have no span: all of them."""
     from fit.answer.query import can_answer
-    from fit.answer.recommend import DEFAULT_BITS, parse_bits
+    from fit.answer.recommend import DEFAULT_BITS
+    from fit.units import parse_bits
 
     if given is not None:
         return parse_bits(given)
