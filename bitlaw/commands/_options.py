@@ -26,8 +26,8 @@ STUDY_ARCH = "llama3:continuous"  # plot and report: the family of the memory fi
 
 def load_source(fit: str | None, preset: str | None) -> LawSource:
     """The law a command answers from: a fit.json or a preset's published constants, exactly one."""
-    from fit.answer.presets import PRESETS, get_preset
     from fit.answer.fit_source import source_from_fit
+    from fit.answer.presets import PRESETS, get_preset
     from fit.fitfile import load_fit
 
     presets = ", ".join(PRESETS)
