@@ -13,10 +13,8 @@ what its per-format fit sees (fit/solve/pipeline.py).
 from __future__ import annotations
 
 import math
-import multiprocessing
 import re
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -32,6 +30,7 @@ from fit.errors import InputError
 from fit.fitfile import LAW_PARAM_KEYS
 from fit.law import predict_loss
 from fit.solve.pipeline import FitOptions, anchor_mask, run_fits
+from fit.solve.workers import forked_pool
 
 DEFAULT_NOISE = 0.005  # 0.5 %: the relative noise fitting.md §4.3 uses for its synthetic identifiability runs
 DEFAULT_SIMULATIONS = 40
@@ -140,10 +139,9 @@ def fit_replicas(
     if workers <= 1 or len(frames) == 1:
         fits = [_fit_one(f, opts) for f in frames]
     else:
-        # fork, as fit/solve/bootstrap.py does: the workers inherit numpy/scipy already imported
-        context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            fits = list(pool.map(_fit_one, frames, [opts] * len(frames)))
+        # forked, as fit/solve/bootstrap.py's: numpy/scipy already imported; Ctrl-C terminates the workers
+        with forked_pool(workers) as pool:
+            fits = pool.starmap(_fit_one, [(f, opts) for f in frames])
     return [next(iter(f.values())) for f in fits]
 
 
