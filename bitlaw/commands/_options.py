@@ -115,30 +115,37 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
 
 def output_dir(path: str) -> Path:
     """-o DIR, created if needed, or one line saying why it cannot be written (before any work)."""
-    return check_output(path, "dir")
+    out = check_output(path, "dir")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"-o/--output: cannot create directory {out}: {err.strerror}") from None
+    return out
 
 
 def check_output(path: str | Path, kind: str = "file", option: str = "-o/--output") -> Path:
-    """An output path, checked before any work: a file where a file is expected (not a directory) and a
-    directory where one is expected, in a directory that exists or is created here and takes a new file.
-    Raises the one-line InputError naming ``option``.  (A read-only -o used to fail only when the results
-    were written, after the whole fit, with a traceback.)  Writability is tried, not read off the mode bits:
-    os.access lets root through a mode-555 directory, and ACLs are not in the mode."""
+    """An output path, checked before any work: a file where a file is expected (not a directory), a
+    directory where one is expected, and a file can be made where it goes (in its directory, or in the
+    nearest existing one above it, where the writer will create the rest).  Creates nothing, so a refusal
+    later leaves nothing behind.  Raises the one-line InputError naming ``option``.  (A read-only -o used to
+    fail only when the results were written, after the whole fit, with a traceback.)  Writability is tried,
+    not read off the mode bits: os.access lets root through a mode-555 directory, and ACLs are not in the
+    mode."""
     out = Path(path)
     if kind == "file" and out.is_dir():
         raise InputError(f"{option}: {out} is a directory; give a file path, e.g. {out / 'out'}{out.suffix}")
     if kind == "dir" and out.exists() and not out.is_dir():
         raise InputError(f"{option}: {out} is a file, not a directory")
     folder = out if kind == "dir" else out.parent
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"{option}: cannot create directory {folder}: {existing} is a file")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(f"{option}: cannot create directory {folder}: {err.strerror}") from None
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".bitlaw-write-test-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".bitlaw-write-test-"):
             pass
     except OSError as err:
-        raise InputError(f"{option}: cannot write into directory {folder} ({err.strerror})") from None
+        where = f"directory {folder}" if existing == folder.absolute() else f"{existing} (to create {folder})"
+        raise InputError(f"{option}: cannot write into {where} ({err.strerror})") from None
     return out
 
 
