@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from bitlaw.commands._options import check_output, write_failed
+from bitlaw.commands._options import add_bits, check_output, chosen_bits, write_failed
 
 SECTION = "The forecast, tested"
 DEFAULT_ARCH = "shapes/demo_family.yaml"  # the demo's family: package data of bitlaw, found from any cwd
@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the shapes to choose from: llama3 | bitlaw | a shapes .yaml/.json (default "
         f"bitlaw/{DEFAULT_ARCH}, shipped with bitlaw)",
     )
+    add_bits(plan)
     plan.add_argument("--experiment", default="demo", help="the grid's experiment: its recipe trains them")
     check = steps.add_parser("check", help="set the contenders' measured losses beside the predictions")
     check.add_argument("plan", metavar="CONTENDERS.json")
@@ -60,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
 def plan(args: argparse.Namespace) -> int:
     from importlib.resources import files
 
+    from fit.answer.fit_source import source_from_fit
+    from fit.answer.memory import BitAccounting
     from fit.answer.shapes import resolve_arch
     from fit.data.table import read_frame
     from fit.errors import InputError
@@ -75,8 +78,11 @@ def plan(args: argparse.Namespace) -> int:
     if len(budgets) != 1:
         raise InputError(f"--memory: one budget, got {len(budgets)} ({args.memory})")
     tokens = parse_tokens(args.tokens) if args.tokens else None
+    # the widths inside the fit's data span, as recommend's default: a fixed 1,2,3,4,16 refused any fit
+    # without 1-bit runs (the tour's) with an error naming --bits, an option verify plan lacked
+    bits = chosen_bits(args.bits, source_from_fit(fitfile), BitAccounting())
     out = check_output(args.output, "dir")
-    result = choose_contenders(fitfile, grid, args.format, shapes, budgets[0], tokens)
+    result = choose_contenders(fitfile, grid, args.format, shapes, budgets[0], tokens, bits=tuple(bits))
 
     new = [c for c in result.contenders if not c.in_grid]
     overrides = [
