@@ -2,8 +2,8 @@
 
 The commands are read from the README itself (the ```bash block under "## Quick start"), so the test fails
 when a README command breaks.  They run in a fresh temporary directory, as from the top of a fresh clone:
-``results`` there links to the checkout's committed results/demo (step 4 reads it; nothing writes it), and
-everything a step writes (runs/, sweeps/, runs.csv, fit.json) lands in the temporary directory.
+it holds a copy of the committed results/demo (step 4 reads it; a copy, so a step that wrote there could
+not touch the checkout), and everything a step writes (runs/, sweeps/, runs.csv, fit.json) lands in it.
 
 Two things differ from a user's terminal, each on purpose:
 - ``.venv/bin/python`` is this interpreter and ``.venv/bin/bitlaw`` is ``python -m bitlaw``, with the
@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -100,7 +101,7 @@ def test_the_steps_match_the_readme():
 @pytest.mark.slow
 @pytest.mark.integration
 def test_the_quick_start_runs_as_written(tmp_path):
-    (tmp_path / "results").symlink_to(ROOT / "results", target_is_directory=True)
+    shutil.copytree(ROOT / "results" / "demo", tmp_path / "results" / "demo")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     commands = quick_start_commands()
     assert commands[0] == "make install"  # not run: see the module docstring
