@@ -14,6 +14,8 @@ import sys
 
 from fit.errors import InputError
 
+INTERRUPTED = 130  # exit status after Ctrl-C, as a shell reports a process killed by SIGINT
+
 # name -> (module, one-line help). Add a line when a subcommand is implemented, never before.
 COMMANDS: dict[str, tuple[str, str]] = {
     "gather": ("bitlaw.commands.gather", "collect run dirs into one runs table (CSV or Parquet)"),
@@ -70,15 +72,23 @@ def main(argv: list[str] | None = None) -> int:
         allowed = ", ".join(COMMANDS) or "(none yet)"
         print(f"bitlaw: error: unknown command {name!r}; allowed: {allowed}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"bitlaw {name}", description=COMMANDS[name][1])
-    module.add_arguments(parser)
-    args = parser.parse_args(attach_negative_values(rest))
+    args = None
     try:
+        module = importlib.import_module(COMMANDS[name][0])
+        parser = argparse.ArgumentParser(prog=f"bitlaw {name}", description=COMMANDS[name][1])
+        module.add_arguments(parser)
+        args = parser.parse_args(attach_negative_values(rest))
         return int(module.run(args) or 0)
     except InputError as err:
         print(f"bitlaw {name}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C: one line, the shell's code for SIGINT (128 + 2); the worker pools were terminated on the
+        # way out (fit/solve/workers.py) and the atomic writes leave no partial file. A progress bar (on a
+        # terminal, or forced by --progress) is mid-line: end it first.
+        lead = "\n" if sys.stderr.isatty() or getattr(args, "progress", False) else ""
+        print(f"{lead}bitlaw {name}: interrupted (Ctrl-C); nothing more was written", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

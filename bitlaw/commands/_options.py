@@ -6,7 +6,7 @@ load inside the functions), so `bitlaw fit --help` stays fast."""
 from __future__ import annotations
 
 import argparse
-import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -121,11 +121,42 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
 
 def output_dir(path: str) -> Path:
     """-o DIR, created if needed, or one line saying why it cannot be written (before any work)."""
-    out = Path(path)
+    out = check_output(path, "dir")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise InputError(f"-o/--output: cannot create directory {out}: {err.strerror}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise InputError(f"-o/--output: directory {out} is not writable")
     return out
+
+
+def check_output(path: str | Path, kind: str = "file", option: str = "-o/--output") -> Path:
+    """An output path, checked before any work: a file where a file is expected (not a directory), a
+    directory where one is expected, and a file can be made where it goes (in its directory, or in the
+    nearest existing one above it, where the writer will create the rest).  Creates nothing, so a refusal
+    later leaves nothing behind.  Raises the one-line InputError naming ``option``.  (A read-only -o used to
+    fail only when the results were written, after the whole fit, with a traceback.)  Writability is tried,
+    not read off the mode bits: os.access lets root through a mode-555 directory, and ACLs are not in the
+    mode."""
+    out = Path(path)
+    if kind == "file" and out.is_dir():
+        raise InputError(f"{option}: {out} is a directory; give a file path, e.g. {out / 'out'}{out.suffix}")
+    if kind == "dir" and out.exists() and not out.is_dir():
+        raise InputError(f"{option}: {out} is a file, not a directory")
+    folder = out if kind == "dir" else out.parent
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"{option}: cannot create directory {folder}: {existing} is a file")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".bitlaw-write-test-"):
+            pass
+    except OSError as err:
+        where = f"directory {folder}" if existing == folder.absolute() else f"{existing} (to create {folder})"
+        raise InputError(f"{option}: cannot write into {where} ({err.strerror})") from None
+    return out
+
+
+def write_failed(path: str | Path, err: OSError, option: str = "-o/--output") -> InputError:
+    """The one line for an output that could still not be written at the end (the disk filled, the
+    directory was removed or made read-only meanwhile): the results were printed above it."""
+    reason = err.strerror or str(err)
+    return InputError(f"{option}: cannot write {path} ({reason}); the results above are not saved")

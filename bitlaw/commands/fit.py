@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bitlaw.commands._options import N_CONVENTIONS
+from bitlaw.commands._options import N_CONVENTIONS, check_output, write_failed
 from fit.errors import InputError
 
 # mirrors fit.law.LAWS without importing numpy
@@ -140,8 +140,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
     output = Path(args.output)
     if output.suffix.lower() != ".json":
         raise InputError(f"-o/--output: {output} must end in .json")
-    if output.parent != Path("") and not output.parent.is_dir():
-        raise InputError(f"-o/--output: directory {output.parent} does not exist")
+    check_output(output)  # before the fit and its bootstrap, not after them
 
 
 def run(args: argparse.Namespace) -> int:
@@ -209,8 +208,11 @@ def run(args: argparse.Namespace) -> int:
         else shlex.join(sys.argv),
         **result,
     }
-    write_fit(Path(args.output), document)
-    print(format_summary(document))
+    print(format_summary(document))  # first: a write that still fails loses no results
+    try:
+        write_fit(Path(args.output), document)
+    except OSError as err:
+        raise write_failed(args.output, err) from None
     print(f"wrote {args.output}")
     return 0
 

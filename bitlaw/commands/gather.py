@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bitlaw.commands._options import N_CONVENTIONS
+from bitlaw.commands._options import N_CONVENTIONS, check_output, write_failed
 from fit.errors import InputError
 from sweep.contract import SummaryStatus, atomic_path
 
@@ -47,8 +47,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.suffix.lower() not in SUFFIXES:
         raise InputError(f"-o/--output: {output} must end in {' or '.join(SUFFIXES)}")
-    if str(output.parent) and not output.parent.is_dir():
-        raise InputError(f"-o/--output: directory {output.parent} does not exist")
+    check_output(output)  # before walking the run dirs
     result = gather(args.sweep_dirs, args.n_convention, args.all)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -63,11 +62,14 @@ def run(args: argparse.Namespace) -> int:
             f"({len(result.skipped)} not completed; --all writes them anyway)"
         )
     frame = to_frame(result.rows)
-    with atomic_path(output) as tmp:
-        if output.suffix.lower() == ".csv":
-            frame.to_csv(tmp, index=False)
-        else:
-            _parquet_safe(frame).to_parquet(tmp, index=False)
+    try:
+        with atomic_path(output) as tmp:
+            if output.suffix.lower() == ".csv":
+                frame.to_csv(tmp, index=False)
+            else:
+                _parquet_safe(frame).to_parquet(tmp, index=False)
+    except OSError as err:  # the warnings above were printed; the table is not
+        raise write_failed(output, err) from None
     completed = int((frame["status"] == SummaryStatus.COMPLETED).sum())
     print(f"wrote {output}: {len(frame)} rows ({completed} completed, {len(result.skipped)} not completed)")
     return 0

@@ -311,11 +311,13 @@ def render(report: dict[str, Any]) -> str:
         if b.get("share") is None:
             lines.append(f"  best bit width: not checked ({b.get('reason')})")
         else:
-            spread = ", ".join(f"{k}-bit {100 * v:.0f} %" for k, v in b["replica_bits"].items())
+            spread = [f"{k}-bit {100 * v:.0f} %" for k, v in b["replica_bits"].items()]
+            if b.get("no_winner_share"):  # a replica whose fitted law ties every bit width
+                spread.append(f"no winner {100 * b['no_winner_share']:.0f} %")
+            truth = "no winner" if b["truth_bits"] is None else f"{b['truth_bits']}-bit"
             lines.append(
                 f"  best bit width at {format_bytes(b['memory_bytes'])} ({report['arch']}): "
-                f"truth {b['truth_bits']}-bit;"
-                f" {100 * b['share']:.0f} % of replicas agree ({spread})"
+                f"truth {truth}; {100 * b['share']:.0f} % of replicas agree ({', '.join(spread)})"
             )
         lines.append(f"  compute of these runs: {_compute_line(f['compute'])}")
     c = report["compute"]

@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from bitlaw.commands._options import add_bits, check_output, chosen_bits, write_failed
+
 SECTION = "The forecast, tested"
 DEFAULT_ARCH = "shapes/demo_family.yaml"  # the demo's family: package data of bitlaw, found from any cwd
 
@@ -35,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the shapes to choose from: llama3 | bitlaw | a shapes .yaml/.json (default "
         f"bitlaw/{DEFAULT_ARCH}, shipped with bitlaw)",
     )
+    add_bits(plan)
     plan.add_argument("--experiment", default="demo", help="the grid's experiment: its recipe trains them")
     check = steps.add_parser("check", help="set the contenders' measured losses beside the predictions")
     check.add_argument("plan", metavar="CONTENDERS.json")
@@ -59,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
 def plan(args: argparse.Namespace) -> int:
     from importlib.resources import files
 
+    from fit.answer.fit_source import source_from_fit
+    from fit.answer.memory import BitAccounting
     from fit.answer.shapes import resolve_arch
     from fit.data.table import read_frame
     from fit.errors import InputError
@@ -74,17 +79,13 @@ def plan(args: argparse.Namespace) -> int:
     if len(budgets) != 1:
         raise InputError(f"--memory: one budget, got {len(budgets)} ({args.memory})")
     tokens = parse_tokens(args.tokens) if args.tokens else None
-    result = choose_contenders(fitfile, grid, args.format, shapes, budgets[0], tokens)
+    # the widths inside the fit's data span, as recommend's default: a fixed 1,2,3,4,16 refused any fit
+    # without 1-bit runs (the tour's) with an error naming --bits, an option verify plan lacked
+    bits = chosen_bits(args.bits, source_from_fit(fitfile), BitAccounting())
+    out = check_output(args.output, "dir")
+    result = choose_contenders(fitfile, grid, args.format, shapes, budgets[0], tokens, bits=tuple(bits))
 
-    out = Path(args.output)
-    group = out / "conf" / "contender"
-    group.mkdir(parents=True, exist_ok=True)
-    for stale in group.glob("*.yaml"):
-        stale.unlink()
     new = [c for c in result.contenders if not c.in_grid]
-    for c in new:
-        atomic_write_text(group / f"{c.config_name}.yaml", contender_config(c))
-    atomic_write_json(out / "contenders.json", result.as_dict())
     overrides = [
         f"experiment={args.experiment}",
         f"hydra.searchpath=[file://{(out / 'conf').resolve()}]",
@@ -94,7 +95,6 @@ def plan(args: argparse.Namespace) -> int:
         f"train.tokens={int(result.D)}",
         "+contender=" + ",".join(c.config_name for c in new),
     ]
-    atomic_write_text(out / "sweep_overrides.txt", "\n".join(overrides) + "\n")
 
     print(
         f"budget {format_bytes(result.budget_bytes)} ({result.budget_bytes:,.0f} bytes), D {result.D:,.0f}, "
@@ -110,6 +110,17 @@ def plan(args: argparse.Namespace) -> int:
         )
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    group = out / "conf" / "contender"
+    try:  # after the printing: a write that still fails loses no results
+        group.mkdir(parents=True, exist_ok=True)
+        for stale in group.glob("*.yaml"):
+            stale.unlink()
+        for c in new:
+            atomic_write_text(group / f"{c.config_name}.yaml", contender_config(c))
+        atomic_write_json(out / "contenders.json", result.as_dict())
+        atomic_write_text(out / "sweep_overrides.txt", "\n".join(overrides) + "\n")
+    except OSError as err:
+        raise write_failed(err.filename or out, err) from None
     print(
         f"wrote {out / 'contenders.json'}, {len(new)} contender config(s) and {out / 'sweep_overrides.txt'}"
     )
@@ -123,6 +134,9 @@ def check(args: argparse.Namespace) -> int:
     from fit.study.verify import ContenderPlan, other_form, render_markdown, verdict
     from sweep.contract import atomic_write_json
 
+    check_output(args.output)
+    if args.report:
+        check_output(args.report, option="--report")
     try:
         data = json.loads(Path(args.plan).read_text())
     except (OSError, ValueError) as err:
@@ -132,10 +146,16 @@ def check(args: argparse.Namespace) -> int:
     result = verdict(contender_plan, [read_frame(path) for path in args.runs])
     result["other_forms"] = [other_form(contender_plan, result, fit, path) for fit, path in others]
     text = render_markdown(result)
-    atomic_write_json(args.output, result)
+    print(text, end="")  # first: a write that still fails loses no results
+    try:
+        atomic_write_json(args.output, result)
+    except OSError as err:
+        raise write_failed(args.output, err) from None
     if args.report:
-        add_section(Path(args.report), text, args.title)
-    print(text, end="")
+        try:
+            add_section(Path(args.report), text, args.title)
+        except OSError as err:
+            raise write_failed(args.report, err, "--report") from None
     print(f"wrote {args.output}" + (f" and the section in {args.report}" if args.report else ""))
     return 0
 

@@ -10,10 +10,8 @@ the worker count.
 
 from __future__ import annotations
 
-import multiprocessing
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +21,7 @@ from fit.solve import batched
 from fit.solve.objective import FitData, Objective
 from fit.solve.optimize import BLAS_LIMIT
 from fit.solve.staged import Spec, refit_any
+from fit.solve.workers import forked_pool
 
 
 @dataclass
@@ -129,14 +128,14 @@ def run_bootstrap(
             results[start] = _refit_chunk(jobs, unit_of_row, block)
             bar.update(sum(len(r[0]) for r in results.values()))
     else:
-        # fork: workers inherit the imported modules (no re-import cost); the jobs are small to pickle
-        context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = {pool.submit(_refit_chunk, jobs, unit_of_row, block): start for start, block in pieces}
+        # fork: workers inherit the imported modules (no re-import cost); the jobs are small to pickle.
+        # forked_pool terminates the workers on Ctrl-C instead of waiting for their chunks (solve/workers.py)
+        with forked_pool(workers) as pool:
+            futures = {start: pool.apply_async(_refit_chunk, (jobs, unit_of_row, b)) for start, b in pieces}
             done = 0
-            for future in as_completed(futures):
-                results[futures[future]] = future.result()
-                done += len(results[futures[future]][0])
+            for start, future in futures.items():
+                results[start] = future.get()
+                done += len(results[start][0])
                 bar.update(done)
     order = sorted(results)
     return [np.vstack([results[start][j] for start in order]) for j in range(len(jobs))]

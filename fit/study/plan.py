@@ -13,10 +13,8 @@ what its per-format fit sees (fit/solve/pipeline.py).
 from __future__ import annotations
 
 import math
-import multiprocessing
 import re
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -32,6 +30,7 @@ from fit.errors import InputError
 from fit.fitfile import LAW_PARAM_KEYS
 from fit.law import predict_loss
 from fit.solve.pipeline import FitOptions, anchor_mask, run_fits
+from fit.solve.workers import forked_pool
 
 DEFAULT_NOISE = 0.005  # 0.5 %: the relative noise fitting.md §4.3 uses for its synthetic identifiability runs
 DEFAULT_SIMULATIONS = 40
@@ -140,10 +139,9 @@ def fit_replicas(
     if workers <= 1 or len(frames) == 1:
         fits = [_fit_one(f, opts) for f in frames]
     else:
-        # fork, as fit/solve/bootstrap.py does: the workers inherit numpy/scipy already imported
-        context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            fits = list(pool.map(_fit_one, frames, [opts] * len(frames)))
+        # forked, as fit/solve/bootstrap.py's: numpy/scipy already imported; Ctrl-C terminates the workers
+        with forked_pool(workers) as pool:
+            fits = pool.starmap(_fit_one, [(f, opts) for f in frames])
     return [next(iter(f.values())) for f in fits]
 
 
@@ -221,24 +219,33 @@ def best_bits_match(
     """Share of replicas whose best bit width at ``budget_bytes`` (``recommend``'s answer) is the truth's.
 
     At fixed D the winner maximises N_eff, whatever A, α, B, β and D are (method.md §7): ``tokens`` only sets
-    the printed loss, so the grid's largest D is used.
+    the printed loss, so the grid's largest D is used.  A law can name no winner (every bit width predicts
+    the same loss, e.g. α so large that the N term vanishes: a weak fit, or a replica at high noise); such a
+    replica counts as "no winner" (``no_winner_share``), and agrees with a truth that names none either.
     """
     info: dict[str, Any] = {"memory_bytes": budget_bytes, "tokens": tokens, "bits": list(bits)}
     if fmt not in ALL_FORMATS:
         return {**info, "share": None, "reason": f"format {fmt!r} has no bit accounting in fit.answer.memory"}
     acct = BitAccounting()
 
-    def best(law: FormatLaw) -> int:
+    def best(law: FormatLaw) -> int | None:
         source = LawSource("plan", {fmt: law}, n_convention)
-        return recommend(source, budget_bytes, tokens, shapes, list(bits), fmt, acct).best.bits
+        winner = recommend(source, budget_bytes, tokens, shapes, list(bits), fmt, acct).best
+        return None if winner is None else winner.bits
 
     want = best(truth)
     got = [
         best(replace(truth, params={k: float(e[k]) for k in LAW_PARAM_KEYS if k in e}, samples=None))
         for e in entries
     ]
-    counts = {str(b): got.count(b) / len(got) for b in sorted(set(got))}
-    return {**info, "truth_bits": want, "share": got.count(want) / len(got), "replica_bits": counts}
+    counts = {str(b): got.count(b) / len(got) for b in sorted({b for b in got if b is not None})}
+    return {
+        **info,
+        "truth_bits": want,  # None: the simulated law itself names no winner
+        "share": got.count(want) / len(got),
+        "replica_bits": counts,
+        "no_winner_share": got.count(None) / len(got),
+    }
 
 
 # ----------------------------------------------------------------------------- compute
