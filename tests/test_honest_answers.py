@@ -206,9 +206,10 @@ def test_a_run_id_twice_is_refused(tmp_path: Path, capsys) -> None:
     table = (tmp_path / "runs.csv").read_text().splitlines()
     (tmp_path / "doubled.csv").write_text("\n".join([*table, *table[1:]]) + "\n")
     code, _, err = run_cli(capsys, "fit", tmp_path / "doubled.csv", "-o", tmp_path / "f.json")
-    assert code == 2 and "column 'run': 63 of 126 rows repeat a run id" in err and "data rows 1 and 64" in err
+    assert code == 2 and "column 'run': 63 of 126 rows repeat a run at the same D" in err
+    assert "data rows 1 and 64" in err and "was a sweep gathered twice?" in err
     code, _, err = run_cli(capsys, "plot", fit, "--data", tmp_path / "doubled.csv", "-o", tmp_path / "o")
-    assert code == 2 and "repeat a run id" in err and not (tmp_path / "o").exists()
+    assert code == 2 and "repeat a run at the same D" in err and not (tmp_path / "o").exists()
 
 
 @pytest.mark.integration

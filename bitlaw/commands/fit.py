@@ -12,7 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bitlaw.commands._options import N_CONVENTIONS, check_output, write_failed
+from bitlaw.commands._options import (
+    N_CONVENTIONS,
+    add_drop_early,
+    check_output,
+    drop_early_line,
+    write_failed,
+)
 from fit.errors import InputError
 
 # mirrors fit.law.LAWS without importing numpy
@@ -66,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="drop rows with missing, non-numeric or non-positive N, D, loss, P (counted)",
     )
+    add_drop_early(parser)
     parser.add_argument(
         "--by",
         choices=("format",),
@@ -153,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
     columns = parse_columns(args.columns)
     uses_p = args.law != "chinchilla" and (args.law != "coupled" or _has_p_column(args.data, columns))
     require = ("N", "D", "loss") + (("P",) if uses_p else ()) + (("format",) if args.by else ())
-    table = load_table(args.data, columns, args.where, require, args.drop_invalid, args.n_convention)
+    table = load_table(args.data, columns, args.where, require, args.drop_invalid, args.n_convention,
+                       args.drop_early)
     _refuse_silent_pooling(args, table.frame)
     objective = Objective(args.loss, args.delta, args.space, args.asym_weight)
     opts = FitOptions(
@@ -201,6 +209,9 @@ def run(args: argparse.Namespace) -> int:
             "rows_after_where": table.n_rows_where,
             "rows_used": len(table.frame),
             "dropped": table.dropped,
+            # report, plot and predict's range check re-apply it (fit.data.table.prepare_table)
+            "drop_early": table.drop_early,
+            "rows_dropped_early": table.n_dropped_early,
             "bootstrap_unit": bootstrap_units(table.frame)[1],
         },
         "command": shlex.join(["bitlaw", "fit", *sys.argv[2:]])
@@ -264,6 +275,9 @@ def format_summary(document: dict[str, Any]) -> str:
         f"{document['law']} law, {loss} on {document['space']} loss, {data['rows_used']} rows"
         f" ({dropped} dropped{', where ' + data['where'] if data['where'] else ''})"
     ]
+    if data.get("drop_early"):
+        before = data["rows_used"] + data["rows_dropped_early"]
+        lines.append(drop_early_line(data["drop_early"], data["rows_dropped_early"], before))
     for name, entry in document["fits"].items():
         state = "converged" if entry["converged"] else "NOT converged"
         lines.append(
@@ -289,8 +303,10 @@ def format_summary(document: dict[str, Any]) -> str:
             lines.append(f"  eff({p:<4}) {_num(value):>9}{text}  (implied gamma {_num(implied)})")
         extrap = entry.get("extrapolation")
         if extrap and extrap.get("mape") is not None:
+            of_runs = extrap.get("n_runs", extrap["n_points"])  # a checkpoint table: more points than runs
+            runs = f" of {of_runs} run{'s' * (of_runs != 1)}" if of_runs < extrap["n_points"] else ""
             lines.append(
-                f"  extrapolation to N={extrap['N']:.4g} ({extrap['n_points']} points held out): "
+                f"  extrapolation to N={extrap['N']:.4g} ({extrap['n_points']} points{runs} held out): "
                 f"MAPE {100 * extrap['mape']:.2f} %"
             )
         elif extrap:

@@ -104,8 +104,9 @@ def fit_rows(fitfile: FitFile, path: Path, fmt: str | None = None) -> Any:
 
     raw = read_frame(path)
     columns = {k: v for k, v in (fitfile.data.get("columns") or {}).items() if v in raw.columns}
-    where = (fitfile.data.get("data") or {}).get("where")
-    frame = prepare_table(raw, columns, where, require=("N", "D"), drop_invalid=True).frame
+    info = fitfile.data.get("data") or {}
+    frame = prepare_table(raw, columns, info.get("where"), require=("N", "D"), drop_invalid=True,
+                          drop_early=float(info.get("drop_early") or 0.0)).frame
     name = next(iter(fitfile.data["fits"])) if fmt is None else fmt
     if fitfile.data.get("by") == "format" and "format" in frame and name in set(frame["format"]):
         anchor = frame["format"].isin(["none", "bf16"]) & (frame.get("P", 16) >= 8)

@@ -301,7 +301,7 @@ def compute_cost(
     else:
         hours, rate = flops / flops_per_s / 3600, rate_label or f"{flops_per_s:g} FLOP/s"
     return {
-        "runs": int(len(frame)),
+        "runs": int(frame["run"].nunique()) if "run" in frame else int(len(frame)),  # a run: several D rows
         "trunks": int(len(trunks)),
         "tokens": tokens,
         "flops": flops,
