@@ -203,6 +203,7 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError(f"--simulations: {args.simulations} is not allowed; use 2 or more (e.g. 40)")
     if args.workers < 1:
         raise InputError(f"--workers: {args.workers} is not allowed; use 1 or more")
+    _tokens(args)  # a bad --tokens is refused before the grid is composed
     if args.mfu is not None and not (math.isfinite(args.mfu) and 0 < args.mfu <= 1):
         raise InputError(f"--mfu: {args.mfu} is not allowed; use a fraction in (0, 1], e.g. 0.4")
     for name in ("flops_per_s", "tokens_per_s", "peak_flops"):
