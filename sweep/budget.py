@@ -43,13 +43,13 @@ from typing import Any
 from sweep.contract import param_counts
 
 GB = 1e9
-DEFAULT_GPU_MEMORY = 80 * GB        # an A100/H100 80GB; bitlaw plan --gpu-memory, hydra.launcher.gpu_memory_gb
+DEFAULT_GPU_MEMORY = 80 * GB        # A100/H100 80GB: plan --gpu-memory, sweep.preflight.gpu_memory_gb
 DEFAULT_MFU = 0.4                   # bitlaw plan --mfu
 DEFAULT_PEAK_FLOPS = 989e12         # H100/H200 SXM dense bf16 (sweep/meters.py)
 CUDA_CONTEXT = 1 * GB
-CUDA_OVERHEAD = 0.10                # of the counted bytes: the caching allocator's rounding, cuBLAS workspaces
+CUDA_OVERHEAD = 0.10                # of the counted bytes: the allocator's rounding, cuBLAS workspaces
 RESTART_S = 600.0                   # per Slurm attempt: checkpoint, requeue wait, rebuild and compile
-HOST_RUNTIME = 4 * GB               # per rank on the host: Python, torch and the CUDA libraries, the data loader
+HOST_RUNTIME = 4 * GB               # per rank on the host: Python, torch, the CUDA libraries, data
 
 
 @dataclass(frozen=True)
@@ -292,7 +292,8 @@ def refusal(budgets: list[JobBudget]) -> str | None:
     b = bad[0]
     why = []
     if not b.fits:
-        why.append(f"needs {b.peak_memory_bytes / GB:.1f} GB of GPU memory, over {b.memory_limit_bytes / GB:.0f}")
+        why.append(f"needs {b.peak_memory_bytes / GB:.1f} GB of GPU memory, over "
+                   f"{b.memory_limit_bytes / GB:.0f}")
     if not b.finishes:
         why.append(f"needs {b.wall_s / 3600:.1f} h, over its {b.time_limit_s / 3600:.1f} h "
                    "(timeout_min × (max_num_timeout + 1))")
