@@ -270,16 +270,17 @@ def fixes(budget: JobBudget, job: Mapping[str, Any], res: Resources, gpu_memory:
         else:
             out.append(f"a GPU with more than {budget.peak_memory_bytes / GB:.0f} GB: even one sequence per "
                        "micro-batch does not fit (data parallelism replicates the weights)")
+    # a job that sizes its own resources (sweep.slurm, experiment=cluster's rungs) is fixed there
+    key = "sweep.slurm" if (job.get("sweep") or {}).get("slurm") else "hydra.launcher"
     if not budget.finishes and budget.time_limit_s is not None:
         attempts = math.ceil(budget.wall_s / (res.timeout_min * 60)) if res.timeout_min else 1
-        out.append(f"hydra.launcher.max_num_timeout={attempts} (or a longer timeout_min)")
-        ratio = budget.wall_s / budget.time_limit_s
+        out.append(f"{key}.max_num_timeout={attempts} (or a longer timeout_min)")
         if res.gpus_per_node:
-            nodes = math.ceil(res.nodes * ratio)
-            out.append(f"hydra.launcher.nodes={nodes} (×{res.gpus_per_node} GPUs)")
+            nodes = math.ceil(res.nodes * budget.wall_s / budget.time_limit_s)
+            out.append(f"{key}.nodes={nodes} (×{res.gpus_per_node} GPUs)")
     if job["train"].get("device") == "cuda" and res.mem_gb is not None \
             and budget.host_memory_bytes > res.mem_gb * GB:
-        out.append(f"hydra.launcher.mem_gb={math.ceil(budget.host_memory_bytes / GB)} (host memory)")
+        out.append(f"{key}.mem_gb={math.ceil(budget.host_memory_bytes / GB)} (host memory)")
     return out
 
 
