@@ -140,7 +140,8 @@ class SlurmArray:
         # override the sweep's hydra.launcher keys (sweep/budget.py job_launcher)
         groups: dict[str, list[PlannedRun]] = {}
         for p in planned:
-            own = OmegaConf.to_container(OmegaConf.select(p.config, "sweep.slurm") or {}, resolve=True)
+            node = OmegaConf.select(p.config, "sweep.slurm")
+            own = OmegaConf.to_container(node, resolve=True) if node is not None else {}
             groups.setdefault(json.dumps(own, sort_keys=True), []).append(p)
         planned = [p for group in groups.values() for p in group]
         jobs = []
