@@ -54,8 +54,8 @@ def parse_columns(spec: str | None) -> dict[str, str]:
     for item in spec.split(","):
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
-        if key.strip() in mapping:  # "loss=loss,loss=N" kept the last: a fit of N as the loss, exit 0
-            raise InputError(f"--columns: {key.strip()!r} is mapped twice; map each name once")
+        if key in mapping:  # "loss=loss,loss=N" kept the last: a fit of N as the loss, exit 0
+            raise InputError(f"--columns: {key!r} is mapped twice; map each name once")
         if not sep or not key or not value:
             raise InputError(
                 f"--columns: {item!r} is not NAME=COLUMN; e.g. --columns N=params,D=tokens,loss=val"
@@ -78,8 +78,7 @@ def read_frame(path: str | Path) -> pd.DataFrame:
         raise InputError(f"DATA {path}: the file is empty (0 rows)")
     try:
         if kind == "csv":
-            sep = "\t" if path.suffix.lower() == ".tsv" else ","
-            frame = pd.read_csv(path, sep=sep)
+            frame = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
         elif kind == "jsonl":
             frame = pd.read_json(path, lines=True)
         else:
