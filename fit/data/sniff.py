@@ -28,8 +28,8 @@ def check_csv_header(path: Path, frame: pd.DataFrame, sep: str) -> None:
             if delimiter != sep and delimiter in name:
                 raise InputError(
                     f"DATA {path}: one column read, and its header holds {label}: the file looks "
-                    f"{label}-delimited; bitlaw reads ',' in .csv and tab in .tsv (convert it, or name it .tsv "
-                    "for tabs)"
+                    f"{label}-delimited; bitlaw reads ',' in .csv and tab in .tsv (convert it, or name "
+                    "it .tsv for tabs)"
                 )
     with open(path, newline="", encoding="utf-8", errors="replace") as handle:
         header = next(csv.reader(handle, delimiter=sep), [])
@@ -42,7 +42,7 @@ def check_csv_header(path: Path, frame: pd.DataFrame, sep: str) -> None:
 
 
 def jsonl_error(path: Path) -> InputError | None:
-    """The first line of a JSONL file that is not a JSON object, named by its line number (None if all are)."""
+    """The first line of a JSONL file that is not a JSON object, by its line number (None if all are)."""
     with open(path, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -50,7 +50,7 @@ def jsonl_error(path: Path) -> InputError | None:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                return InputError(f"DATA {path}: line {number} is not valid JSON ({err.msg}); fix or delete it")
+                return InputError(f"DATA {path}: line {number} is not valid JSON ({err.msg}); fix or drop it")
             if not isinstance(record, dict):
                 return InputError(f"DATA {path}: line {number} is not a JSON object ({{\"N\": ..., ...}})")
     return None
