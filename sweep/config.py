@@ -7,6 +7,7 @@ without a traceback and exits non-zero.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -122,6 +123,10 @@ def from_dict(cfg: dict[str, Any], check_paths: bool = True) -> JobConfig:
     return job
 
 
+FINITE_TRAIN_KEYS = ("tokens", "tokens_per_param", "lr", "warmup", "weight_decay", "min_lr_ratio",
+                     "decay_fraction", "eval_every", "final_eval_spacing")
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -158,6 +163,13 @@ def validate(job: JobConfig, check_paths: bool = True) -> None:
 
     _require(t.tokens is not None or t.tokens_per_param is not None,
              "train.tokens or train.tokens_per_param must be set")
+    # inf passes every "> 0" below: 1e400 tokens overflowed int() in the job, lr=inf trained to a divergence
+    for key in FINITE_TRAIN_KEYS:
+        value = getattr(t, key)
+        _require(value is None or math.isfinite(float(value)),
+                 f"train.{key} must be a finite number, got {value!r}")
+    _require(isinstance(t.seed, int) and not isinstance(t.seed, bool) and t.seed >= 0,
+             f"train.seed must be an integer >= 0 (numpy's generators refuse negatives), got {t.seed!r}")
     if t.tokens is not None:
         _require(float(t.tokens) > 0, f"train.tokens must be > 0, got {t.tokens!r}")
     if t.tokens_per_param is not None:

@@ -43,7 +43,7 @@ def write_study(root: Path, flags: dict[str, list[str]] | None = None, alpha: fl
         params = {**TRUE, "gamma": gamma, **({"alpha": alpha} if alpha is not None else {})}
         samples = {k: list(v * np.exp(0.02 * rng.standard_normal(40))) for k, v in params.items()}
         fits[fmt] = {**params, "flags": (flags or {}).get(fmt, []), "bootstrap_samples": samples,
-                     "P_range": [1.25, 16.0]}  # fmt: skip
+                     "P_range": [1.25, 16.0], "identification": {}}  # as a current fit.json  # fmt: skip
     doc = {"law": "precision", "by": "format", "n_convention": "quant", "fits": fits,
            "columns": {k: k for k in ("N", "D", "loss", "P", "format", "run")},
            "data": {"path": str(root / "runs.csv"), "sha256": sha256_of(root / "runs.csv"), "dropped": {}}}

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fit.data.sniff import check_csv_header, jsonl_error
 from fit.data.where import filter_rows
 from fit.errors import InputError
 from fit.units import format_name
@@ -55,6 +56,8 @@ def parse_columns(spec: str | None) -> dict[str, str]:
     for item in spec.split(","):
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
+        if key in mapping:  # "loss=loss,loss=N" kept the last: a fit of N as the loss, exit 0
+            raise InputError(f"--columns: {key!r} is mapped twice; map each name once")
         if not sep or not key or not value:
             raise InputError(
                 f"--columns: {item!r} is not NAME=COLUMN; e.g. --columns N=params,D=tokens,loss=val"
@@ -85,8 +88,12 @@ def read_frame(path: str | Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise InputError(f"DATA {path}: the file is empty (0 rows)") from None
     except (ValueError, pd.errors.ParserError, OSError) as err:
+        if kind == "jsonl" and (bad_line := jsonl_error(path)) is not None:
+            raise bad_line from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(f"DATA {path}: cannot read it as {kind} ({first})") from None
+    if kind == "csv":
+        check_csv_header(path, frame, "\t" if path.suffix.lower() == ".tsv" else ",")
     if frame.empty:
         raise InputError(f"DATA {path}: the file has a header but 0 rows")
     return frame

@@ -162,7 +162,7 @@ def section_fits(fitfile: FitFile) -> list[str]:
         status = "converged" if entry.get("converged") else "**not converged**"
         lines += [
             "",
-            f"{entry.get('n_points', '?')} points from {entry.get('n_runs', '?')} runs; objective "
+            f"{entry.get('n_points', '?')} points from {_units(entry)}; objective "
             f"{number_cell(entry.get('objective'))}, {status}, "
             f"‖∇‖ = {number_cell(entry.get('grad_norm'), 2)}.",
         ]
@@ -390,3 +390,11 @@ def _write_report(
     tmp.write_text("\n".join(lines))
     tmp.replace(report)
     return report
+
+
+def _units(entry: dict) -> str:
+    """'20 trunks' when branches share trunks, as ``bitlaw fit`` prints (60 branch rows of 20 trunks are not
+    60 independent runs; the report said "60 points from 60 runs")."""
+    trunks, runs = entry.get("n_trunks"), entry.get("n_runs", "?")
+    return f"{trunks} trunks" if isinstance(trunks, int) and isinstance(runs, int) and trunks < runs \
+        else f"{runs} runs"
