@@ -64,6 +64,7 @@ class TrainConfig:
     # they stay out of the run id and adding them to conf/train/default.yaml kept every existing id.
     compile: bool | None = None  # torch.compile the blocks; null = on for CUDA, off on CPU
     peak_flops: float | None = None  # the device's peak FLOP/s for MFU; null = a known GPU's bf16 peak
+    collective_timeout_s: float | None = None  # DDP: how long ranks wait for a peer; null = sized to a save
 
 
 @dataclass
@@ -217,6 +218,9 @@ def validate(job: JobConfig, check_paths: bool = True) -> None:
         _positive_int(t.max_steps_this_run, "train.max_steps_this_run")
     if t.peak_flops is not None:
         _require(t.peak_flops > 0, f"train.peak_flops must be > 0 (FLOP/s), got {t.peak_flops!r}")
+    if t.collective_timeout_s is not None:
+        _require(t.collective_timeout_s > 0, "train.collective_timeout_s must be > 0 (seconds) or null, got "
+                 f"{t.collective_timeout_s!r}")
 
     _require(d.corpus in CORPORA, f"data.corpus must be one of {', '.join(CORPORA)}, got {d.corpus!r}")
     _require(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction!r}")
