@@ -49,6 +49,7 @@ DEFAULT_PEAK_FLOPS = 989e12         # H100/H200 SXM dense bf16 (sweep/meters.py)
 CUDA_CONTEXT = 1 * GB
 CUDA_OVERHEAD = 0.10                # of the counted bytes: the allocator's rounding, cuBLAS workspaces
 RESTART_S = 600.0                   # per Slurm attempt: checkpoint, requeue wait, rebuild and compile
+LOSS_CHUNK_TOKENS = 4096           # rows of logits at once on CUDA (sweep/model.py reads it from here)
 HOST_RUNTIME = 4 * GB               # per rank on the host: Python, torch, the CUDA libraries, data
 
 
@@ -152,8 +153,10 @@ def memory_terms(model: Mapping[str, Any], train: Mapping[str, Any], quant: Mapp
         "optimizer": 8 * p,
         "ddp_buckets": 4 * p if world_size > 1 else 0,
         "ste_delta": 4 * n_quant if quantized else 0,
-        "trunk_snapshot": 12 * p if train.get("branches") else 0,
-        "resume_payload": 4 * p if cuda else 0,  # a Slurm job is requeued and resumes (CPU runs: local)
+        # a branch's trunk snapshot and a resumed checkpoint live in host memory on CUDA (sweep/step.py
+        # host_copy, train.resume loads to CPU); on a CPU device host memory is the device
+        "trunk_snapshot": 12 * p if train.get("branches") and not cuda else 0,
+        "resume_payload": 0,
     }
     per_token_layer = activation_bytes_per_token_layer(d, m["ffn_dim"], m["n_heads"], device, compiled)
     final_norm = 12 * d  # the last RMSNorm's input, normalised and scaled outputs: fp32 either way
@@ -161,7 +164,8 @@ def memory_terms(model: Mapping[str, Any], train: Mapping[str, Any], quant: Mapp
         "grads": 4 * p if accumulating else 0,
         "weight_copies": 2 * (n_quant + vocab * d) if cuda else (4 * n_quant if quantized else 0),
         "activations": int(micro_tokens * (layers * per_token_layer + final_norm)),
-        "logits": micro_tokens * vocab * (14 if cuda else 16),
+        # CUDA: the head and loss run in LOSS_CHUNK_TOKENS-row chunks (sweep/model.linear_cross_entropy)
+        "logits": (min(micro_tokens, LOSS_CHUNK_TOKENS) * vocab * 14) if cuda else micro_tokens * vocab * 16,
     }
     step = {"grads": 4 * p, "optimizer_temporaries": 0 if cuda else 4 * p}  # fused AdamW on CUDA
     activation_peak, step_peak = sum(dynamic.values()), sum(step.values())

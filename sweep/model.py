@@ -19,6 +19,10 @@ import torch.nn.functional as F
 
 from sweep import contract
 
+# rows of logits at once on CUDA: 4096 × 32000 × 4 B = 0.5 GB fp32 at the cluster's vocab; the preflight's
+# memory model (sweep/budget.py) counts the same chunk
+from sweep.budget import LOSS_CHUNK_TOKENS
+
 
 @dataclass
 class ModelConfig:
@@ -202,7 +206,6 @@ def check_shapes(config: ModelConfig) -> None:
         raise ValueError(f"model.d_model / model.n_heads must be even (rotary pairs), got {config.head_dim}")
 
 
-LOSS_CHUNK_TOKENS = 4096  # rows of logits at once: 4096 × 32000 × 4 B = 0.5 GB fp32 at the cluster's vocab
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
