@@ -197,8 +197,9 @@ def backtest(table: Table, opts: BacktestOptions) -> BacktestResult:
 def error_models(result: BacktestResult, law: str) -> dict[str, dict[str, Any]]:
     """Per fit name, the error model of ``bitlaw fit``'s own table from its backtest (every origin)."""
     p = result.predictions[result.predictions["law"] == law]
-    basis = (f"backtest of this table: {len(result.sizes)} sizes, origins {len(result.origins)} "
-             f"(fit on {result.options['min_sizes']}..{len(result.sizes) - 1} sizes)")
+    n, low = len(result.sizes), result.options["min_sizes"]
+    basis = (f"backtest of this table: {n} sizes, {len(result.origins)} origin(s) fitting "
+             f"{low}{'' if low == n - 1 else f'..{n - 1}'} sizes")
     return {str(name): model_from_predictions(g, basis) for name, g in p.groupby("fit")}
 
 
