@@ -321,8 +321,8 @@ def format_summary(document: dict[str, Any]) -> str:
             lines.append(f"  extrapolation: skipped ({extrap.get('reason')})")
         model = entry.get("forecast_error")
         if model:
-            lines.append(f"  forecast error: |log error| <= {model['c0']:.4f} + {model['c1']:.4f} per doubling "
-                         f"beyond the data ({model['basis']})")
+            lines.append(f"  forecast error: |log error| <= {model['c0']:.4f} + {model['c1']:.4f} per "
+                         f"doubling beyond the data ({model['basis']})")
         lines += [f"  FLAG {flag}" for flag in entry["flags"]]
     if document["options"]["bootstrap"]:
         strata = next((e.get("bootstrap_strata") for e in document["fits"].values()), None)

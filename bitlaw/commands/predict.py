@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--format", help="which per-format fit to use (with a --by format fit)")
     parser.add_argument("--json", action="store_true",
-                        help='print {"loss", "ci", "forecast": {"interval", "relative_error", "N_factor", ...}}')
+                        help='print {"loss", "ci", "forecast": {"interval", "relative_error", ...}}')
 
 
 def _positive(flag: str, text: str | None) -> float | None:
@@ -56,14 +56,14 @@ def run(args: argparse.Namespace) -> int:
     # the bootstrap interval widened by the error the fit's backtest measured at this distance
     block = forecast(fit.entry(args.format), loss, ci, N, D)
     if args.json:
-        print(json.dumps({"loss": loss, "ci": list(ci) if ci else None, "n_resamples": interval and interval[2],
-                          "N": N, "D": D, "P": P, "format": args.format, "forecast": block}, indent=2))
+        document = {"loss": loss, "ci": list(ci) if ci else None, "n_resamples": interval and interval[2],
+                    "N": N, "D": D, "P": P, "format": args.format, "forecast": block}
+        print(json.dumps(document, indent=2))
         return 0
     line = f"{loss:.6f}"
     if interval is not None:
         line += f"  (95% CI {ci[0]:.6f} to {ci[1]:.6f}, {interval[2]} bootstrap resamples)"
-    print(line)
-    print(forecast_line(block))
+    print(f"{line}  {forecast_line(block)}")  # one line: scripts read the loss as its first field
     return 0
 
 
@@ -72,5 +72,6 @@ def forecast_line(block: dict) -> str:
     lo, hi = block["interval"]
     dn = block["D_over_N_range"]
     against = f" against the data's {dn[0]:.3g}-{dn[1]:.3g}" if dn else ""
-    return (f"forecast interval {lo:.6f} to {hi:.6f} (error +-{100 * math.expm1(block['relative_error']):.2f} % "
+    error = 100 * math.expm1(block["relative_error"])
+    return (f"forecast interval {lo:.6f} to {hi:.6f} (error +-{error:.2f} % "
             f"at N factor {block['N_factor']:.3g}, D/N {block['D_over_N']:.3g}{against}; {block['basis']})")

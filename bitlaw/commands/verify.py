@@ -105,7 +105,8 @@ def plan(args: argparse.Namespace) -> int:
     for c in result.contenders:
         ci = f" [{c.predicted_ci[0]:.4f}, {c.predicted_ci[1]:.4f}]" if c.predicted_ci else ""
         if c.forecast:
-            ci += (f" forecast [{c.forecast['interval'][0]:.4f}, {c.forecast['interval'][1]:.4f}] at N factor "
+            lo, hi = c.forecast["interval"]
+            ci += (f" forecast [{lo:.4f}, {hi:.4f}] at N factor "
                    f"{c.forecast['N_factor']:.3g}, D/N {c.forecast['D_over_N']:.3g}")
         where = "in the grid" if c.in_grid else f"to train: contender={c.config_name}"
         print(

@@ -146,7 +146,8 @@ def evaluate_intervals(p: Any) -> dict[str, Any] | None:
         inner = p[(p["origin"] < k) & (p["size"] < k)]
         model = (model_from_predictions(inner, "internal") if len(inner) else default_model())
         r = relative_error(model, doublings_of(target))
-        log_err = np.abs(np.log(target["predicted"].to_numpy(dtype=float) / target["loss"].to_numpy(dtype=float)))
+        ratio = target["predicted"].to_numpy(dtype=float) / target["loss"].to_numpy(dtype=float)
+        log_err = np.abs(np.log(ratio))
         covered.append(log_err <= r)
         half.append(np.sinh(r))  # (exp(r) − exp(−r)) / 2: the half-width relative to the point
         error.append(np.abs(target["error"].to_numpy(dtype=float)))

@@ -150,12 +150,15 @@ def recommend(
     rec = Recommendation(
         budget_bytes, tokens, fmt, ranked_by, rows, n_resamples, notes, winner, unidentified, n_tied
     )
-    if entry is not None and law.has_loss:
+    if entry is not None and law.has_loss and "N" in (entry.get("data_range") or {}):
+        # without the fitted range (a hand-written fit.json) no answer can say how far it extrapolates
         decide_margin(rec, live, entry, tokens, seed_spread)
     return rec
 
 
-def decide_margin(rec: Recommendation, live: list[Row], entry: dict, tokens: float, seed_spread: float) -> None:
+def decide_margin(
+    rec: Recommendation, live: list[Row], entry: dict, tokens: float, seed_spread: float
+) -> None:
     """Attach each row's forecast, and withdraw the winner when the predicted margin over the runner-up does
     not exceed their combined forecast error: the two errors in quadrature (they come from one fit but at
     different N and D/N, so neither their sum nor zero is right; quadrature is the usual middle), plus the

@@ -47,7 +47,7 @@ class Contender:
     predicted_ci: tuple[float, float] | None
     in_grid: bool  # the grid trained this (shape, format, bits): its measured loss is in-sample
     P: float  # the law's bits per weight for it (P_w: bits + the block scales' share)
-    forecast: dict[str, Any] | None = None  # fit.answer.forecast's block: the interval with the backtest error
+    forecast: dict[str, Any] | None = None  # fit.answer.forecast's block: interval with the backtest's error
 
     @property
     def config_name(self) -> str:
