@@ -1,5 +1,6 @@
-"""Forecast intervals that carry the backtest's error (fit/answer/forecast.py), and no winner the margin cannot
-carry (fit/answer/recommend.py): the error model, predict --json, recommend, verify plan, the backtest's score."""
+"""Forecast intervals that carry the backtest's error (fit/answer/forecast.py), and no winner the margin
+cannot carry (fit/answer/recommend.py): the error model, predict --json, recommend, verify plan, and the
+backtest's score of the intervals."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def chinchilla_table(sizes: np.ndarray, ratios=(5, 20, 80), noise: float = 0.0) 
     for n in sizes:
         for r in ratios:
             loss = CHIN["A"] * n ** -CHIN["alpha"] + CHIN["B"] * (r * n) ** -CHIN["beta"] + CHIN["E"]
-            rows.append({"run": f"{n:.3g}-{r}", "N": n, "D": r * n, "loss": loss * np.exp(noise * rng.normal())})
+            loss *= np.exp(noise * rng.normal())
+            rows.append({"run": f"{n:.3g}-{r}", "N": n, "D": r * n, "loss": loss})
     return pd.DataFrame(rows)
 
 
@@ -43,7 +45,8 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 def fit_cli(capsys, tmp_path: Path, frame: pd.DataFrame, *extra: str) -> Path:
     data, out = tmp_path / "runs.csv", tmp_path / "fit.json"
     frame.to_csv(data, index=False)
-    code, _, err = run_cli(capsys, "fit", str(data), "-o", str(out), "--grid", "coarse", "--workers", "1", *extra)
+    code, _, err = run_cli(capsys, "fit", str(data), "-o", str(out), "--grid", "coarse", "--workers", "1",
+                           *extra)
     assert code == 0, err
     return out
 

@@ -68,7 +68,8 @@ def summary(rec: Recommendation, fit: str = "FIT.json") -> str:
     if rec.undecided:
         m = rec.margin or {}
         return (f"best: not decidable at this budget (margin {m.get('margin_nats', math.nan):.4f} < forecast "
-                f"error {m.get('forecast_error_nats', math.nan):.4f} nats); test it: {verify_command(rec, fit)}"
+                f"error {m.get('forecast_error_nats', math.nan):.4f} nats); "
+                f"test it: {verify_command(rec, fit)}"
                 f"; the point estimate ranks {bits_label(lead)} first, {m.get('runner_up_bits')}-bit second")
     text = f"best: {bits_label(lead)}, {lead.shape.describe() if lead.shape else ''}"
     if lead.loss is not None:
