@@ -122,6 +122,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--progress", action="store_true", help="show the bootstrap progress bar even if not a tty"
     )
+    parser.add_argument(
+        "--no-backtest", action="store_true",
+        help="skip the backtest that measures the forecast error model (then the stated default is used)",
+    )
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -180,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         stratify=args.bootstrap_strata == "point",
     )
     result = run_fits(table, opts)
+    attach_error_models(result["fits"], table, opts, skip=args.no_backtest)
     data_path = Path(args.data)
     document: dict[str, Any] = {
         "law": args.law,
@@ -226,6 +231,27 @@ def run(args: argparse.Namespace) -> int:
         raise write_failed(args.output, err) from None
     print(f"wrote {args.output}")
     return 0
+
+
+def attach_error_models(fits: dict[str, Any], table: Any, opts: Any, skip: bool) -> None:
+    """Each fit's forecast error model (fit.answer.forecast): from a point-fit backtest of this table with
+    these options when it has >= 4 sizes, else the stated default."""
+    from fit.answer.forecast import MIN_INTERNAL_SIZES, default_model
+    from fit.study.backtest import BacktestOptions, backtest, error_models, size_index
+
+    n_sizes = len(size_index(table.frame["N"].to_numpy(dtype=float))[1])
+    why = ("--no-backtest" if skip else f"{n_sizes} sizes; an internal backtest needs {MIN_INTERNAL_SIZES}"
+           if n_sizes < MIN_INTERNAL_SIZES else None)
+    models: dict[str, Any] = {}
+    if why is None:
+        try:
+            result = backtest(table, BacktestOptions((opts.law,), opts.by, objective=opts.objective,
+                                                     grid=opts.grid, workers=opts.workers, fit_options=opts))
+            models = error_models(result, opts.law)
+        except InputError as err:  # e.g. a run at two sizes: the fit stands, its error model is the default
+            why = f"no internal backtest: {err}"
+    for name, entry in fits.items():
+        entry["forecast_error"] = models.get(name) or default_model(why or "the backtest predicted no run")
 
 
 def _has_p_column(path: str, columns: dict[str, str] | None) -> bool:
@@ -311,6 +337,10 @@ def format_summary(document: dict[str, Any]) -> str:
             )
         elif extrap:
             lines.append(f"  extrapolation: skipped ({extrap.get('reason')})")
+        model = entry.get("forecast_error")
+        if model:
+            lines.append(f"  forecast error: |log error| <= {model['c0']:.4f} + {model['c1']:.4f} per "
+                         f"doubling beyond the data ({model['basis']})")
         lines += [f"  FLAG {flag}" for flag in entry["flags"]]
     if document["options"]["bootstrap"]:
         strata = next((e.get("bootstrap_strata") for e in document["fits"].values()), None)

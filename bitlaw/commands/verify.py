@@ -106,9 +106,14 @@ def plan(args: argparse.Namespace) -> int:
         f"budget {format_bytes(result.budget_bytes)} ({result.budget_bytes:,.0f} bytes), D {result.D:,.0f}, "
         f"format {result.format}; predicted winner: "
         + (f"{result.predicted_winner} bits" if result.predicted_winner else "none")
+        + (f" (not decidable: {result.undecided_reason})" if result.undecided_reason else "")
     )
     for c in result.contenders:
         ci = f" [{c.predicted_ci[0]:.4f}, {c.predicted_ci[1]:.4f}]" if c.predicted_ci else ""
+        if c.forecast:
+            lo, hi = c.forecast["interval"]
+            ci += (f" forecast [{lo:.4f}, {hi:.4f}] at N factor "
+                   f"{c.forecast['N_factor']:.3g}, D/N {c.forecast['D_over_N']:.3g}")
         where = "in the grid" if c.in_grid else f"to train: contender={c.config_name}"
         print(
             f"  {c.bits:>2} bits  {c.model:<8} N_quant {c.N_quant:>9,}  {c.memory_bytes:>9,.0f} B  "

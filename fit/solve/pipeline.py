@@ -304,6 +304,8 @@ def _data_range(data: FitData, rows: np.ndarray) -> dict[str, list[float]]:
     without re-reading the data file (which may have moved or changed since the fit)."""
     out = {"N": [float(data.N[rows].min()), float(data.N[rows].max())],
            "D": [float(data.D[rows].min()), float(data.D[rows].max())]}
+    ratio = data.D[rows] / data.N[rows]  # forecasts outside it err more (fit.answer.forecast)
+    out["D_over_N"] = [float(ratio.min()), float(ratio.max())]
     if data.P is not None:
         out["P"] = [float(data.P[rows].min()), float(data.P[rows].max())]
     return out
