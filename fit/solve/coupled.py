@@ -19,7 +19,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fit.solve.objective import EXPONENT_BOUNDS, GAMMA_BOUNDS, FitData, Objective, loss_and_slope
+from fit.solve.objective import (
+    EXPONENT_BOUNDS,
+    GAMMA_BOUNDS,
+    FitData,
+    Objective,
+    chinchilla_params,
+    loss_and_slope,
+)
 
 # k's box.  Published fits give k ≈ 0.31-0.45 on two large grids and 0.77-0.90 on two others (Skaling); below
 # 0.05 the bracket^k is ≈ 1 + k·log(bracket) and only the products k·α, k·β are identified (as only A·γ^α is
@@ -151,14 +158,7 @@ def canonical(theta: np.ndarray, data: FitData, spec: CoupledSpec) -> np.ndarray
 def named_params(theta: np.ndarray, spec: CoupledSpec) -> list[dict[str, float]]:
     """θ -> one fit.law parameter mapping per γ group: A, B, E, alpha, beta, k[, gamma]."""
     theta = np.asarray(theta, dtype=float)
-    base = {
-        "A": float(np.exp(theta[0])),
-        "B": float(np.exp(theta[1])),
-        "E": float(np.exp(theta[2])),
-        "alpha": float(theta[3]),
-        "beta": float(theta[3] if spec.tie else theta[4]),
-        "k": float(theta[spec.k_col]),
-    }
+    base = {**chinchilla_params(theta, spec.tie), "k": float(theta[spec.k_col])}
     if not spec.precision:
         return [base]
     log_gammas = theta[spec.k_col + 1 : spec.k_col + 1 + spec.n_gamma]

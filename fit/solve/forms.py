@@ -20,7 +20,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from fit.law import EFF_PREFIX, FULL_P
-from fit.solve.objective import EXPONENT_BOUNDS, GAMMA_BOUNDS, FitData, Objective, _rho, loss_and_slope
+from fit.solve.objective import (
+    EXPONENT_BOUNDS,
+    GAMMA_BOUNDS,
+    FitData,
+    Objective,
+    _rho,
+    chinchilla_params,
+    loss_and_slope,
+)
 
 FORMS = ("efficiency", "penalty")
 # eff may exceed 1 a little: a bound at exactly 1 would hide a quantized run that beats bf16 (noise, or a real
@@ -175,13 +183,7 @@ def screen_extras(base: np.ndarray, data: FitData, spec: FormSpec, obj: Objectiv
 def named_params(theta: np.ndarray, spec: FormSpec) -> list[dict[str, float]]:
     """θ -> one parameter mapping per group (fit.law's keys: ``eff:<P>``, or C, gamma, delta_D, delta_N)."""
     theta = np.asarray(theta, dtype=float)
-    base = {
-        "A": float(np.exp(theta[0])),
-        "B": float(np.exp(theta[1])),
-        "E": float(np.exp(theta[2])),
-        "alpha": float(theta[3]),
-        "beta": float(theta[3] if spec.tie else theta[4]),
-    }
+    base = chinchilla_params(theta, spec.tie)
     nb = spec.n_base
     if spec.form == "efficiency":
         out = [dict(base) for _ in range(spec.n_groups)]

@@ -209,6 +209,13 @@ def objective_and_grad(theta: np.ndarray, data: FitData, spec: LawSpec, obj: Obj
     return f, np.asarray(grad, dtype=float)
 
 
+def chinchilla_params(theta: np.ndarray, tie: bool) -> dict[str, float]:
+    """A, B, E, alpha, beta from the layout every law shape starts with: a, b, e, α[, β] (β = α when tied)."""
+    theta = np.asarray(theta, dtype=float)
+    return {"A": float(np.exp(theta[0])), "B": float(np.exp(theta[1])), "E": float(np.exp(theta[2])),
+            "alpha": float(theta[3]), "beta": float(theta[3] if tie else theta[4])}
+
+
 def named_params(theta: np.ndarray, spec: LawSpec) -> list[dict[str, float]]:
     """θ -> one law-parameter mapping per γ group (A, B, E, alpha, beta[, gamma, offset])."""
     c = _unpack(np.asarray(theta, dtype=float)[None, :], spec)
