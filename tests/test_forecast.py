@@ -13,7 +13,7 @@ import pytest
 
 from bitlaw.cli import main
 from fit.answer.fit_source import source_from_fit
-from fit.answer.forecast import DEFAULT, SLOPE_FLOOR, fit_envelope, forecast
+from fit.answer.forecast import DEFAULT, SLOPE_FLOOR, evaluate_intervals, fit_envelope, forecast
 from fit.answer.recommend import recommend
 from fit.answer.shapes import resolve_arch
 from fit.data.simulate import KMEANS_TRUTH, simulate
@@ -182,3 +182,42 @@ def test_backtest_scores_the_interval_each_origin_would_state() -> None:
     assert [o["basis"] for o in score["per_origin"]] == ["default", "internal", "internal"]
     assert score["per_origin"][0]["c0"] == DEFAULT["c0"]
     assert score["coverage"] >= 0.9 and score["mean_half_width"] > 0
+
+
+def biased_backtest(bias_per_doubling: float, seed: int = 0) -> pd.DataFrame:
+    """Rolling-origin predictions of 10 sizes, 2x apart (origins 3..9): the runs land exp(bias·x) above
+    the point at x doublings beyond the fit, times 0.5 % noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(3, 10):
+        for size in range(k, 10):
+            x = size - k + 1
+            for _ in range(20):
+                predicted = 3.0
+                loss = predicted * np.exp(bias_per_doubling * x + rng.normal(0, 0.005))
+                rows.append({"origin": k, "size": size, "N_factor": 2.0 ** x, "D_over_N": 20.0,
+                             "D_over_N_min_fit": 5.0, "D_over_N_max_fit": 80.0, "predicted": predicted,
+                             "loss": loss, "error": (predicted - loss) / loss})
+    return pd.DataFrame(rows)
+
+
+def test_a_systematic_bias_gets_a_shifted_narrower_interval_with_the_same_coverage() -> None:
+    p = biased_backtest(0.03)
+    plain, centred = evaluate_intervals(p), evaluate_intervals(p, centred=True)
+    assert plain["centre"] == "point" and centred["centre"] == "bias line"
+    later = centred["per_origin"][1:]
+    assert "b0" not in plain["per_origin"][1] and centred["per_origin"][0]["b1"] == 0.0  # no bias: default
+    # shifted up: the runs lose more than the point says
+    assert all(0.025 < o["b1"] < 0.035 for o in later[1:])
+    assert centred["mean_half_width"] < 0.8 * plain["mean_half_width"]
+    # from origin 5 on, the inner predictions span two distances or more (origin 4 sees one: no growth)
+    assert all(x["coverage"] >= 0.9 for x in centred["per_origin"][2:])
+    assert centred["coverage"] >= plain["coverage"]
+    assert centred["mean_abs_error"] == plain["mean_abs_error"]  # the point forecast is scored either way
+
+
+def test_without_a_bias_the_centred_interval_is_the_plain_one() -> None:
+    p = biased_backtest(0.0, seed=1)
+    plain, centred = evaluate_intervals(p), evaluate_intervals(p, centred=True)
+    assert all(abs(o["b1"]) < 0.005 and abs(o["b0"]) < 0.01 for o in centred["per_origin"])
+    assert abs(centred["mean_half_width"] - plain["mean_half_width"]) < 0.2 * plain["mean_half_width"]

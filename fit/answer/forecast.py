@@ -42,6 +42,9 @@ DEFAULT = {"c0": 0.03, "c1": 0.04}
 DEFAULT_BASIS = ("default for fits of < 4 sizes: |log error| <= 0.03 + 0.04 per doubling, the 90 % envelope "
                  "of 3-size fits in the Epoch and Gemstones backtests")
 MIN_INTERNAL_SIZES = 4
+# signed slopes of the bias line tried by fit_bias (log error per doubling): 0, then +-1e-4 .. +-0.2 by
+# size, so that a tie (predictions at one distance only cannot tell a slope) goes to the flattest line
+BIAS_SLOPES = np.r_[0.0, np.stack([np.geomspace(1e-4, 0.2, 120), -np.geomspace(1e-4, 0.2, 120)], 1).ravel()]
 
 
 def distance(N_factor: Any, D_over_N: Any, dn_range: tuple[float, float] | None) -> np.ndarray:
@@ -129,7 +132,18 @@ def forecast_nats(entry: dict[str, Any], loss: float, N: float, D: float) -> flo
     return loss * math.expm1(f["relative_error"])
 
 
-def evaluate_intervals(p: Any) -> dict[str, Any] | None:
+def fit_bias(x: np.ndarray, log_ratio: np.ndarray) -> tuple[float, float]:
+    """(b0, b1) of the median regression of the signed log(measured / predicted) on x (least absolute
+    deviations: robust to the few far misses of unidentified small fits), over BIAS_SLOPES."""
+    x, y = np.asarray(x, dtype=float), np.asarray(log_ratio, dtype=float)
+    resid = y[None, :] - BIAS_SLOPES[:, None] * x[None, :]
+    b0 = np.median(resid, axis=1)
+    loss = np.abs(resid - b0[:, None]).sum(axis=1)
+    best = int(np.flatnonzero(loss <= loss.min() * (1 + 1e-9) + 1e-12)[0])
+    return float(b0[best]), float(BIAS_SLOPES[best])
+
+
+def evaluate_intervals(p: Any, centred: bool = False) -> dict[str, Any] | None:
     """How the intervals each origin's fit would state hold on its held-out runs (``bitlaw backtest``).
 
     ``p``: one (law, fit)'s backtest predictions with a ``size`` column (0 = smallest).  The fit at origin k
@@ -137,24 +151,42 @@ def evaluate_intervals(p: Any) -> dict[str, Any] | None:
     by exactly the fits a backtest of its k sizes would make.  Its error model comes from those alone, or is
     DEFAULT when there are none (the first origin), so no held-out run tunes the interval that is scored on
     it.  The scored interval is the point widened by r (no bootstrap at the origins: a bootstrap interval
-    only widens it further, so coverage here is a lower bound and the half-width an underestimate)."""
+    only widens it further, so coverage here is a lower bound and the half-width an underestimate).
+
+    ``centred``: score the signed alternative instead (method.md §14, not what fits state): the interval
+    ``[point·exp(b − r), point·exp(b + r)]`` around a bias line b = b0 + b1·x, the median regression of the
+    same inner predictions' signed log(measured / predicted), with r the envelope of |log error − b|.  No
+    bias at the first origin.  Its half-width relative to the point is exp(b)·sinh(r)."""
     if not len(p):
         return None
     covered, half, error, per_origin = [], [], [], []
     for k in sorted(set(p["origin"])):
         target = p[p["origin"] == k]
         inner = p[(p["origin"] < k) & (p["size"] < k)]
-        model = (model_from_predictions(inner, "internal") if len(inner) else default_model())
-        r = relative_error(model, doublings_of(target))
-        ratio = target["predicted"].to_numpy(dtype=float) / target["loss"].to_numpy(dtype=float)
-        log_err = np.abs(np.log(ratio))
-        covered.append(log_err <= r)
-        half.append(np.sinh(r))  # (exp(r) − exp(−r)) / 2: the half-width relative to the point
+        b0 = b1 = 0.0
+        if centred and len(inner):
+            b0, b1 = fit_bias(doublings_of(inner), _log_ratio(inner))
+            x_in = doublings_of(inner)
+            c0, c1 = fit_envelope(x_in, np.abs(_log_ratio(inner) - (b0 + b1 * x_in)))
+            model = {"c0": c0, "c1": c1}
+        else:
+            model = model_from_predictions(inner, "internal") if len(inner) else default_model()
+        x = doublings_of(target)
+        r, b = relative_error(model, x), b0 + b1 * x
+        covered.append(np.abs(_log_ratio(target) - b) <= r)
+        half.append(np.exp(b) * np.sinh(r))  # (exp(b + r) − exp(b − r)) / 2: relative to the point
         error.append(np.abs(target["error"].to_numpy(dtype=float)))
         per_origin.append({"origin": int(k), "basis": "default" if not len(inner) else "internal",
                            "c0": model["c0"], "c1": model["c1"], "n": int(len(target)),
-                           "coverage": float(covered[-1].mean())})
+                           "coverage": float(covered[-1].mean()),
+                           **({"b0": b0, "b1": b1} if centred else {})})
     cov, hw, err = (np.concatenate(a) for a in (covered, half, error))
     return {"n": int(len(cov)), "coverage": float(cov.mean()), "mean_half_width": float(hw.mean()),
             "mean_abs_error": float(err.mean()), "half_width_over_error": float(hw.mean() / err.mean())
-            if err.mean() > 0 else None, "quantile": QUANTILE, "per_origin": per_origin}
+            if err.mean() > 0 else None, "quantile": QUANTILE, "centre": "bias line" if centred else "point",
+            "per_origin": per_origin}
+
+
+def _log_ratio(p: Any) -> np.ndarray:
+    """Signed log(measured / predicted): positive where the law promised a lower loss than the run reached."""
+    return np.log(p["loss"].to_numpy(dtype=float) / p["predicted"].to_numpy(dtype=float))

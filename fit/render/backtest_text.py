@@ -59,6 +59,10 @@ def format_backtest(doc: dict[str, Any]) -> str:
     lines.append("forecast interval: the share of held-out runs inside the interval each origin's fit would "
                  "state (its error model from its own smaller sizes, the default at the first origin), and "
                  "its mean half-width")
+    for s in doc["summary"]:
+        if s.get("forecast_interval_bias_centred"):
+            lines.append(f"  centred on a bias line instead (scored, not stated; method.md §14): {s['law']} "
+                         f"{s['fit']}: {_interval(s['forecast_interval_bias_centred'])}")
     lines.append(f"preferred law ({doc['preference_rule']}):")
     for name, pref in doc["preferred"].items():
         if pref.get("law") is None:

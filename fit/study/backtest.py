@@ -311,6 +311,8 @@ def _summarise(law: str, name: str, p: pd.DataFrame, aic: float | None) -> dict[
         "by_factor": by_factor, "aic": aic,
         # the intervals each origin's fit would state (fit.answer.forecast), against its held-out runs
         "forecast_interval": evaluate_intervals(p),
+        # the signed alternative, centred on a bias line (method.md §14): scored for comparison, not stated
+        "forecast_interval_bias_centred": evaluate_intervals(p, centred=True),
     }
 
 
