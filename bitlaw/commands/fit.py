@@ -341,6 +341,10 @@ def format_summary(document: dict[str, Any]) -> str:
         if model:
             lines.append(f"  forecast error: |log error| <= {model['c0']:.4f} + {model['c1']:.4f} per "
                          f"doubling beyond the data ({model['basis']})")
+        spread = entry.get("seed_spread")
+        if spread:
+            lines.append(f"  seed spread: {spread['nats']:.4f} nats ({spread['basis']}; {spread['points']} "
+                         f"points, {spread['rows']} rows)")
         lines += [f"  FLAG {flag}" for flag in entry["flags"]]
     if document["options"]["bootstrap"]:
         strata = next((e.get("bootstrap_strata") for e in document["fits"].values()), None)

@@ -128,11 +128,12 @@ def recommend(
     fmt: str | None = None,
     acct: BitAccounting | None = None,
     entry: dict | None = None,
-    seed_spread: float = 0.0,
+    seed_spread: float | None = None,
 ) -> Recommendation:
     """Rank bit widths for one budget; see the module docstring.  ``entry``: the fit.json entry serving
     ``fmt`` (its data range and error model): each row then gets its forecast interval, and a leader whose
-    margin over the runner-up the forecast error (plus ``seed_spread``, nats) can carry is no winner."""
+    margin over the runner-up the forecast error (plus the seed spread, nats: ``seed_spread``, else the
+    entry's recorded one, else 0) cannot carry is no winner."""
     acct = acct or BitAccounting()
     fmt = quantized_format(source, fmt)
     law = source.law(fmt)
@@ -152,7 +153,9 @@ def recommend(
     )
     if entry is not None and law.has_loss and "N" in (entry.get("data_range") or {}):
         # without the fitted range (a hand-written fit.json) no answer can say how far it extrapolates
-        decide_margin(rec, live, entry, tokens, seed_spread)
+        spread = seed_spread if seed_spread is not None else float(
+            (entry.get("seed_spread") or {}).get("nats") or 0.0)
+        decide_margin(rec, live, entry, tokens, spread)
     return rec
 
 
@@ -161,8 +164,10 @@ def decide_margin(
 ) -> None:
     """Attach each row's forecast, and withdraw the winner when the predicted margin over the runner-up does
     not exceed their combined forecast error: the two errors in quadrature (they come from one fit but at
-    different N and D/N, so neither their sum nor zero is right; quadrature is the usual middle), plus the
-    seed spread of the measured losses, which no fit can beat (docs/method.md §14)."""
+    different N and D/N, so neither their sum nor zero is right; quadrature is the usual middle), and the
+    seed spread s of the measured losses, which no fit can beat: each contender's measured loss carries its
+    own seed noise, independent of the other's, so s joins the quadrature once per contender,
+    sqrt(e1² + e2² + 2·s²) (docs/method.md §14)."""
     for r in live:
         if r.loss is not None and math.isfinite(r.loss):
             r.forecast = forecast(entry, r.loss, r.loss_ci, r.n_law, tokens)
@@ -172,7 +177,7 @@ def decide_margin(
         return
     lead, second = ranked[0], ranked[1]
     margin = float(second.loss - lead.loss)
-    error = float(math.hypot(lead.forecast_nats, second.forecast_nats) + seed_spread)
+    error = float(math.sqrt(lead.forecast_nats ** 2 + second.forecast_nats ** 2 + 2 * seed_spread ** 2))
     rec.margin = {"margin_nats": margin, "forecast_error_nats": error, "seed_spread_nats": seed_spread,
                   "runner_up_bits": second.bits}
     if margin <= error:

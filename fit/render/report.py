@@ -5,7 +5,6 @@ commands that produced it. Every number is computed here from fit.json and the r
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import subprocess
@@ -17,8 +16,6 @@ import numpy as np
 import pandas as pd
 
 from fit.answer.caveats import interval_note, unidentified_params
-from fit.answer.recommend import recommend
-from fit.answer.shapes import resolve_arch
 from fit.data.observed import render as observed_counts
 from fit.data.table import prepare_table, read_frame
 from fit.errors import InputError
@@ -28,9 +25,10 @@ from fit.render.markdown import markdown_table, number_cell
 from fit.render.plot import commit, discard, stage_plots
 from fit.render.plot_forms import CAPTION as EFF_CAPTION
 from fit.render.plot_forms import plot_eff_vs_gamma
+from fit.render.report_forecast import section_extrapolation, section_recommendation
 from fit.render.report_forms import FormComparison, compare_in_report, section_forms
 from fit.solve.optimize import GAMMA_BOUNDS
-from fit.units import format_bytes, format_count
+from fit.units import format_count
 
 ONE_BIT_WONDER_GAMMA = {"kmeans": 3.32, "uniform": 3.71}
 PARAM_ORDER = ("A", "B", "E", "alpha", "beta", "gamma", "offset")
@@ -216,33 +214,6 @@ def section_gamma(fitfile: FitFile) -> list[str]:
     return lines
 
 
-def section_extrapolation(fitfile: FitFile) -> list[str]:
-    rows = []
-    for fmt in fitfile.formats:
-        ex = fitfile.entry(fmt).get("extrapolation") or {}
-        if ex:
-            mape = ex.get("mape")
-            rows.append(
-                [
-                    fmt,
-                    number_cell(ex.get("N")),
-                    str(ex.get("n_points", "–")),
-                    "–" if mape is None else f"{100 * mape:.2f}%",
-                    "–" if ex.get("max_ape") is None else f"{100 * ex['max_ape']:.2f}%",
-                    str(ex.get("reason", "")),
-                ]
-            )
-    pooled = fitfile.data.get("extrapolation") or {}
-    if not rows and not pooled:
-        return []
-    lines = ["## Extrapolation", "", "Each fit refitted without its largest N, then asked to predict it.", ""]
-    if rows:
-        lines += markdown_table(["format", "held-out N", "points", "MAPE", "max APE", "note"], rows)
-    if pooled.get("mape") is not None:
-        lines += ["", f"Pooled MAPE over formats: {100 * pooled['mape']:.2f}%."]
-    return lines + [""]
-
-
 def section_format_gap(runs: pd.DataFrame) -> list[str]:
     """Observed k-means vs uniform loss at every size, token budget and bit width where both were run
     (mean over repeats)."""
@@ -283,53 +254,6 @@ def section_format_gap(runs: pd.DataFrame) -> list[str]:
         ],
     )
     return lines + ["", "### Counts from the runs alone (no fit)", "", observed_counts(runs)]
-
-
-def section_recommendation(inp: ReportInputs, plot_inputs: PlotInputs) -> list[str]:
-    source = plot_inputs.source
-    shapes = resolve_arch(inp.arch)
-    tokens = inp.tokens if inp.tokens is not None else math.nan
-    lines = [
-        "## Best bit width by memory budget",
-        "",
-        f"Family `{inp.arch}`, D = {number_cell(tokens)} tokens, bit widths {', '.join(map(str, inp.bits))} "
-        "(16 = bf16). Per budget the winner, its model and, with bootstrap samples, the share of resamples "
-        "each bit width wins.",
-        "",
-    ]
-    for fmt in plot_inputs.quant_formats:
-        rows = []
-        for budget in inp.budgets:
-            try:
-                rec = recommend(source, budget, tokens, shapes, inp.bits, fmt, plot_inputs.acct)
-            except InputError as err:
-                rows.append([format_bytes(budget), "–", str(err), "", "", "", ""])
-                continue
-            b = rec.leader
-            shares = ", ".join(f"{r.bits}: {100 * r.win_share:.0f}%" for r in rec.rows if r.win_share)
-            if rec.unidentified:  # no winner to report: say why, in the cell a reader looks at
-                rows.append([format_bytes(budget), "**not identified**", "; ".join(rec.unidentified),
-                             "", "", "", shares or "–"])  # fmt: skip
-                continue
-            band = f" [{number_cell(b.loss_ci[0])}, {number_cell(b.loss_ci[1])}]" if b.loss_ci else ""
-            loss = number_cell(b.loss) + band
-            rows.append(
-                [
-                    format_bytes(budget),
-                    "bf16" if b.bits == 16 else f"{b.bits}-bit",
-                    b.shape.short(),
-                    format_bytes(b.memory_bytes),
-                    format_count(b.n_eff),
-                    loss,
-                    shares or "–",
-                ]
-            )
-        lines += [f"### {fmt}", ""]
-        lines += markdown_table(
-            ["budget", "best", "model", "memory", "N_eff", "loss [95% CI]", "bootstrap wins"], rows
-        )
-        lines.append("")
-    return lines
 
 
 def build_report(inp: ReportInputs) -> Path:
@@ -375,7 +299,7 @@ def _write_report(
         lines += section_data(raw, runs, inp.data_path)
     lines += section_fits(inp.fitfile)
     lines += section_gamma(inp.fitfile)
-    lines += section_extrapolation(inp.fitfile)
+    lines += section_extrapolation(inp.fitfile, runs)
     if runs is not None:
         lines += section_format_gap(runs)
     lines += section_recommendation(inp, plot_inputs)

@@ -25,6 +25,7 @@ from fit.solve.diagnostics import collinear_flag, form_flags, identification_fla
 from fit.solve.forms import FORMS, FormSpec, assign_slots
 from fit.solve.objective import GAMMA_BOUNDS, FitData, LawSpec, Objective
 from fit.solve.optimize import profile_gamma
+from fit.solve.seeds import seed_spread
 from fit.solve.staged import Spec, fit_any, log_params_of, params_of
 
 ANCHOR_FORMATS = ("none", "bf16")
@@ -275,6 +276,9 @@ def run_fits(table: Table, opts: FitOptions) -> dict[str, Any]:
             if job.data.P is not None:  # recommend refuses bit widths outside what the fit saw
                 entry["P_range"] = [float(job.data.P[rows].min()), float(job.data.P[rows].max())]
             entry["data_range"] = _data_range(job.data, rows)
+            spread = seed_spread(frame.iloc[job.row_ids[rows & (job.data.weight > 0)]])
+            if spread:  # repeats of one point: the noise no forecast can beat (fit.solve.seeds)
+                entry["seed_spread"] = spread
             if profiles:
                 entry["gamma_profile"] = profiles[group]
             if len(job.names) > 1:
