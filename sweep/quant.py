@@ -272,7 +272,9 @@ class QuantLinear(nn.Linear):
     def mark_current(self, key: tuple | None = None) -> None:
         """``ste_delta`` now holds q(w) − w of the current weight and codebook (whoever wrote it); `key`:
         ``_version_key()`` as read by the caller after the weight last changed."""
-        self._delta_key = key if key is not None else self._version_key()
+        # object.__setattr__: nn.Module.__setattr__ checks parameters, buffers and submodules first (~3 µs),
+        # and this runs for every quantized module at every step
+        object.__setattr__(self, "_delta_key", key if key is not None else self._version_key())
 
     def ste_weight(self) -> torch.Tensor:
         """The weight forward uses once switched on: ``w + (q(w) - w)``, gradient straight to ``w``."""

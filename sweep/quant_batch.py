@@ -46,8 +46,13 @@ def chunk_elements(device: torch.device) -> int:
     return CHUNK_ELEMENTS if device.type == "cpu" else CUDA_CHUNK_ELEMENTS
 
 
+def _weight(module: QuantLinear) -> torch.Tensor:
+    # the dict, not module.weight: nn.Module.__getattr__ costs ~1 µs, read several times per module per step
+    return module._parameters["weight"]
+
+
 def _group_key(module: QuantLinear) -> tuple:
-    w = module.weight
+    w = _weight(module)
     return (module.kind, module.bits, module.block_size, module.scale_mode, module.binary_mean, w.dtype,
             w.device)
 
@@ -162,7 +167,7 @@ def _chunks(members: list[Member], max_elements: int) -> list[list[Member]]:
     chunks: list[list[Member]] = []
     size = max_elements
     for member in members:
-        n = member[0].weight.numel()
+        n = _weight(member[0]).numel()
         if size + n > max_elements:
             chunks.append([])
             size = 0
@@ -174,7 +179,7 @@ def _chunks(members: list[Member], max_elements: int) -> list[list[Member]]:
 def _update_chunk(modules: list[QuantLinear], keys: list[tuple], kernels: bool) -> None:
     """Quantize one chunk; `keys`: the members' ``_version_key()``, read once by ``update``."""
     block_size = modules[0].block_size
-    weights = [m.weight.detach() for m in modules]
+    weights = [_weight(m) for m in modules]  # under no_grad: the reshaped copies need no detach
     counts = [w.numel() // block_size for w in weights]
     blocks = torch.cat([w.reshape(-1, block_size) for w in weights])  # (n_blocks, B)
     shared = delta_buffer(modules, blocks, counts)
@@ -183,11 +188,12 @@ def _update_chunk(modules: list[QuantLinear], keys: list[tuple], kernels: bool) 
         fused_delta(blocks, modules, counts, out, keys)
     else:
         torch_delta(blocks, modules, counts, out, keys)
-    for module, w, delta, key in zip(modules, weights, out.split(counts), keys, strict=True):
-        if shared is None:
-            module.store_delta(delta.view_as(w), key)
-        else:
+    if shared is not None:  # the deltas are already in place
+        for module, key in zip(modules, keys, strict=True):
             module.mark_current(key)
+        return
+    for module, w, delta, key in zip(modules, weights, out.split(counts), keys, strict=True):
+        module.store_delta(delta.view_as(w), key)
 
 
 @torch.no_grad()
@@ -205,7 +211,7 @@ def update(quantized: list[tuple[str, QuantLinear]], max_elements: int | None = 
         if module._delta_key != key:
             groups.setdefault(_group_key(module), []).append((module, key))
     for members in groups.values():
-        limit = max_elements or chunk_elements(members[0][0].weight.device)
+        limit = max_elements or chunk_elements(_weight(members[0][0]).device)
         for chunk in _chunks(members, limit):
             modules, keys = zip(*chunk, strict=True)
             _update_chunk(list(modules), list(keys), kernels)
