@@ -36,8 +36,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sweep import distributed, meters, quant, quant_batch  # noqa: E402
-from sweep.loop import forward_backward  # noqa: E402
 from sweep.model import Llama, ModelConfig  # noqa: E402
+from sweep.step import forward_backward  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 POINTS = {"bf16": ("none", 16), **{f"{fmt}{bits}": (fmt, bits) for fmt in ("kmeans", "uniform")
@@ -88,7 +88,7 @@ def measure(config: ModelConfig, point: str, compiled: bool, args: argparse.Name
         sync(device)
         start = time.perf_counter()
         quant_batch.update(quantized)
-        forward_backward(trainable, x, y, micro, autocast)
+        forward_backward(trainable, x, y, micro, autocast, chunked_loss=device.type == "cuda")  # as the loop
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -69,8 +69,9 @@ class FitFile:
         if fmt is None and len(fits) == 1:
             return next(iter(fits.values()))
         allowed = ", ".join(fits)
-        wanted = "a format" if fmt is None else f"format {fmt!r}"
-        raise InputError(f"--format: {self.path} has no fit for {wanted}; allowed: {allowed}")
+        if fmt is None:  # a per-format fit.json: say the option is needed, not that a format is missing
+            raise InputError(f"--format: required, {self.path} holds one fit per format; allowed: {allowed}")
+        raise InputError(f"--format: {self.path} has no fit for format {fmt!r}; allowed: {allowed}")
 
     def params(self, fmt: str | None = None) -> dict[str, float]:
         entry = self.entry(fmt)

@@ -5,6 +5,7 @@ Split from fit.answer.recommend to keep that module about the ranking itself; ca
 
 from __future__ import annotations
 
+import math
 import re
 
 from fit.errors import InputError
@@ -35,8 +36,8 @@ def parse_memory(text: str) -> list[float]:
                 "(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 8GB, 8GiB, 7.5e9 or 1GB,2GB,4GB"
             )
         value = float(match.group(1)) * UNITS[unit]
-        if not value > 0:
-            raise InputError(f"--memory: {item.strip()!r} must be a positive amount of memory")
+        if not 0 < value < math.inf:  # 1e999GB overflows to inf: no budget, and "inf TB" answers nothing
+            raise InputError(f"--memory: {item.strip()!r} must be a positive, finite amount of memory")
         budgets.append(value)
     return budgets
 

@@ -36,7 +36,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for index in cuda_rng_devices(len(state["cuda"]), torch.cuda.device_count()):
+            torch.cuda.set_rng_state(state["cuda"][index], index)
+
+
+def cuda_rng_devices(saved: int, visible: int) -> range:
+    """The GPUs whose RNG state a resume restores: those both saved and visible now. A requeued task may
+    see fewer GPUs than the one that saved (a site binding one GPU per task), where set_rng_state_all
+    raised IndexError; a GPU not saved keeps its seed (training draws no random numbers on the GPU)."""
+    return range(min(saved, visible))
 
 
 def save(directory: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run_id: str,

@@ -7,6 +7,7 @@ without a traceback and exits non-zero.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -63,6 +64,7 @@ class TrainConfig:
     # they stay out of the run id and adding them to conf/train/default.yaml kept every existing id.
     compile: bool | None = None  # torch.compile the blocks; null = on for CUDA, off on CPU
     peak_flops: float | None = None  # the device's peak FLOP/s for MFU; null = a known GPU's bf16 peak
+    collective_timeout_s: float | None = None  # DDP: how long ranks wait for a peer; null = sized to a save
 
 
 @dataclass
@@ -122,6 +124,10 @@ def from_dict(cfg: dict[str, Any], check_paths: bool = True) -> JobConfig:
     return job
 
 
+FINITE_TRAIN_KEYS = ("tokens", "tokens_per_param", "lr", "warmup", "weight_decay", "min_lr_ratio",
+                     "decay_fraction", "eval_every", "final_eval_spacing")
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -158,6 +164,13 @@ def validate(job: JobConfig, check_paths: bool = True) -> None:
 
     _require(t.tokens is not None or t.tokens_per_param is not None,
              "train.tokens or train.tokens_per_param must be set")
+    # inf passes every "> 0" below: 1e400 tokens overflowed int() in the job, lr=inf trained to a divergence
+    for key in FINITE_TRAIN_KEYS:
+        value = getattr(t, key)
+        _require(value is None or math.isfinite(float(value)),
+                 f"train.{key} must be a finite number, got {value!r}")
+    _require(isinstance(t.seed, int) and not isinstance(t.seed, bool) and t.seed >= 0,
+             f"train.seed must be an integer >= 0 (numpy's generators refuse negatives), got {t.seed!r}")
     if t.tokens is not None:
         _require(float(t.tokens) > 0, f"train.tokens must be > 0, got {t.tokens!r}")
     if t.tokens_per_param is not None:
@@ -205,6 +218,9 @@ def validate(job: JobConfig, check_paths: bool = True) -> None:
         _positive_int(t.max_steps_this_run, "train.max_steps_this_run")
     if t.peak_flops is not None:
         _require(t.peak_flops > 0, f"train.peak_flops must be > 0 (FLOP/s), got {t.peak_flops!r}")
+    if t.collective_timeout_s is not None:
+        _require(t.collective_timeout_s > 0, "train.collective_timeout_s must be > 0 (seconds) or null, got "
+                 f"{t.collective_timeout_s!r}")
 
     _require(d.corpus in CORPORA, f"data.corpus must be one of {', '.join(CORPORA)}, got {d.corpus!r}")
     _require(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction!r}")

@@ -59,8 +59,10 @@ def backend_for(device_type: str) -> str:
     return "nccl" if device_type == "cuda" else "gloo"
 
 
-def init(device_type: str) -> DistInfo:
-    """Join the process group if this process is one of several tasks; otherwise a no-op."""
+def init(device_type: str, timeout_s: float = 600.0) -> DistInfo:
+    """Join the process group if this process is one of several tasks; otherwise a no-op. `timeout_s`:
+    how long a collective waits for a peer (the others wait while rank 0 saves a checkpoint). The caller
+    binds the GPU (sweep.train.cuda_index)."""
     if dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     found = _from_submitit() or _from_torchrun()
@@ -69,10 +71,17 @@ def init(device_type: str) -> DistInfo:
     info, master, port = found
     backend = backend_for(device_type)
     dist.init_process_group(backend, init_method=f"tcp://{master}:{port}", rank=info.rank,
-                            world_size=info.world_size, timeout=datetime.timedelta(minutes=10))
-    if device_type == "cuda":
-        torch.cuda.set_device(info.local_rank)
+                            world_size=info.world_size, timeout=datetime.timedelta(seconds=timeout_s))
     return info
+
+
+def flag_group(info: DistInfo, device_type: str, timeout_s: float = 600.0) -> dist.ProcessGroup | None:
+    """A gloo group beside NCCL's for per-step host flags (the stop signal): an all-reduce of a CPU tensor
+    that never waits for the GPU's queue. None where the default group is gloo already or single process.
+    Collective: every rank calls it."""
+    if not info.enabled or device_type != "cuda":
+        return None
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
 
 
 def wrap(model: torch.nn.Module, device: torch.device, sync_buffers: bool = False) -> torch.nn.Module:
@@ -103,13 +112,22 @@ def all_reduce_mean(value: float | torch.Tensor, info: DistInfo, device: torch.d
     return float(t.item()) / info.world_size
 
 
-def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
-    """True on every rank if it is true on any (e.g. 'a stop signal arrived'), so all stop at one step."""
+def any_rank(flag: bool, info: DistInfo, device: torch.device,
+             group: dist.ProcessGroup | None = None) -> bool:
+    """True on every rank if it is true on any (e.g. 'a stop signal arrived'), so all stop at one step.
+    `group`: flag_group's gloo group (then `device` is the CPU)."""
     if not info.enabled:
         return flag
     t = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return bool(t.item())
+
+
+def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The elementwise sum over ranks (in place), or the tensor itself in a single process."""
+    if info.enabled:
+        dist.all_reduce(tensor)
+    return tensor
 
 
 def shutdown(info: DistInfo, wait_for_peers: bool = True) -> None:

@@ -121,7 +121,7 @@ class SweepLauncher:
                 config.hydra.job.num = initial_job_idx + offset
             HydraConfig.instance().set_config(config)
             task = task_config(config)
-            validate_job(task, overrides, self.cluster)
+            validate_job(task, overrides, self.cluster, self.params)
             composed.append((config, expected_run_id(task)))
         returns, planned = [], []
         for offset, (overrides, (config, run_id)) in enumerate(zip(job_overrides, composed, strict=True)):

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-import torch.nn.functional as F
 
 from sweep import branches as branching
 from sweep import checkpoint, data, distributed, meters, quant, quant_batch, schedule
@@ -33,51 +32,12 @@ from sweep.contract import (
     read_json,
 )
 from sweep.rundir import MetricsLog
+from sweep.step import evaluate, forward_backward, host_copy
+
+__all__ = ["evaluate", "forward_backward", "host_copy"]  # the step's pieces, imported from here too
 
 if TYPE_CHECKING:
     from sweep.wandb_logger import WandbLogger
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, val: tuple[torch.Tensor, torch.Tensor], device: torch.device,
-             autocast: Any, batch: int) -> tuple[float, float]:
-    """(mean loss per token, its standard error over the validation sequences)."""
-    model.eval()
-    inputs, targets = val
-    per_sequence = []
-    for start in range(0, len(inputs), batch):
-        x, y = inputs[start: start + batch].to(device), targets[start: start + batch].to(device)
-        with autocast():
-            logits = model(x)  # (b, T, vocab)
-        losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
-        per_sequence.append(losses.view(len(x), -1).mean(dim=1).double())  # (b,)
-    model.train()
-    values = torch.cat(per_sequence)
-    se = float(values.std() / math.sqrt(len(values))) if len(values) > 1 else float("nan")
-    return float(values.mean()), se
-
-
-def forward_backward(trainable: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, micro: int,
-                     autocast: Any) -> torch.Tensor:
-    """Accumulate the gradient of the mean loss over this rank's batch, `micro` sequences at a time.
-
-    DDP all-reduces only on the last micro-batch (``no_sync`` before), once per optimizer step. Returns the
-    batch loss as a 0-d tensor on the device: reading it is a host-device sync, left to the log steps.
-    """
-    # x, y: (B_local, T)
-    starts = list(range(0, len(x), micro))
-    total = torch.zeros((), device=x.device)
-    for index, start in enumerate(starts):
-        xb, yb = x[start: start + micro], y[start: start + micro]
-        last = index == len(starts) - 1
-        sync = contextlib.nullcontext() if last or not hasattr(trainable, "no_sync") else trainable.no_sync()
-        with sync:
-            with autocast():
-                logits = trainable(xb)  # (b, T, vocab)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten()) * (len(xb) / len(x))
-            loss.backward()
-        total += loss.detach()
-    return total
 
 
 @dataclass
@@ -116,6 +76,7 @@ class TrainerConfig:
     plan: list[branching.Branch]    # the WSD cooldown branches, sorted by fork step
     corpus: data.Corpus
     validation: Validation
+    stop_group: Any = None          # the per-step stop flag's gloo group under NCCL (distributed.flag_group)
 
 
 @dataclass
@@ -224,8 +185,8 @@ class Trainer:
         directory = branch_run_dir(self.config.run_dir, branch)
         metrics = MetricsLog(directory / METRICS)
         if resume is None:
-            self.trunk_state = {"model": copy.deepcopy(model.state_dict()),
-                                "optimizer": copy.deepcopy(optimizer.state_dict()),
+            self.trunk_state = {"model": host_copy(model.state_dict()),
+                                "optimizer": host_copy(optimizer.state_dict()),
                                 "rng": checkpoint.rng_state(), "evals": copy.deepcopy(trunk.evals)}
             evals = [e for e in trunk.evals if e[0] <= branch.fork_step]
             start, wall_before = branch.fork_step, 0.0
@@ -297,7 +258,7 @@ class Trainer:
                 self._log(segment, record, throughput.take(), grad_norm)
             if status != TrainingEnd.COMPLETED:
                 return Outcome(status, done, reason)
-            if self._checkpoint_and_stop(segment, done, log_now):
+            if self._checkpoint_and_stop(segment, done):
                 return Outcome(TrainingEnd.STOPPED, done)
         return Outcome(TrainingEnd.COMPLETED, last)
 
@@ -319,8 +280,9 @@ class Trainer:
         x, y = data.train_batch(self.config.corpus, t.seed, step, self.config.steps.n_sequences, t.seq_len,
                                 dist.rank, dist.world_size)
         quant_batch.update(parts.quantized)  # quantize once per optimizer step, for every micro-batch
-        local_loss = forward_backward(parts.trainable, x.to(device), y.to(device),
-                                      self.config.steps.micro_sequences, self.autocast)
+        local_loss = forward_backward(parts.trainable, data.to_device(x, device), data.to_device(y, device),
+                                      self.config.steps.micro_sequences, self.autocast,
+                                      chunked_loss=device.type == "cuda")
         grad_norm = torch.nn.utils.clip_grad_norm_(parts.model.parameters(), t.grad_clip)
         parts.optimizer.step()
         parts.optimizer.zero_grad(set_to_none=True)
@@ -345,7 +307,7 @@ class Trainer:
         # mid-run evaluations use the cheap subset; the final ones the whole validation set
         val = self.config.validation.final if final else self.config.validation.mid
         val_loss, val_se = evaluate(self.parts.model, val, self.config.device, self.autocast,
-                                    self.config.steps.micro_sequences)
+                                    self.config.steps.micro_sequences, self.config.dist)
         record["val_loss"] = val_loss
         record["val_loss_se"] = val_se
         segment.evals.append([record["step"], val_loss, val_se])
@@ -360,13 +322,20 @@ class Trainer:
             if self.logger and segment.branch is None:
                 self.logger.log(record, step=record["step"])
 
-    def _checkpoint_and_stop(self, segment: Segment, done: int, log_now: bool) -> bool:
+    def stop_requested(self) -> bool:
+        """Whether any rank has a stop signal, polled every step: under DDP all ranks agree through one
+        all-reduce of the flag, on the CPU (gloo) group so that it never waits for the GPU (~0.1 ms per
+        step on CPU gloo; docs/architecture.md §3). Polled at log steps only, a stop could come ~55 s late
+        at l1b, and the save after it must fit in the launcher's signal_delay_s."""
+        dist, group = self.config.dist, self.config.stop_group
+        device = torch.device("cpu") if group is not None else self.config.device
+        return distributed.any_rank(self.stop.received is not None, dist, device, group)
+
+    def _checkpoint_and_stop(self, segment: Segment, done: int) -> bool:
         """Checkpoint on a stop signal, at this run's step limit or periodically; hand a stop signal over.
         True when this run's step limit (``train.max_steps_this_run``) is reached."""
-        t, dist, device = self.config.job.train, self.config.dist, self.config.device
-        # a stop flag from any rank is a collective (and a sync): every step alone, at log steps in DDP
-        stop_now = (not dist.enabled or log_now) and distributed.any_rank(self.stop.received is not None,
-                                                                          dist, device)
+        t = self.config.job.train
+        stop_now = self.stop_requested()
         limit_reached = t.max_steps_this_run is not None and self.steps_this_run >= t.max_steps_this_run \
             and done < segment.total
         periodic = (t.checkpoint_every and done % t.checkpoint_every == 0) or \

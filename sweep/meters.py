@@ -3,9 +3,12 @@
 All three are read at log steps only: the gradient norm is a device tensor kept from the step (reading it
 is a host-device sync), MFU needs the interval's tokens/s, and the memory peaks are counters.
 
-MFU = model FLOPs per token (6·N_matmul + attention, fwd + bwd) × tokens/s ÷ the device's peak FLOP/s.
-The peak is ``train.peak_flops`` when set, else a bf16 dense figure for the GPUs below, else null (no MFU:
-a CPU's peak depends on its cores, clock and vector width, and a guess would be a wrong number).
+MFU = model FLOPs per token (6·N_matmul + attention, fwd + bwd) × tokens/s ÷ (the device's peak FLOP/s
+× the number of ranks): the loop's tokens/s counts the global batch, so MFU is per GPU, the figure that
+``bitlaw plan --mfu`` multiplies by one GPU's peak (dividing by one GPU's peak alone logged 320 % for an
+8-GPU run at 40 %). The peak is ``train.peak_flops`` when set, else a bf16 dense figure for the GPUs
+below, else null (no MFU: a CPU's peak depends on its cores, clock and vector width, and a guess would be
+a wrong number).
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ def peak_flops(device: torch.device, override: float | None = None) -> float | N
 
 
 def peak_memory_bytes(device: torch.device) -> int:
-    """CUDA: the allocator's high-water mark since start; CPU: the process's peak resident set."""
+    """CUDA: the allocator's high-water mark since the last log step (the Meter resets it there); CPU: the
+    process's peak resident set since start (the kernel keeps no resettable high-water mark per window)."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -70,8 +74,9 @@ class Meter:
     """The log-step fields: ``mfu`` (null without a known peak), ``grad_norm`` (before clipping),
     ``peak_memory_bytes``; ``flops_per_token`` once known, for readers who want their own peak."""
 
-    def __init__(self, per_token: float | None, device: torch.device, peak: float | None = None):
-        self.per_token, self.device, self.peak = per_token, device, peak
+    def __init__(self, per_token: float | None, device: torch.device, peak: float | None = None,
+                 world_size: int = 1):
+        self.per_token, self.device, self.peak, self.world_size = per_token, device, peak, world_size
 
     def log_fields(self, tokens_per_s: float, grad_norm: torch.Tensor | float | None) -> dict[str, Any]:
         fields: dict[str, Any] = {}
@@ -79,9 +84,16 @@ class Meter:
             fields["grad_norm"] = float(grad_norm)
         if self.per_token is not None:
             fields["flops_per_token"] = self.per_token
-            fields["mfu"] = self.per_token * tokens_per_s / self.peak if self.peak else None
+            fields["mfu"] = mfu(self.per_token, tokens_per_s, self.peak, self.world_size)
         fields["peak_memory_bytes"] = peak_memory_bytes(self.device)
+        if self.device.type == "cuda":  # each log step reports its own window's peak, not the run's
+            torch.cuda.reset_peak_memory_stats(self.device)
         return fields
+
+
+def mfu(per_token: float, tokens_per_s: float, peak: float | None, world_size: int) -> float | None:
+    """Per-GPU MFU of `tokens_per_s` tokens/s over all `world_size` ranks; None without a peak."""
+    return per_token * tokens_per_s / (peak * world_size) if peak else None
 
 
 # metrics.jsonl fields that measure the machine, not the training: two runs of the same config differ in them

@@ -37,6 +37,21 @@ def check_inputs(job: JobConfig, local: bool) -> None:
         raise ConfigError(MISSING_KEY)
 
 
+def check_budget(task: dict, launcher: dict | None, name: str) -> None:
+    """Raise ConfigError when the job cannot fit its GPU or finish in its Slurm time (sweep/budget.py), naming
+    the fix; the job's `sweep.preflight.force=true` submits it anyway."""
+    from sweep import budget
+    from sweep.config import ConfigError
+
+    knobs = budget.settings(task)
+    if knobs.force:
+        return
+    res = budget.resources(budget.job_launcher(launcher, task))
+    line = budget.refusal([budget.job_budget(name, task, res, knobs.gpu_memory, knobs.mfu, knobs.peak_flops)])
+    if line:
+        raise ConfigError(f"{line}; or sweep.preflight.force=true to submit it anyway")
+
+
 def output_dir_problem(path: Path, key: str) -> str | None:
     """Why `path` cannot be made a writable directory, as one line naming `key`; None if it can.
 

@@ -46,19 +46,23 @@ def expected_run_id(task: dict | None) -> str | None:
     return compute_run_id(task) if task is not None else None
 
 
-def validate_job(task: dict | None, overrides: Sequence[str], cluster: str) -> None:
+def validate_job(task: dict | None, overrides: Sequence[str], cluster: str,
+                 launcher: dict | None = None) -> None:
     """The job's own config checks (sweep/config.py) and its inputs (sweep/preflight.py: the token file read
-    through, the W&B key), run at submission so that a bad job of a grid stops the whole submission with
-    one line before anything is queued, instead of failing once it runs."""
+    through, the W&B key; on Slurm, its GPU memory and time against `launcher`, sweep/budget.py), run at
+    submission so that a bad job of a grid stops the whole submission with one line before anything is
+    queued, instead of failing once it runs."""
     if task is None or not {"model", "quant", "train"} <= set(task):
         return  # not bitlaw's training job (another Hydra app on this launcher): its job checks itself
     # imported only here: sweep.config's dataclasses import torch (~2 s), once per sweep
     from sweep.config import ConfigError, from_dict
-    from sweep.preflight import check_inputs
+    from sweep.preflight import check_budget, check_inputs
     try:
         # a Slurm job's token file lives on the cluster's file system, which this host may not see
         local = cluster != "slurm"
         check_inputs(from_dict(task, check_paths=local), local)
+        if not local:
+            check_budget(task, launcher, " ".join(overrides) or "(no overrides)")
     except ConfigError as err:
         job = " ".join(overrides) or "(no overrides)"
         raise SubmissionError(f"{err} (job: {job}); nothing was submitted") from None

@@ -162,10 +162,16 @@ def train(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
 
     device_type = resolve_device(job.train.device)
     torch.set_num_threads(job.train.threads or default_threads())
-    dist_info = distributed.init(device_type)
-    device = torch.device("cuda", dist_info.local_rank) if device_type == "cuda" else torch.device("cpu")
+    timeout_s = collective_timeout_s(job)
+    dist_info = distributed.init(device_type, timeout_s)
+    device = torch.device("cpu")
+    if device_type == "cuda":
+        device = torch.device("cuda", cuda_index(dist_info.local_rank, torch.cuda.device_count(),
+                                                 os.environ.get("CUDA_VISIBLE_DEVICES")))
+        torch.cuda.set_device(device)  # before any collective: NCCL binds its communicator to it
     try:
-        result = _run(job, run_dir, run_id, mode, device, dist_info)
+        stop_group = distributed.flag_group(dist_info, device_type, timeout_s)
+        result = _run(job, run_dir, run_id, mode, device, dist_info, stop_group)
     except BaseException:
         distributed.shutdown(dist_info, wait_for_peers=False)  # a peer may never reach a barrier now
         raise
@@ -173,17 +179,45 @@ def train(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     return result
 
 
+def cuda_index(local_rank: int, device_count: int, visible: str | None) -> int:
+    """The GPU this task trains on, among the `device_count` it sees. A task that sees one GPU (a site
+    binding a GPU per task, CUDA_VISIBLE_DEVICES=<one id>) takes it whatever its local rank; a task that
+    sees the node's GPUs takes its local rank's, modulo what it sees (not ``cuda:LOCAL_RANK``, which is
+    out of range wherever a task sees fewer GPUs than the node runs tasks)."""
+    if device_count < 1:
+        raise ConfigError(f"train.device=cuda: this task sees no GPU (CUDA_VISIBLE_DEVICES={visible!r}); "
+                          "request GPUs from the launcher (gpus_per_node) or set train.device=cpu")
+    listed = [v for v in (visible or "").split(",") if v.strip()]
+    if len(listed) == 1 or device_count == 1:
+        return 0
+    return local_rank % device_count
+
+
+# a checkpoint streams to a shared file system at ~50 MB/s at worst; the peers wait for it in a collective
+SAVE_BYTES_PER_S = 50e6
+
+
+def collective_timeout_s(job: JobConfig) -> float:
+    """How long DDP ranks wait for a peer: ``train.collective_timeout_s``, else sized to the longest wait,
+    rank 0 writing a checkpoint inside a branch (weights and Adam moments, 16 B per parameter, twice: the
+    trunk's snapshot rides along) at SAVE_BYTES_PER_S, plus NCCL's usual 10 minutes for the rest."""
+    if job.train.collective_timeout_s is not None:
+        return float(job.train.collective_timeout_s)
+    save_bytes = 2 * 16 * param_counts(job.model)["N_total"]
+    return 600.0 + save_bytes / SAVE_BYTES_PER_S
+
+
 def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.device,
-         dist_info: distributed.DistInfo) -> dict[str, Any]:
+         dist_info: distributed.DistInfo, stop_group: Any = None) -> dict[str, Any]:
     """The job in steps: its config, the model, where it starts (fresh or from its checkpoint), the run dir,
     the loop, then the outputs."""
     started = time.time()
     corpus = data.load_corpus(job.data)
     counts = param_counts(job.model)
-    config = trainer_config(job, run_dir, device, dist_info, corpus, counts)
+    config = trainer_config(job, run_dir, device, dist_info, corpus, counts, stop_group)
     parts = build_model(job, device, dist_info)
     if mode == "resume":
-        start = resume(run_dir, run_id, parts, device)
+        start = resume(run_dir, run_id, parts)
     else:
         start = Start(0, {"evals": [], "wall_s": 0.0}, None, describe_run(job, run_id, counts, config))
     if dist_info.is_main:
@@ -196,7 +230,7 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
                          counts=counts, plan=config.plan, progress=start.progress, trunk=trunk,
                          started=started, is_main=dist_info.is_main)
     meter = meters.Meter(meters.model_flops_per_token(job.model, job.train.seq_len), device,
-                         meters.peak_flops(device, job.train.peak_flops))
+                         meters.peak_flops(device, job.train.peak_flops), dist_info.world_size)
     with StopSignals() as stop:
         trainer = Trainer(config, parts, hooks=outputs, stop=stop, logger=logger, meter=meter)
         outcome = trainer.run(trunk, start.step, start.branch)
@@ -210,7 +244,7 @@ def _run(job: JobConfig, run_dir: Path, run_id: str, mode: str, device: torch.de
 
 
 def trainer_config(job: JobConfig, run_dir: Path, device: torch.device, dist_info: distributed.DistInfo,
-                   corpus: data.Corpus, counts: dict[str, int]) -> TrainerConfig:
+                   corpus: data.Corpus, counts: dict[str, int], stop_group: Any = None) -> TrainerConfig:
     """The loop's fixed inputs, derived from the job's config once, with the checks that need the run's
     length (a ConfigError before anything trains)."""
     t = job.train
@@ -224,7 +258,7 @@ def trainer_config(job: JobConfig, run_dir: Path, device: torch.device, dist_inf
     mid_windows = max(1, (t.mid_eval_tokens or t.eval_tokens) // t.seq_len)
     validation = Validation(mid=(final_val[0][:mid_windows], final_val[1][:mid_windows]), final=final_val)
     return TrainerConfig(job=job, run_dir=run_dir, device=device, dist=dist_info, steps=steps, plan=plan,
-                         corpus=corpus, validation=validation)
+                         corpus=corpus, validation=validation, stop_group=stop_group)
 
 
 def build_model(job: JobConfig, device: torch.device, dist_info: distributed.DistInfo) -> ModelParts:
@@ -283,12 +317,20 @@ class Start:
     run_info: dict[str, Any]            # run.json
 
 
-def resume(run_dir: Path, run_id: str, parts: ModelParts, device: torch.device) -> Start:
+def resume(run_dir: Path, run_id: str, parts: ModelParts) -> Start:
     """Load the checkpoint into the model and optimizer; run.json is the first attempt's, with this
     attempt's job ids and host."""
-    payload = checkpoint.load(run_dir / CHECKPOINT, map_location=device)
+    # to host memory: load_state_dict copies into the device's tensors, and a branch's trunk snapshot
+    # stays on the host (as Trainer takes it); loaded to the device it held +4 B/param (+16 B in a branch)
+    return resume_from(checkpoint.load(run_dir / CHECKPOINT, map_location="cpu"), run_dir, run_id, parts)
+
+
+def resume_from(payload: dict[str, Any], run_dir: Path, run_id: str, parts: ModelParts) -> Start:
+    """resume() given the loaded checkpoint; keeps none of its weights or optimizer state (only the step,
+    the progress and a branch's host snapshot), so they are freed when the caller drops the payload."""
     checkpoint.restore(payload, model=parts.model, optimizer=parts.optimizer)
-    step, progress = payload["step"], payload["progress"]
+    step, progress = payload.pop("step"), payload.pop("progress")
+    payload.clear()
     run_info = {**read_json(run_dir / RUN), **job_ids(), "host": platform.node()}
     log.info("resume: %s from step %d%s", run_id, step,
              f" (branch {progress['branch']['name']})" if progress.get("branch") else "")

@@ -144,10 +144,10 @@ def test_too_few_sizes_is_refused() -> None:
 # ----------------------------------------------------------------------------- laws
 
 
-def test_default_laws_are_every_law_when_the_table_has_p() -> None:
+def test_default_laws_are_every_law_when_the_table_has_p_else_the_p_free_ones() -> None:
     frame = precision_table()
     assert default_laws(frame, "format") == (list(LAWS), None)  # a law added to fit.law.LAWS joins
-    assert default_laws(frame.drop(columns="P"), None)[0] == ["chinchilla"]
+    assert default_laws(frame.drop(columns="P"), None)[0] == ["chinchilla", "coupled"]  # both fit without P
 
 
 def test_a_law_that_reads_p_needs_p() -> None:

@@ -45,7 +45,9 @@ def test_each_rung_carries_the_per_size_recipe_and_composes_into_a_valid_branche
     n = param_counts(model["d_model"], model["n_layers"], model["n_heads"], model["n_kv_heads"],
                      model["ffn_dim"], model["vocab_size"])["N_nonembed"]
     token_file = tmp_path / "tokens.bin"
-    token_file.write_bytes(b"\0" * 64)
+    # 1M uint16 ids (sparse zeros): enough for one validation window at seq_len 2048
+    with open(token_file, "wb") as f:
+        f.truncate(2 * 1_000_000)
     cfg = job(f"rung={rung}", "point=kmeans2", f"data.path={token_file}")
     assert cfg["model"]["d_model"] == model["d_model"]
     want = recipe(n)

@@ -168,14 +168,15 @@ def test_coupled_fit_json_serves_bootstrap_two_stage_shared_predict_and_recommen
     path = tmp_path / "runs.csv"
     frame.to_csv(path, index=False)
     common = ["--law", "coupled", "--by", "format", "--grid", "coarse", "--workers", "1"]
-    for name, extra in (("boot", ["--bootstrap", "6"]), ("two", ["--two-stage", "--bootstrap", "4"]),
+    # 40 resamples: the fewest --bootstrap allows for a 95 % interval (issue 28 item 8)
+    for name, extra in (("boot", ["--bootstrap", "40"]), ("two", ["--two-stage", "--bootstrap", "40"]),
                         ("shared", ["--shared"])):  # fmt: skip
         assert cli.main(["fit", str(path), "-o", str(tmp_path / f"{name}.json"), *common, *extra]) == 0, name
     out = capsys.readouterr().out
     assert "  k " in out  # the summary prints k
     boot = json.loads((tmp_path / "boot.json").read_text())
     entry = boot["fits"]["kmeans"]
-    assert boot["law"] == "coupled" and len(entry["bootstrap_samples"]["k"]) == 6
+    assert boot["law"] == "coupled" and len(entry["bootstrap_samples"]["k"]) == 40
     lo, hi = entry["bootstrap"]["k"]
     assert lo <= entry["k"] <= hi and entry["information"]["k"] == 7  # a, b, e, α, β, k, γ
     two = json.loads((tmp_path / "two.json").read_text())["fits"]["kmeans"]

@@ -105,7 +105,7 @@ def test_unknown_suffix_missing_file_and_corrupt_jsonl(capsys, tmp_path) -> None
     assert "unknown file type '.xlsx'" in fit_error(capsys, tmp_path, tmp_path / "runs.xlsx")
     assert "no such file" in fit_error(capsys, tmp_path, tmp_path / "absent.csv")
     (tmp_path / "bad.jsonl").write_text('{"N": 1}\n{"N": \n')
-    assert "cannot read it as jsonl" in fit_error(capsys, tmp_path, tmp_path / "bad.jsonl")
+    assert "bad.jsonl: line 2 is not valid JSON" in fit_error(capsys, tmp_path, tmp_path / "bad.jsonl")
 
 
 def test_bad_columns_spec_and_where(capsys, tmp_path, runs) -> None:

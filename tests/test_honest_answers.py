@@ -43,7 +43,7 @@ def write_study(root: Path, flags: dict[str, list[str]] | None = None, alpha: fl
         params = {**TRUE, "gamma": gamma, **({"alpha": alpha} if alpha is not None else {})}
         samples = {k: list(v * np.exp(0.02 * rng.standard_normal(40))) for k, v in params.items()}
         fits[fmt] = {**params, "flags": (flags or {}).get(fmt, []), "bootstrap_samples": samples,
-                     "P_range": [1.25, 16.0]}  # fmt: skip
+                     "P_range": [1.25, 16.0], "identification": {}}  # as a current fit.json  # fmt: skip
     doc = {"law": "precision", "by": "format", "n_convention": "quant", "fits": fits,
            "columns": {k: k for k in ("N", "D", "loss", "P", "format", "run")},
            "data": {"path": str(root / "runs.csv"), "sha256": sha256_of(root / "runs.csv"), "dropped": {}}}
@@ -206,9 +206,10 @@ def test_a_run_id_twice_is_refused(tmp_path: Path, capsys) -> None:
     table = (tmp_path / "runs.csv").read_text().splitlines()
     (tmp_path / "doubled.csv").write_text("\n".join([*table, *table[1:]]) + "\n")
     code, _, err = run_cli(capsys, "fit", tmp_path / "doubled.csv", "-o", tmp_path / "f.json")
-    assert code == 2 and "column 'run': 63 of 126 rows repeat a run id" in err and "data rows 1 and 64" in err
+    assert code == 2 and "column 'run': 63 of 126 rows repeat a run at the same D" in err
+    assert "data rows 1 and 64" in err and "was a sweep gathered twice?" in err
     code, _, err = run_cli(capsys, "plot", fit, "--data", tmp_path / "doubled.csv", "-o", tmp_path / "o")
-    assert code == 2 and "repeat a run id" in err and not (tmp_path / "o").exists()
+    assert code == 2 and "repeat a run at the same D" in err and not (tmp_path / "o").exists()
 
 
 @pytest.mark.integration

@@ -7,7 +7,11 @@ from __future__ import annotations
 import pytest
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
 
-LOCAL = ["hydra.launcher.parallel=2"]  # two workers: a batch of two runs side by side
+# two workers: a batch of two runs side by side. hydra.job.chdir=True: the suites check each job's log in its
+# working dir, as under the unspecified version base they were written for; Hydra's version base is
+# process-global and `import sweep.app` (hydra.main(version_base="1.3")) sets it, after which jobs no longer
+# chdir: the suites passed alone and failed after tests/test_app.py
+LOCAL = ["hydra.launcher.parallel=2", "hydra.job.chdir=True"]
 
 
 @pytest.mark.slow  # each sweep starts workers that import torch (~6 s each on 2 cores)

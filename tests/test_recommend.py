@@ -227,7 +227,8 @@ def test_chinchilla_fit_and_missing_source_are_rejected(tmp_path: Path, capsys) 
                      law="chinchilla")  # fmt: skip
     code, _, err = run_cli(capsys, "recommend", str(chin), "--memory", "8GB", "--tokens", "1e11")
     # any law with a bits-per-weight term answers now (issue 14 item 3); chinchilla still cannot
-    assert code == 2 and "needs a law with a bits-per-weight term (precision, efficiency, penalty)" in err
+    laws = "(precision, efficiency, penalty, coupled)"
+    assert code == 2 and f"needs a law with a bits-per-weight term {laws}" in err
     code, _, err = run_cli(capsys, "recommend", "--memory", "8GB")
     assert code == 2 and "FIT.json: required, or --preset NAME" in err
     code, _, err = run_cli(capsys, "recommend", "--preset", "chinchilla", "--memory", "8GB")

@@ -21,6 +21,21 @@ DEFAULT_BUDGETS = "1GB,2GB,4GB,8GB,16GB,32GB,64GB"  # plot and report: the budge
 STUDY_ARCH = "llama3:continuous"  # plot and report: the family of the memory figures and tables
 
 
+def add_drop_early(parser: argparse.ArgumentParser) -> None:
+    """--drop-early F (fit and backtest): drop each run's early rows of a checkpoint table."""
+    parser.add_argument(
+        "--drop-early", type=float, default=0.0, metavar="F",
+        help="drop each run's rows below F x that run's largest D, 0 <= F < 1 (a table with several rows "
+        "per run, e.g. checkpoints; the early phase of training; default 0: keep all)",
+    )
+
+
+def drop_early_line(fraction: float, dropped: int, rows_before: int) -> str:
+    """What --drop-early did, in one line (fit and backtest print it)."""
+    return (f"--drop-early {fraction:g}: dropped {dropped} of {rows_before} rows (each run's rows below "
+            f"{fraction:g} x its largest D)")
+
+
 def add_allow_other_data(parser: argparse.ArgumentParser) -> None:
     """--allow-other-data (report and plot): --data must be the fitted table unless this says otherwise."""
     parser.add_argument("--allow-other-data", action="store_true",

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from bitlaw.commands._options import N_CONVENTIONS, output_dir
+from bitlaw.commands._options import N_CONVENTIONS, add_drop_early, drop_early_line, output_dir
 from fit.errors import InputError
 
 GRIDS = ("coarse", "default", "fine")  # mirrors fit.solve.optimize's start grids without importing scipy
@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--drop-invalid", action="store_true",
         help="drop rows with missing, non-numeric or non-positive N, D, loss, P (counted)",
     )
+    add_drop_early(parser)
 
 
 def _laws(given: str | None) -> list[str] | None:
@@ -59,7 +60,7 @@ def _laws(given: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fit.data.table import column_mapping, parse_columns, prepare_table, read_frame
+    from fit.data.table import check_drop_early, column_mapping, parse_columns, prepare_table, read_frame
     from fit.render.backtest_plot import plot_error_vs_factor
     from fit.render.backtest_text import format_backtest
     from fit.study.backtest import P_FREE_LAWS, BacktestOptions, backtest, default_laws
@@ -67,13 +68,15 @@ def run(args: argparse.Namespace) -> int:
     laws = _laws(args.law)
     if args.workers < 1:
         raise InputError(f"--workers: {args.workers} is not allowed; use 1 or more")
+    check_drop_early(args.drop_early)
     out = output_dir(args.output) if args.output else None  # before any work: a bad -o loses nothing
     columns = parse_columns(args.columns)
     frame = read_frame(args.data)
     has_p = column_mapping(columns, args.n_convention)["P"] in frame.columns
     needs_p = has_p and (laws is None or any(law not in P_FREE_LAWS for law in laws))
     require = ("N", "D", "loss") + (("P",) if needs_p else ()) + (("format",) if args.by else ())
-    table = prepare_table(frame, columns, args.where, require, args.drop_invalid, args.n_convention)
+    table = prepare_table(frame, columns, args.where, require, args.drop_invalid, args.n_convention,
+                          args.drop_early)
     note = None
     if laws is None:
         laws, note = default_laws(table.frame, args.by)
@@ -82,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     ))
     document = result.to_dict()
     document["data"] = {"path": args.data, "where": args.where, "rows_used": len(table.frame),
-                        "dropped": table.dropped, "columns": table.columns}
+                        "dropped": table.dropped, "columns": table.columns,
+                        "drop_early": table.drop_early, "rows_dropped_early": table.n_dropped_early}
     if out is not None:
         (out / "backtest.json").write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
         result.predictions.to_csv(out / "backtest.csv", index=False)
@@ -94,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if note:
         print(f"note: {note}")
+    if table.drop_early:
+        before = len(table.frame) + table.n_dropped_early
+        print(drop_early_line(table.drop_early, table.n_dropped_early, before))
     print(format_backtest(document))
     if out is not None:
         print(f"wrote {out}/backtest.json, backtest.csv, error_vs_factor.png")

@@ -12,7 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bitlaw.commands._options import N_CONVENTIONS, check_output, write_failed
+from bitlaw.commands._options import (
+    N_CONVENTIONS,
+    add_drop_early,
+    check_output,
+    drop_early_line,
+    write_failed,
+)
 from fit.errors import InputError
 
 # mirrors fit.law.LAWS without importing numpy
@@ -66,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="drop rows with missing, non-numeric or non-positive N, D, loss, P (counted)",
     )
+    add_drop_early(parser)
     parser.add_argument(
         "--by",
         choices=("format",),
@@ -115,6 +122,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--progress", action="store_true", help="show the bootstrap progress bar even if not a tty"
     )
+    parser.add_argument(
+        "--no-backtest", action="store_true",
+        help="skip the backtest that measures the forecast error model (then the stated default is used)",
+    )
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -153,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
     columns = parse_columns(args.columns)
     uses_p = args.law != "chinchilla" and (args.law != "coupled" or _has_p_column(args.data, columns))
     require = ("N", "D", "loss") + (("P",) if uses_p else ()) + (("format",) if args.by else ())
-    table = load_table(args.data, columns, args.where, require, args.drop_invalid, args.n_convention)
+    table = load_table(args.data, columns, args.where, require, args.drop_invalid, args.n_convention,
+                       args.drop_early)
     _refuse_silent_pooling(args, table.frame)
     objective = Objective(args.loss, args.delta, args.space, args.asym_weight)
     opts = FitOptions(
@@ -172,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         stratify=args.bootstrap_strata == "point",
     )
     result = run_fits(table, opts)
+    attach_error_models(result["fits"], table, opts, skip=args.no_backtest)
     data_path = Path(args.data)
     document: dict[str, Any] = {
         "law": args.law,
@@ -201,6 +214,9 @@ def run(args: argparse.Namespace) -> int:
             "rows_after_where": table.n_rows_where,
             "rows_used": len(table.frame),
             "dropped": table.dropped,
+            # report, plot and predict's range check re-apply it (fit.data.table.prepare_table)
+            "drop_early": table.drop_early,
+            "rows_dropped_early": table.n_dropped_early,
             "bootstrap_unit": bootstrap_units(table.frame)[1],
         },
         "command": shlex.join(["bitlaw", "fit", *sys.argv[2:]])
@@ -215,6 +231,27 @@ def run(args: argparse.Namespace) -> int:
         raise write_failed(args.output, err) from None
     print(f"wrote {args.output}")
     return 0
+
+
+def attach_error_models(fits: dict[str, Any], table: Any, opts: Any, skip: bool) -> None:
+    """Each fit's forecast error model (fit.answer.forecast): from a point-fit backtest of this table with
+    these options when it has >= 4 sizes, else the stated default."""
+    from fit.answer.forecast import MIN_INTERNAL_SIZES, default_model
+    from fit.study.backtest import BacktestOptions, backtest, error_models, size_index
+
+    n_sizes = len(size_index(table.frame["N"].to_numpy(dtype=float))[1])
+    why = ("--no-backtest" if skip else f"{n_sizes} sizes; an internal backtest needs {MIN_INTERNAL_SIZES}"
+           if n_sizes < MIN_INTERNAL_SIZES else None)
+    models: dict[str, Any] = {}
+    if why is None:
+        try:
+            result = backtest(table, BacktestOptions((opts.law,), opts.by, objective=opts.objective,
+                                                     grid=opts.grid, workers=opts.workers, fit_options=opts))
+            models = error_models(result, opts.law)
+        except InputError as err:  # e.g. a run at two sizes: the fit stands, its error model is the default
+            why = f"no internal backtest: {err}"
+    for name, entry in fits.items():
+        entry["forecast_error"] = models.get(name) or default_model(why or "the backtest predicted no run")
 
 
 def _has_p_column(path: str, columns: dict[str, str] | None) -> bool:
@@ -264,6 +301,9 @@ def format_summary(document: dict[str, Any]) -> str:
         f"{document['law']} law, {loss} on {document['space']} loss, {data['rows_used']} rows"
         f" ({dropped} dropped{', where ' + data['where'] if data['where'] else ''})"
     ]
+    if data.get("drop_early"):
+        before = data["rows_used"] + data["rows_dropped_early"]
+        lines.append(drop_early_line(data["drop_early"], data["rows_dropped_early"], before))
     for name, entry in document["fits"].items():
         state = "converged" if entry["converged"] else "NOT converged"
         lines.append(
@@ -289,12 +329,18 @@ def format_summary(document: dict[str, Any]) -> str:
             lines.append(f"  eff({p:<4}) {_num(value):>9}{text}  (implied gamma {_num(implied)})")
         extrap = entry.get("extrapolation")
         if extrap and extrap.get("mape") is not None:
+            of_runs = extrap.get("n_runs", extrap["n_points"])  # a checkpoint table: more points than runs
+            runs = f" of {of_runs} run{'s' * (of_runs != 1)}" if of_runs < extrap["n_points"] else ""
             lines.append(
-                f"  extrapolation to N={extrap['N']:.4g} ({extrap['n_points']} points held out): "
+                f"  extrapolation to N={extrap['N']:.4g} ({extrap['n_points']} points{runs} held out): "
                 f"MAPE {100 * extrap['mape']:.2f} %"
             )
         elif extrap:
             lines.append(f"  extrapolation: skipped ({extrap.get('reason')})")
+        model = entry.get("forecast_error")
+        if model:
+            lines.append(f"  forecast error: |log error| <= {model['c0']:.4f} + {model['c1']:.4f} per "
+                         f"doubling beyond the data ({model['basis']})")
         lines += [f"  FLAG {flag}" for flag in entry["flags"]]
     if document["options"]["bootstrap"]:
         strata = next((e.get("bootstrap_strata") for e in document["fits"].values()), None)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bitlaw.commands._preflight import preflight, preflight_lines
 from fit.errors import InputError
 
 FIT_GRIDS = ("coarse", "default", "fine")
@@ -41,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--memory", default="8GB", help="budget for the best-bit-width check (default 8GB)")
     parser.add_argument("--arch", default="llama3", help="model family for that check (default llama3)")
+    parser.add_argument(
+        "--tokens", help="D of the design check's contenders (each bit width's largest model within "
+        "--memory; default: the grid's largest D), e.g. 1e6 or 150B"
+    )
     rate = parser.add_mutually_exclusive_group()
     rate.add_argument(
         "--flops-per-s", type=float, help="throughput for hours (default 4e14: one H100 at ~40%% MFU)"
@@ -59,6 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cost", action="store_true", help="only the compute cost (runs, trunks, tokens, FLOPs, hours, the "
         "branches' saving): no law needed, nothing simulated"
+    )
+    parser.add_argument(
+        "--gpu-memory", default="80GB", help="an experiment's preflight: one GPU's memory each job's peak "
+        "must fit (default 80GB); its hours are checked at --mfu (default 0.4) against its Slurm time"
     )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
 
@@ -199,6 +208,7 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError(f"--simulations: {args.simulations} is not allowed; use 2 or more (e.g. 40)")
     if args.workers < 1:
         raise InputError(f"--workers: {args.workers} is not allowed; use 1 or more")
+    _tokens(args)  # a bad --tokens is refused before the grid is composed
     if args.mfu is not None and not (math.isfinite(args.mfu) and 0 < args.mfu <= 1):
         raise InputError(f"--mfu: {args.mfu} is not allowed; use a fraction in (0, 1], e.g. 0.4")
     for name in ("flops_per_s", "tokens_per_s", "peak_flops"):
@@ -224,8 +234,12 @@ def run(args: argparse.Namespace) -> int:
 
         grid, label = load_grid(args.grid)
         cost = compute_cost(grid, flops_per_s, args.tokens_per_s, rate_label)
-        print(json.dumps({"grid": label, "compute": cost}, indent=2) if args.json else
-              "\n".join([f"plan: {label}; compute only (--cost)", *_cost_lines(cost)]))
+        checked = _design(args, grid)
+        pre = preflight(args.grid, args.gpu_memory, args.mfu, args.peak_flops)
+        text = [f"plan: {label}; compute only (--cost)", *_design_lines(checked), *_cost_lines(cost),
+                *preflight_lines(pre)]
+        print(json.dumps({"grid": label, "compute": cost, "design": checked, **pre}, indent=2) if args.json
+              else "\n".join(text))
         return 0
     if bool(args.law) == bool(args.preset):
         raise InputError("--law/--preset: give exactly one (a fit.json, or a preset such as 1bw-kmeans), or "
@@ -256,10 +270,46 @@ def run(args: argparse.Namespace) -> int:
         args.tokens_per_s,
         args.workers,
         progress=None if args.json or not sys.stderr.isatty() else lambda m: print(m, file=sys.stderr),
+        tokens=_tokens(args),
     )
     report.update(grid=label, noise_from=noise_from, arch=args.arch, seconds=time.perf_counter() - started)
-    print(json.dumps(report, indent=2, allow_nan=False, default=str) if args.json else render(report))
+    pre = preflight(args.grid, args.gpu_memory, args.mfu, args.peak_flops)
+    report.update(pre)
+    print(json.dumps(report, indent=2, allow_nan=False, default=str) if args.json else
+          "\n".join([render(report), *preflight_lines(pre)]))
     return 0
+
+
+# ----------------------------------------------------------------------------- the design check
+
+
+def _tokens(args: argparse.Namespace) -> float | None:
+    from fit.units import parse_tokens
+
+    return None if args.tokens is None else parse_tokens(args.tokens)
+
+
+def _design(args: argparse.Namespace, grid: Any) -> dict[str, Any]:
+    """--cost's design check (fit/study/design.py): the grid's N span always; its contenders when a law is
+    given (--law/--preset: recommend needs one to choose them), at --memory and --tokens."""
+    from fit.study.design import design
+
+    if not (args.law or args.preset):
+        return design(grid)
+    from bitlaw.commands._options import load_source
+    from fit.answer.shapes import resolve_arch
+    from fit.units import parse_memory
+
+    budget = parse_memory(args.memory)
+    if len(budget) != 1:
+        raise InputError(f"--memory: {args.memory!r} is a list; plan checks one budget (e.g. 8GB)")
+    return design(grid, load_source(args.law, args.preset), budget[0], _tokens(args), resolve_arch(args.arch))
+
+
+def _design_lines(block: dict[str, Any]) -> list[str]:
+    from fit.study.design import render_design
+
+    return render_design(block)
 
 
 # ----------------------------------------------------------------------------- text
@@ -292,6 +342,7 @@ def render(report: dict[str, Any]) -> str:
         f"({report['noise_from']}); {report['simulations']} simulated replicas, each fitted as `bitlaw fit "
         "--law precision --by format`"
     ]
+    lines += _design_lines(report["design"])
     for fmt, f in report["formats"].items():
         lines += ["", f"format {fmt}: {f['n_rows']} runs with the {f['n_anchor_rows']} 16-bit anchors"]
         lines.append(f"  {'param':<7} {'truth':>11}  {'expected 95% interval':<27} identified")

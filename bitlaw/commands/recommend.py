@@ -54,7 +54,15 @@ def run_recommendations(args: argparse.Namespace) -> tuple[LawSource, list[Recom
     if args.tokens is None and law.has_loss:
         raise InputError("--tokens: required to predict a loss (training tokens D, e.g. --tokens 1.5e11)")
     tokens = parse_tokens(args.tokens) if args.tokens is not None else float("nan")
-    return source, [recommend(source, m, tokens, shapes, bits, args.format, acct) for m in budgets]
+    entry = serving_entry(args.fit, args.format or source.default_format) if args.fit else None
+    return source, [recommend(source, m, tokens, shapes, bits, args.format, acct, entry) for m in budgets]
+
+
+def serving_entry(path: str, fmt: str) -> dict:
+    """The fit.json entry that answers for ``fmt``: its data range and forecast error model."""
+    from fit.fitfile import load_fit
+
+    return load_fit(path).entry(fmt)
 
 
 def run(args: argparse.Namespace) -> int:

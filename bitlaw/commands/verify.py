@@ -83,12 +83,18 @@ def plan(args: argparse.Namespace) -> int:
     # without 1-bit runs (the tour's) with an error naming --bits, an option verify plan lacked
     bits = chosen_bits(args.bits, source_from_fit(fitfile), BitAccounting())
     out = check_output(args.output, "dir")
+    conf_dir = str((out / "conf").resolve())
+    # sweep_overrides.txt is used as $(cat …): the shell splits at whitespace, and Hydra's grammar refused
+    # an unquoted '=' or ',' in the path (a LexerNoViableAltException); the path goes in Hydra's quotes
+    if any(c.isspace() or c in "'\\" for c in conf_dir):
+        raise InputError(f"-o: {conf_dir!r} holds whitespace, a quote or a backslash, which "
+                         "`python -m sweep -m $(cat sweep_overrides.txt)` cannot pass on; pick another dir")
     result = choose_contenders(fitfile, grid, args.format, shapes, budgets[0], tokens, bits=tuple(bits))
 
     new = [c for c in result.contenders if not c.in_grid]
     overrides = [
         f"experiment={args.experiment}",
-        f"hydra.searchpath=[file://{(out / 'conf').resolve()}]",
+        f"hydra.searchpath=['file://{conf_dir}']",
         "~hydra.sweeper.params.model",  # the grid's axes give way to the contender axis
         "~hydra.sweeper.params.point",
         "train.branches=[]",
@@ -100,9 +106,14 @@ def plan(args: argparse.Namespace) -> int:
         f"budget {format_bytes(result.budget_bytes)} ({result.budget_bytes:,.0f} bytes), D {result.D:,.0f}, "
         f"format {result.format}; predicted winner: "
         + (f"{result.predicted_winner} bits" if result.predicted_winner else "none")
+        + (f" (not decidable: {result.undecided_reason})" if result.undecided_reason else "")
     )
     for c in result.contenders:
         ci = f" [{c.predicted_ci[0]:.4f}, {c.predicted_ci[1]:.4f}]" if c.predicted_ci else ""
+        if c.forecast:
+            lo, hi = c.forecast["interval"]
+            ci += (f" forecast [{lo:.4f}, {hi:.4f}] at N factor "
+                   f"{c.forecast['N_factor']:.3g}, D/N {c.forecast['D_over_N']:.3g}")
         where = "in the grid" if c.in_grid else f"to train: contender={c.config_name}"
         print(
             f"  {c.bits:>2} bits  {c.model:<8} N_quant {c.N_quant:>9,}  {c.memory_bytes:>9,.0f} B  "

@@ -56,6 +56,21 @@ def flag_warnings(flags: dict[str, list[str]]) -> list[str]:
     return [f"fit {name!r} is flagged {flag}" for name, found in flags.items() for flag in found]
 
 
+def unchecked_warning(fitfile: FitFile) -> list[str]:
+    """A fit.json made before identification was read off the objective (2026-12-03) has no
+    ``identification`` record: its γ may be as unidentified as issue 28's (α at its bound, every γ equally
+    good) while its bootstrap CI looks tight, and nothing here can tell. Say so instead of vouching."""
+    fits = fitfile.data.get("fits") or {}
+    missing = [name for name, entry in fits.items()
+               if isinstance(entry, dict) and "identification" not in entry]
+    if not missing:
+        return []
+    return [
+        f"{fitfile.path} records no identification check for fit(s) {', '.join(map(repr, missing))} (made by "
+        "an older bitlaw): whether each parameter is identified is unknown; refit with this bitlaw to know"
+    ]
+
+
 def pooled_warning(fitfile: FitFile, formats: list[str] | None = None) -> list[str]:
     """A non-Chinchilla fit made without ``--by format`` on a table of several quantized formats fits one γ
     to all of them; say so. ``formats``: the data's formats, when known (else the fit's column map hints)."""
@@ -104,8 +119,9 @@ def fit_rows(fitfile: FitFile, path: Path, fmt: str | None = None) -> Any:
 
     raw = read_frame(path)
     columns = {k: v for k, v in (fitfile.data.get("columns") or {}).items() if v in raw.columns}
-    where = (fitfile.data.get("data") or {}).get("where")
-    frame = prepare_table(raw, columns, where, require=("N", "D"), drop_invalid=True).frame
+    info = fitfile.data.get("data") or {}
+    frame = prepare_table(raw, columns, info.get("where"), require=("N", "D"), drop_invalid=True,
+                          drop_early=float(info.get("drop_early") or 0.0)).frame
     name = next(iter(fitfile.data["fits"])) if fmt is None else fmt
     if fitfile.data.get("by") == "format" and "format" in frame and name in set(frame["format"]):
         anchor = frame["format"].isin(["none", "bf16"]) & (frame.get("P", 16) >= 8)
@@ -135,7 +151,7 @@ def range_warnings(
 
 def predict_warnings(fitfile: FitFile, fmt: str | None, values: dict[str, float | None]) -> list[str]:
     """Everything ``predict`` must say beside its number: the serving fit's flags, pooling, and the range."""
-    out = flag_warnings(fit_flags(fitfile, fmt))
+    out = flag_warnings(fit_flags(fitfile, fmt)) + unchecked_warning(fitfile)
     ranges, why_not = data_range(fitfile, fmt)
     formats = ranges.pop("formats", None) if ranges else None
     out += pooled_warning(fitfile, formats)
@@ -148,7 +164,7 @@ def study_warnings(fitfile: FitFile | None, formats: list[str] | None = None) ->
     """``plot`` and ``report``: every fit's flags, and pooling (``formats``: the runs table's, when given)."""
     if fitfile is None:
         return []
-    return flag_warnings(fit_flags(fitfile)) + pooled_warning(fitfile, formats)
+    return flag_warnings(fit_flags(fitfile)) + unchecked_warning(fitfile) + pooled_warning(fitfile, formats)
 
 
 # ------------------------------------------------------------------------ identification on the objective

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fit.answer.caveats import fit_flags, flag_warnings, pooled_warning
+from fit.answer.caveats import fit_flags, flag_warnings, pooled_warning, unchecked_warning
 from fit.answer.presets import FormatLaw, LawSource
 from fit.answer.query import check_law
 from fit.fitfile import FitFile
@@ -54,7 +54,7 @@ def source_from_fit(fitfile: FitFile) -> LawSource:
         if isinstance(p_range, list | tuple) and len(p_range) == 2:
             ranges[fmt] = (float(p_range[0]), float(p_range[1]))
         spans[fmt] = {k: (float(v[0]), float(v[1])) for k, v in (entry.get("data_range") or {}).items()}
-    caveats = tuple(pooled_warning(fitfile))
+    caveats = tuple(unchecked_warning(fitfile) + pooled_warning(fitfile))
     return FitSource(
         str(fitfile.path), laws, convention, p_range=ranges, flags=fit_flags(fitfile), caveats=caveats,
         data_ranges=spans,

@@ -23,6 +23,7 @@ import numpy as np
 
 from fit.answer.caveats import blocking_flags
 from fit.answer.fit_source import FitSource
+from fit.answer.forecast import forecast, forecast_nats
 from fit.answer.memory import BF16_BITS, BitAccounting, Shape, check_format, shape_bytes
 from fit.answer.presets import FormatLaw, LawSource
 from fit.answer.query import can_answer, check_answerable, loss_matrix, n_eff_of
@@ -49,6 +50,8 @@ class Row:
     win_share: float | None = None
     loss_ci: tuple[float, float] | None = None
     best: bool = False
+    forecast: dict[str, object] | None = None  # fit.answer.forecast's block (a fit with an error model)
+    forecast_nats: float | None = None  # its error in nats at this row: loss·(exp(r) − 1)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -63,6 +66,8 @@ class Row:
             "loss_ci": list(self.loss_ci) if self.loss_ci else None,
             "win_share": self.win_share,
             "best": self.best,
+            "forecast": self.forecast,
+            "forecast_error_nats": self.forecast_nats,
         }
 
 
@@ -78,10 +83,12 @@ class Recommendation:
     leader: Row | None = None  # the point estimate's first place; None when every bit width ties
     unidentified: list[str] = field(default_factory=list)  # why there is no winner (empty: there is one)
     n_tied: int = 0  # resamples in which the lowest loss is shared
+    undecided: str | None = None  # why the margin cannot carry a winner (None: it can, or no error model)
+    margin: dict[str, float] | None = None  # leader's margin over the runner-up against their forecast error
 
     @property
     def best(self) -> Row | None:
-        """The winner, or None when the law cannot name one (see ``unidentified``)."""
+        """The winner, or None when the law cannot name one (see ``unidentified``, ``undecided``)."""
         return next((r for r in self.rows if r.best), None)
 
 
@@ -120,8 +127,12 @@ def recommend(
     bits: list[int] | tuple[int, ...] = DEFAULT_BITS,
     fmt: str | None = None,
     acct: BitAccounting | None = None,
+    entry: dict | None = None,
+    seed_spread: float = 0.0,
 ) -> Recommendation:
-    """Rank bit widths for one budget; see the module docstring."""
+    """Rank bit widths for one budget; see the module docstring.  ``entry``: the fit.json entry serving
+    ``fmt`` (its data range and error model): each row then gets its forecast interval, and a leader whose
+    margin over the runner-up the forecast error (plus ``seed_spread``, nats) can carry is no winner."""
     acct = acct or BitAccounting()
     fmt = quantized_format(source, fmt)
     law = source.law(fmt)
@@ -136,9 +147,38 @@ def recommend(
     notes = [source.note] if source.note else []
     notes += largest_shape_note(winner, shapes, budget_bytes)
     n_resamples, n_tied = rank_resamples(law, live, n, p, tokens, winner)
-    return Recommendation(
+    rec = Recommendation(
         budget_bytes, tokens, fmt, ranked_by, rows, n_resamples, notes, winner, unidentified, n_tied
     )
+    if entry is not None and law.has_loss and "N" in (entry.get("data_range") or {}):
+        # without the fitted range (a hand-written fit.json) no answer can say how far it extrapolates
+        decide_margin(rec, live, entry, tokens, seed_spread)
+    return rec
+
+
+def decide_margin(
+    rec: Recommendation, live: list[Row], entry: dict, tokens: float, seed_spread: float
+) -> None:
+    """Attach each row's forecast, and withdraw the winner when the predicted margin over the runner-up does
+    not exceed their combined forecast error: the two errors in quadrature (they come from one fit but at
+    different N and D/N, so neither their sum nor zero is right; quadrature is the usual middle), plus the
+    seed spread of the measured losses, which no fit can beat (docs/method.md §14)."""
+    for r in live:
+        if r.loss is not None and math.isfinite(r.loss):
+            r.forecast = forecast(entry, r.loss, r.loss_ci, r.n_law, tokens)
+            r.forecast_nats = forecast_nats(entry, r.loss, r.n_law, tokens)
+    ranked = sorted((r for r in live if r.forecast_nats is not None), key=lambda r: r.loss)
+    if len(ranked) < 2 or rec.leader is None or ranked[0] is not rec.leader:
+        return
+    lead, second = ranked[0], ranked[1]
+    margin = float(second.loss - lead.loss)
+    error = float(math.hypot(lead.forecast_nats, second.forecast_nats) + seed_spread)
+    rec.margin = {"margin_nats": margin, "forecast_error_nats": error, "seed_spread_nats": seed_spread,
+                  "runner_up_bits": second.bits}
+    if margin <= error:
+        rec.undecided = (f"margin {margin:.4f} < forecast error {error:.4f} nats over the runner-up "
+                         f"{second.bits}-bit")
+        lead.best = False
 
 
 def quantized_format(source: LawSource, fmt: str | None) -> str:

@@ -95,6 +95,10 @@ def _last_val_loss(records: list[dict[str, Any]]) -> float | None:
     return None
 
 
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _identity_mismatch(meta: dict[str, Any], config: dict[str, Any] | None) -> str | None:
     """Why run.json does not belong to this run dir's config.yaml (the resolved config its job wrote), or
     None. A copied or stale run.json would otherwise put this run's loss under another run's identity."""
@@ -160,10 +164,12 @@ def read_run(run_dir: Path, sweep: Path, n_convention: str, result: Gathered, in
         result.skipped.append(Skipped(run_dir, MISMATCHED, mismatch))
         return
     loss = summary.get("final_val_loss")
-    if status == contract.SummaryStatus.COMPLETED and not isinstance(loss, (int, float)):
+    # a NaN or a string passed the old isinstance test: a "completed" row with no loss, counted as completed
+    if status == contract.SummaryStatus.COMPLETED and not _finite_number(loss):
+        stored = "no final_val_loss" if loss is None else f"final_val_loss {loss!r}, not a finite number"
         loss = _last_val_loss(records)
         result.warnings.append(
-            f"{run_dir}: summary.json has no final_val_loss; used the last val_loss of metrics.jsonl ({loss})"
+            f"{run_dir}: summary.json has {stored}; used the last val_loss of metrics.jsonl ({loss})"
         )
     row: dict[str, Any] = {
         "run": meta.get("run_id", run_dir.name),

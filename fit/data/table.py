@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fit.data.sniff import check_csv_header, jsonl_error
 from fit.data.where import filter_rows
 from fit.errors import InputError
 from fit.units import format_name
@@ -43,6 +44,8 @@ class Table:
     n_rows_where: int  # after --where
     dropped: dict[str, int] = field(default_factory=dict)  # "column: reason" -> rows dropped
     where: str | None = None
+    drop_early: float = 0.0  # --drop-early F: each run's rows below F x its largest D were dropped
+    n_dropped_early: int = 0
 
 
 def parse_columns(spec: str | None) -> dict[str, str]:
@@ -53,6 +56,8 @@ def parse_columns(spec: str | None) -> dict[str, str]:
     for item in spec.split(","):
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
+        if key in mapping:  # "loss=loss,loss=N" kept the last: a fit of N as the loss, exit 0
+            raise InputError(f"--columns: {key!r} is mapped twice; map each name once")
         if not sep or not key or not value:
             raise InputError(
                 f"--columns: {item!r} is not NAME=COLUMN; e.g. --columns N=params,D=tokens,loss=val"
@@ -83,8 +88,12 @@ def read_frame(path: str | Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise InputError(f"DATA {path}: the file is empty (0 rows)") from None
     except (ValueError, pd.errors.ParserError, OSError) as err:
+        if kind == "jsonl" and (bad_line := jsonl_error(path)) is not None:
+            raise bad_line from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(f"DATA {path}: cannot read it as {kind} ({first})") from None
+    if kind == "csv":
+        check_csv_header(path, frame, "\t" if path.suffix.lower() == ".tsv" else ",")
     if frame.empty:
         raise InputError(f"DATA {path}: the file has a header but 0 rows")
     return frame
@@ -104,9 +113,10 @@ def load_table(
     require: tuple[str, ...] = ("N", "D", "loss"),
     drop_invalid: bool = False,
     n_convention: str | None = None,
+    drop_early: float = 0.0,
 ) -> Table:
     """Read, filter, map and validate ``path``; see :func:`prepare_table`."""
-    return prepare_table(read_frame(path), columns, where, require, drop_invalid, n_convention)
+    return prepare_table(read_frame(path), columns, where, require, drop_invalid, n_convention, drop_early)
 
 
 def prepare_table(
@@ -116,13 +126,17 @@ def prepare_table(
     require: tuple[str, ...] = ("N", "D", "loss"),
     drop_invalid: bool = False,
     n_convention: str | None = None,
+    drop_early: float = 0.0,
 ) -> Table:
     """Apply ``--where`` (on the input's own column names), map to canonical names, validate.
 
     ``require`` lists canonical columns that must exist (add "P" for the precision law, "format" for
     ``--by format``).  ``n_convention`` (quant|nonembed|total) picks N from ``N_quant``/``N_nonembed``/
-    ``N_total`` unless ``--columns N=`` names a column explicitly.
+    ``N_total`` unless ``--columns N=`` names a column explicitly.  A run may have several rows (checkpoints,
+    the same run at several D); ``drop_early`` F > 0 drops each run's rows below F x that run's largest D,
+    after --where and --drop-invalid.
     """
+    check_drop_early(drop_early)
     mapping = column_mapping(columns, n_convention)
     n_read = len(frame)
     frame = apply_where(frame, where)
@@ -138,10 +152,14 @@ def prepare_table(
     if "P" in present and "P" in require:
         check_p_matches_bits(out, mapping)
     if "run" in present:
-        _check_unique_runs(out, column_label("run", mapping))
+        check_unique_run_points(out, mapping)
+    n_early = 0
+    if drop_early > 0:
+        out, n_early = drop_early_rows(out, drop_early, "run" in present)
     check_distinct_n_and_d(out, mapping)
     columns_used = {name: mapping[name] for name in present}
-    return Table(out.reset_index(drop=True), columns_used, n_read, n_where, dropped, where)
+    out = out.reset_index(drop=True)
+    return Table(out, columns_used, n_read, n_where, dropped, where, drop_early, n_early)
 
 
 def column_mapping(columns: dict[str, str] | None, n_convention: str | None) -> dict[str, str]:
@@ -251,18 +269,55 @@ def check_distinct_n_and_d(out: pd.DataFrame, mapping: dict[str, str]) -> None:
             )
 
 
-def _check_unique_runs(frame: pd.DataFrame, label: str) -> None:
-    """A run id twice (one sweep gathered twice, a doubled table) would count that run twice in the fit and
-    in every bootstrap resample: refuse it, naming the first repeat."""
-    repeated = frame["run"].duplicated(keep=False).to_numpy()
+def check_unique_run_points(frame: pd.DataFrame, mapping: dict[str, str]) -> None:
+    """Several rows per run are a normal table (a run's checkpoints, one run at several D: the bootstrap
+    resamples the run as one unit).  A run at the same D twice (with its format and bits, where the table has
+    them) is a sweep gathered twice or a doubled table, and would count that point twice in the fit and in
+    every resample: refuse it, naming the first repeat."""
+    key = ["run", "D"] + [c for c in ("format", "bits") if c in frame]
+    repeated = frame.duplicated(subset=key, keep=False).to_numpy()
     if not repeated.any():
         return
-    first = frame["run"].to_numpy()[repeated][0]
-    rows = frame.index[np.flatnonzero(frame["run"].to_numpy() == first)[:2]] + 1  # the input's own rows
+    first = int(np.flatnonzero(repeated)[0])
+    point = frame.groupby(key, sort=False, dropna=False).ngroup().to_numpy()  # NaN bits match NaN bits
+    rows = frame.index[np.flatnonzero(point == point[first])[:2]] + 1  # the input's own rows
+    row = frame.iloc[first]
+    where = ", ".join(f"{c} {_shown(row[c])}" for c in key[1:])
+    count = int(frame.duplicated(subset=key).sum())
     raise InputError(
-        f"{label}: {int(frame['run'].duplicated().sum())} of {len(frame)} rows repeat a run id (first: "
-        f"{first!r}, data rows {rows[0]} and {rows[1]}; was a sweep gathered twice?); allowed: each run once"
+        f"{column_label('run', mapping)}: {count} of {len(frame)} rows repeat a run at the same "
+        f"{', '.join(key[1:])} (first: run {row['run']!r} at {where}, data rows {rows[0]} and {rows[1]}; "
+        "was a sweep gathered twice?); allowed: each run once per D (several D per run are fine)"
     )
+
+
+def _shown(value: object) -> str:
+    """A cell as an error line shows it: numbers as 1e+09 or 2, text quoted."""
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return f"{float(value):g}"
+    return repr(str(value))
+
+
+def check_drop_early(fraction: float) -> None:
+    """--drop-early F: 0 <= F < 1 (F = 1 would keep only each run's final row: a table of final losses)."""
+    if not (np.isfinite(fraction) and 0 <= fraction < 1):
+        raise InputError(
+            f"--drop-early: {fraction!r} is not allowed; give a fraction F with 0 <= F < 1 (each run keeps "
+            "its rows at D >= F x its largest D; e.g. 0.5)"
+        )
+
+
+def drop_early_rows(frame: pd.DataFrame, fraction: float, has_run: bool) -> tuple[pd.DataFrame, int]:
+    """(the rows at D >= fraction x their run's largest D, how many were dropped).  Early in training a run's
+    loss still carries its warm-up and learning-rate schedule, not the law (Choshen et al. 2024 drop it)."""
+    if not has_run:
+        raise InputError(
+            "--drop-early: needs a run column (map it with --columns run=COLUMN): without one every row is "
+            "its own run and no row is early"
+        )
+    largest = frame.groupby("run", sort=False)["D"].transform("max").to_numpy(dtype=float)
+    keep = frame["D"].to_numpy(dtype=float) >= fraction * largest
+    return frame.loc[keep], int((~keep).sum())
 
 
 def check_p_matches_bits(out: pd.DataFrame, mapping: dict[str, str]) -> None:

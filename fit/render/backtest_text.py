@@ -7,7 +7,7 @@ from typing import Any
 from fit.units import format_count
 
 HEADER = ("law", "fit", "origins", "held-out", "mean err", "mean |err|", "max |err|", "largest factor",
-          "corner (N, D/N): err", "|err|/2x", "AIC all sizes")
+          "corner (N, D/N): err", "|err|/2x", "forecast interval: held, half-width", "AIC all sizes")
 
 
 def _pct(value: float | None, signed: bool = True) -> str:
@@ -25,8 +25,17 @@ def _row(s: dict[str, Any]) -> tuple[str, ...]:
         f"x{far['N_factor']:.3g}: {_pct(far['mean_abs_error'], False)}",
         f"{format_count(c['N'])}, {c['D_over_N']:.3g}: {_pct(c['worst_error'])}",
         "-" if slope is None else f"{100 * slope:+.2f}pp",
+        _interval(s.get("forecast_interval")),
         "-" if s.get("aic") is None else f"{s['aic']:.1f}",
     )
+
+
+def _interval(f: dict[str, Any] | None) -> str:
+    if not f:
+        return "-"
+    ratio = f.get("half_width_over_error")
+    return (f"{100 * f['coverage']:.0f}% of {f['n']}, {_pct(f['mean_half_width'], False)}"
+            + ("" if ratio is None else f" ({ratio:.2f}x mean |err|)"))
 
 
 def _columns(rows: list[tuple[str, ...]]) -> list[str]:
@@ -47,6 +56,9 @@ def format_backtest(doc: dict[str, Any]) -> str:
         lines += _columns([HEADER, *(_row(s) for s in doc["summary"])])
     lines.append("corner: the largest held-out N at its smallest D/N, from the origin that extrapolates "
                  "furthest; |err|/2x: growth of |error| per doubling of the N factor")
+    lines.append("forecast interval: the share of held-out runs inside the interval each origin's fit would "
+                 "state (its error model from its own smaller sizes, the default at the first origin), and "
+                 "its mean half-width")
     lines.append(f"preferred law ({doc['preference_rule']}):")
     for name, pref in doc["preferred"].items():
         if pref.get("law") is None:

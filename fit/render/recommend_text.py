@@ -47,7 +47,7 @@ def render_text(recs: list[Recommendation], source: LawSource, arch: str) -> str
         widths = [max(len(row[i]) for row in table) for i in range(len(header))]
         for row in table:
             lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        lines.append(summary(rec))
+        lines.append(summary(rec, source.name))
         lines += [f"note: {note}" for note in rec.notes if note != source.note]
     return "\n".join(lines)
 
@@ -56,7 +56,7 @@ def bits_label(row: Row, with_format: bool = True) -> str:
     return "bf16" if row.bits == BF16_BITS else f"{row.bits}-bit" + (f" {row.format}" if with_format else "")
 
 
-def summary(rec: Recommendation) -> str:
+def summary(rec: Recommendation, fit: str = "FIT.json") -> str:
     """``best: ...``, or, for a law that cannot rank, ``best: not identified (...)`` and no win claim."""
     lead = rec.leader
     if rec.unidentified:
@@ -65,6 +65,12 @@ def summary(rec: Recommendation) -> str:
         if lead is not None:
             text += f"; the point estimate ranks {bits_label(lead)} first, which these data do not support"
         return text
+    if rec.undecided:
+        m = rec.margin or {}
+        return (f"best: not decidable at this budget (margin {m.get('margin_nats', math.nan):.4f} < forecast "
+                f"error {m.get('forecast_error_nats', math.nan):.4f} nats); "
+                f"test it: {verify_command(rec, fit)}"
+                f"; the point estimate ranks {bits_label(lead)} first, {m.get('runner_up_bits')}-bit second")
     text = f"best: {bits_label(lead)}, {lead.shape.describe() if lead.shape else ''}"
     if lead.loss is not None:
         text += f", loss {lead.loss:.4f}"
@@ -73,7 +79,19 @@ def summary(rec: Recommendation) -> str:
     if lead.win_share is not None:
         text += f", wins {100 * lead.win_share:.0f}% of {rec.n_resamples} resamples"
         text += f" ({rec.n_tied} tied)" if rec.n_tied else ""
+    if lead.forecast:
+        lo, hi = lead.forecast["interval"]
+        text += f"; forecast interval {lo:.4f}-{hi:.4f} (N factor {lead.forecast['N_factor']:.3g})"
+    if rec.margin:
+        text += (f"; margin {rec.margin['margin_nats']:.4f} > forecast error "
+                 f"{rec.margin['forecast_error_nats']:.4f} nats")
     return text
+
+
+def verify_command(rec: Recommendation, fit: str = "FIT.json") -> str:
+    """The `bitlaw verify plan` that trains the contenders of this budget."""
+    return (f"bitlaw verify plan {fit} --runs RUNS.csv -o verify --format {rec.format} "
+            f"--memory {rec.budget_bytes:.6g} --tokens {rec.tokens:.6g}")
 
 
 def to_json(
@@ -88,6 +106,8 @@ def to_json(
             "n_resamples": rec.n_resamples,
             "best": rec.best.as_dict() if rec.best else None,
             "identified": not rec.unidentified,
+            "undecided_reason": rec.undecided,
+            "margin": rec.margin,
             "not_identified_because": rec.unidentified,
             "point_estimate": rec.leader.as_dict() if rec.leader else None,
             "n_tied": rec.n_tied,
@@ -100,6 +120,7 @@ def to_json(
     return {
         "best": by_budget[largest]["best"],  # null when the law cannot name a winner (see "identified")
         "identified": all(not rec.unidentified for rec in recs),
+        "undecided_reason": by_budget[largest]["undecided_reason"],  # the margin cannot carry a winner
         "source": source.name,
         "format": recs[0].format,
         "tokens": None if math.isnan(recs[0].tokens) else recs[0].tokens,

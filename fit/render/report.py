@@ -101,7 +101,8 @@ def load_runs(fitfile: FitFile, path: Path) -> tuple[pd.DataFrame, pd.DataFrame]
     require = ("N", "D", "loss", "P") + (("format",) if fitfile.data.get("by") else ())
     try:
         dropped = bool(info.get("dropped"))
-        table = prepare_table(raw, columns, info.get("where"), require, drop_invalid=dropped)
+        table = prepare_table(raw, columns, info.get("where"), require, drop_invalid=dropped,
+                              drop_early=float(info.get("drop_early") or 0.0))
     except InputError as err:
         raise InputError(f"--data {path}: {err}") from None
     runs = table.frame
@@ -122,7 +123,9 @@ def section_data(raw: pd.DataFrame, runs: pd.DataFrame, data_path: Path) -> list
         f"({runs['D'].nunique()} budgets)."
     )
     if "format" in runs:
-        grid = runs.pivot_table(index="format", columns="bits", values="loss", aggfunc="count", fill_value=0)
+        # runs, not rows: a checkpoint table has several rows per run
+        values, count = ("run", "nunique") if "run" in runs else ("loss", "count")
+        grid = runs.pivot_table(index="format", columns="bits", values=values, aggfunc=count, fill_value=0)
         lines += ["", "Runs per format and bit width:", ""]
         lines += markdown_table(
             ["format", *(str(b) for b in grid.columns)],
@@ -159,7 +162,7 @@ def section_fits(fitfile: FitFile) -> list[str]:
         status = "converged" if entry.get("converged") else "**not converged**"
         lines += [
             "",
-            f"{entry.get('n_points', '?')} points from {entry.get('n_runs', '?')} runs; objective "
+            f"{entry.get('n_points', '?')} points from {_units(entry)}; objective "
             f"{number_cell(entry.get('objective'))}, {status}, "
             f"‖∇‖ = {number_cell(entry.get('grad_norm'), 2)}.",
         ]
@@ -387,3 +390,11 @@ def _write_report(
     tmp.write_text("\n".join(lines))
     tmp.replace(report)
     return report
+
+
+def _units(entry: dict) -> str:
+    """'20 trunks' when branches share trunks, as ``bitlaw fit`` prints (60 branch rows of 20 trunks are not
+    60 independent runs; the report said "60 points from 60 runs")."""
+    trunks, runs = entry.get("n_trunks"), entry.get("n_runs", "?")
+    return f"{trunks} trunks" if isinstance(trunks, int) and isinstance(runs, int) and trunks < runs \
+        else f"{runs} runs"

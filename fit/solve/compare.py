@@ -20,7 +20,8 @@ SAME = ("loss", "delta", "space", "by")
 
 def _key(document: dict[str, Any]) -> tuple:
     data = document.get("data") or {}
-    return (data.get("sha256"), data.get("where"), *(document.get(k) for k in SAME))
+    early = data.get("drop_early") or 0.0
+    return (data.get("sha256"), data.get("where"), early, *(document.get(k) for k in SAME))
 
 
 def compare_forms(documents: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -35,7 +36,8 @@ def compare_forms(documents: dict[str, dict[str, Any]]) -> dict[str, list[dict[s
         if key != first:
             raise InputError(
                 f"--compare: {label} and {first_label} were not fitted to the same rows with the same "
-                "objective (data sha256, --where, --loss, --delta, --space, --by must all match)"
+                "objective (data sha256, --where, --drop-early, --loss, --delta, --space, --by must all "
+                "match)"
             )
     out: dict[str, list[dict[str, Any]]] = {}
     for label, document in documents.items():

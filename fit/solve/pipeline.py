@@ -172,8 +172,10 @@ def flags_for(
     return flags
 
 
-def _extrapolate(job: Job, opts: FitOptions) -> list[dict[str, Any]]:
-    """Refit without the largest N (weight 0), from a fresh start grid; score the held-out rows."""
+def _extrapolate(job: Job, opts: FitOptions, runs: np.ndarray) -> list[dict[str, Any]]:
+    """Refit without the largest N (weight 0), from a fresh start grid; score the held-out rows.  ``runs``:
+    each table row's run (a run has one N, so its rows are held out together; a checkpoint table holds out
+    more rows than runs)."""
     data = job.data
     held = data.N == data.N.max()
     kept = data.with_weight(np.where(held, 0.0, data.weight))
@@ -195,6 +197,7 @@ def _extrapolate(job: Job, opts: FitOptions) -> list[dict[str, Any]]:
                 "held_out": "largest N",
                 "N": float(data.N.max()),
                 "n_points": int(rows.sum()),
+                "n_runs": int(len(np.unique(runs[job.row_ids[rows]]))),
                 "mape": float(ape.mean()),
                 "max_ape": float(ape.max()),
                 "params": params,
@@ -227,7 +230,7 @@ def run_fits(table: Table, opts: FitOptions) -> dict[str, Any]:
         results.append(result)
         if opts.extrapolate:
             say("refitting without the largest N (extrapolation check)")
-        extrap = _extrapolate(job, opts) if opts.extrapolate else [None] * len(job.names)
+        extrap = _extrapolate(job, opts, runs) if opts.extrapolate else [None] * len(job.names)
         profiled = opts.profile and precision and not opts.two_stage  # the profile frees A..beta
         if profiled:
             say("profiling gamma")
@@ -301,6 +304,8 @@ def _data_range(data: FitData, rows: np.ndarray) -> dict[str, list[float]]:
     without re-reading the data file (which may have moved or changed since the fit)."""
     out = {"N": [float(data.N[rows].min()), float(data.N[rows].max())],
            "D": [float(data.D[rows].min()), float(data.D[rows].max())]}
+    ratio = data.D[rows] / data.N[rows]  # forecasts outside it err more (fit.answer.forecast)
+    out["D_over_N"] = [float(ratio.min()), float(ratio.max())]
     if data.P is not None:
         out["P"] = [float(data.P[rows].min()), float(data.P[rows].max())]
     return out

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fit.answer.forecast import evaluate_intervals, model_from_predictions
 from fit.data.table import Table
 from fit.errors import InputError
 from fit.fitfile import FitFile
@@ -57,6 +58,8 @@ class BacktestOptions:
     objective: Objective = field(default_factory=Objective)
     grid: str = "default"
     workers: int = 2  # processes fitting (law, origin) pairs in parallel
+    # bitlaw fit's own options (tie, offset, two-stage, shared) for its internal backtest; None: the defaults
+    fit_options: FitOptions | None = None
 
 
 @dataclass
@@ -143,8 +146,9 @@ def backtest(table: Table, opts: BacktestOptions) -> BacktestResult:
     fitted_at = {k: size < k for k in range(opts.min_sizes, len(sizes) + 1)}
     subtables = [dataclasses.replace(table, frame=frame[fitted_at[k]].reset_index(drop=True))
                  for _, k in tasks]
-    fit_opts = {law: FitOptions(law=law, by=opts.by, objective=opts.objective, grid=opts.grid,
-                                extrapolate=False, profile=False) for law in opts.laws}
+    base = opts.fit_options or FitOptions(by=opts.by, objective=opts.objective, grid=opts.grid)
+    fit_opts = {law: dataclasses.replace(base, law=law, extrapolate=False, profile=False, bootstrap=0,
+                                         progress=False) for law in opts.laws}
     task_opts = [fit_opts[law] for law, _ in tasks]
     if opts.workers <= 1 or len(tasks) == 1:
         outcomes = [_fit(t, o) for t, o in zip(subtables, task_opts, strict=True)]
@@ -176,7 +180,8 @@ def backtest(table: Table, opts: BacktestOptions) -> BacktestResult:
                                 "reason": f"no fit for {name!r} on the smallest {k} sizes"})
                 continue
             try:
-                parts.append(_predict(fitfile, name, frame, held, rows[fitted[rows]], k, law))
+                part = _predict(fitfile, name, frame, held, rows[fitted[rows]], k, law)
+                parts.append(part.assign(size=size[held]))
             except InputError as err:
                 skipped.append({"origin": k, "law": law, "fit": name, "reason": str(err)})
     predictions = pd.concat(parts, ignore_index=True) if parts else _empty_predictions()
@@ -187,6 +192,15 @@ def backtest(table: Table, opts: BacktestOptions) -> BacktestResult:
                "size_rtol": SIZE_RTOL}
     return BacktestResult(sizes, sorted(origins, key=lambda o: o["k"]), predictions, summary,
                           preferences(predictions, aic), skipped, options)
+
+
+def error_models(result: BacktestResult, law: str) -> dict[str, dict[str, Any]]:
+    """Per fit name, the error model of ``bitlaw fit``'s own table from its backtest (every origin)."""
+    p = result.predictions[result.predictions["law"] == law]
+    n, low = len(result.sizes), result.options["min_sizes"]
+    basis = (f"backtest of this table: {n} sizes, {len(result.origins)} origin(s) fitting "
+             f"{low}{'' if low == n - 1 else f'..{n - 1}'} sizes")
+    return {str(name): model_from_predictions(g, basis) for name, g in p.groupby("fit")}
 
 
 def _fit(table: Table, opts: FitOptions) -> dict[str, Any] | str:
@@ -240,6 +254,7 @@ def _predict(fitfile: FitFile, name: str, frame: pd.DataFrame, held: np.ndarray,
         "N_factor": N / fit_n.max(), "D_over_N": ratio,
         "D_over_N_in_range": (ratio >= fit_ratio.min() * (1 - 1e-9))
         & (ratio <= fit_ratio.max() * (1 + 1e-9)),
+        "D_over_N_min_fit": float(fit_ratio.min()), "D_over_N_max_fit": float(fit_ratio.max()),
     })
     if "P" in sub:
         out.insert(out.columns.get_loc("N"), "P", sub["P"].to_numpy())
@@ -250,7 +265,8 @@ def _predict(fitfile: FitFile, name: str, frame: pd.DataFrame, held: np.ndarray,
 def _empty_predictions() -> pd.DataFrame:
     return pd.DataFrame(columns=["origin", "N_max_fit", "law", "fit", "run", "row", "format", "N", "D",
                                  "loss", "predicted", "error", "error_nats", "N_factor", "D_over_N",
-                                 "D_over_N_in_range", "abs_error"])
+                                 "D_over_N_in_range", "D_over_N_min_fit", "D_over_N_max_fit",
+                                 "abs_error", "size"])
 
 
 def _errors(p: pd.DataFrame) -> dict[str, Any]:
@@ -293,6 +309,8 @@ def _summarise(law: str, name: str, p: pd.DataFrame, aic: float | None) -> dict[
                         "N_factor": [float(g["N_factor"].min()), float(g["N_factor"].max())],
                         **_errors(g), "corner": corner(g)} for k, g in p.groupby("origin")],
         "by_factor": by_factor, "aic": aic,
+        # the intervals each origin's fit would state (fit.answer.forecast), against its held-out runs
+        "forecast_interval": evaluate_intervals(p),
     }
 
 

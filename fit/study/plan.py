@@ -31,6 +31,7 @@ from fit.fitfile import LAW_PARAM_KEYS
 from fit.law import predict_loss
 from fit.solve.pipeline import FitOptions, anchor_mask, run_fits
 from fit.solve.workers import forked_pool
+from fit.study.design import design
 
 DEFAULT_NOISE = 0.005  # 0.5 %: the relative noise fitting.md §4.3 uses for its synthetic identifiability runs
 DEFAULT_SIMULATIONS = 40
@@ -301,7 +302,7 @@ def compute_cost(
     else:
         hours, rate = flops / flops_per_s / 3600, rate_label or f"{flops_per_s:g} FLOP/s"
     return {
-        "runs": int(len(frame)),
+        "runs": int(frame["run"].nunique()) if "run" in frame else int(len(frame)),  # a run: several D rows
         "trunks": int(len(trunks)),
         "tokens": tokens,
         "flops": flops,
@@ -344,8 +345,11 @@ def plan(
     tokens_per_s: float | None = None,
     workers: int = 1,
     progress: Callable[[str], None] | None = None,
+    tokens: float | None = None,
 ) -> dict[str, Any]:
-    """The whole plan as a JSON-ready dict: ``formats[FMT]`` = parameters, flags, best_bits, compute."""
+    """The whole plan as a JSON-ready dict: ``formats[FMT]`` = parameters, flags, best_bits, compute;
+    ``design`` = fit/study/design.py's check of the grid's N span and of the contenders at ``budget_bytes``
+    and ``tokens`` (default: the grid's largest D)."""
     if not (math.isfinite(noise) and noise >= 0):
         raise InputError(f"--noise: {noise} is not allowed; use a relative noise >= 0, e.g. 0.005")
     if simulations < 2:
@@ -363,6 +367,8 @@ def plan(
     if not covered:
         allowed = ", ".join(source.laws)
         raise InputError(f"--law/--preset: {source.name} has laws for {allowed}, none of the grid's formats")
+    # before the simulations: cheap, and its InputErrors (a budget that holds no model) come first
+    checked = design(grid, source, budget_bytes, tokens, shapes, covered)
     for i, fmt in enumerate(covered):
         if progress:
             progress(f"format {fmt}: {simulations} replicas")
@@ -397,6 +403,7 @@ def plan(
         "simulations": simulations,
         "seed": seed,
         "formats": out,
+        "design": checked,
         "compute": compute_cost(grid, flops_per_s, tokens_per_s),
         "notes": notes,
     }

@@ -47,6 +47,7 @@ class Contender:
     predicted_ci: tuple[float, float] | None
     in_grid: bool  # the grid trained this (shape, format, bits): its measured loss is in-sample
     P: float  # the law's bits per weight for it (P_w: bits + the block scales' share)
+    forecast: dict[str, Any] | None = None  # fit.answer.forecast's block: interval with the backtest's error
 
     @property
     def config_name(self) -> str:
@@ -63,6 +64,8 @@ class ContenderPlan:
     contenders: list[Contender]
     grid_max_N: float
     warnings: list[str]
+    undecided_reason: str | None = None  # the margin cannot carry a winner (recorded before training)
+    margin: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +75,8 @@ class ContenderPlan:
             "predicted_winner": self.predicted_winner,
             "grid_max_N": self.grid_max_N,
             "warnings": list(self.warnings),
+            "undecided_reason": self.undecided_reason,
+            "margin": self.margin,
             "contenders": [asdict(c) for c in self.contenders],
         }
 
@@ -90,6 +95,8 @@ class ContenderPlan:
                 contenders,
                 float(data["grid_max_N"]),
                 list(data.get("warnings", [])),
+                data.get("undecided_reason"),
+                data.get("margin"),
             )
         except (KeyError, TypeError) as err:
             raise InputError(f"contenders.json: not a contender plan ({err})") from None
@@ -139,7 +146,8 @@ def choose_contenders(
     budget = smallest_bf16_budget(grid) if budget_bytes is None else float(budget_bytes)
     D = float(grid["D"].max()) if tokens is None else float(tokens)
     source = source_from_fit(fit)
-    rec = recommend(source, budget, D, shapes, bits=list(bits), fmt=fmt)
+    entry = fit.entry(fmt)
+    rec = recommend(source, budget, D, shapes, bits=list(bits), fmt=fmt, entry=entry)
     law = source.law(fmt)
     contenders = []
     for row in rec.rows:
@@ -163,6 +171,7 @@ def choose_contenders(
                 ci,
                 in_grid,
                 float(law.law_p(row.bits, row.p_w)),
+                row.forecast,
             )
         )
     warnings = list(rec.unidentified)
@@ -174,7 +183,9 @@ def choose_contenders(
             "is not out of sample in N; raise --memory"
         )
     winner = rec.best.bits if rec.best else None
-    return ContenderPlan(fmt, budget, D, winner, contenders, grid_max, warnings)
+    if rec.undecided:
+        warnings.append(f"not decidable at this budget ({rec.undecided}): training the contenders tests it")
+    return ContenderPlan(fmt, budget, D, winner, contenders, grid_max, warnings, rec.undecided, rec.margin)
 
 
 def contender_config(contender: Contender) -> str:

@@ -23,6 +23,7 @@ VOLATILE_KEYS = (
     "train.save_export",
     "train.compile",  # how the step runs (like train.device): compiled and eager train the same experiment
     "train.peak_flops",  # only the MFU meter reads it
+    "train.collective_timeout_s",  # how long DDP ranks wait for each other
     "hydra",
 )
 # Keys added after runs existed, whose empty value (null, []) means what the runs did before the key existed:

@@ -6,6 +6,7 @@ launcher's one wait loop hands to the one classifier, `outcomes.classify`.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -133,18 +134,30 @@ class SlurmArray:
     def submit(self, planned: list[PlannedRun], job: Any) -> list[str]:
         """Submit the array and record it in the ledger; returns the job ids."""
         import submitit
+        from omegaconf import OmegaConf
 
-        executor = make_executor(self.params, "slurm")
-        try:
-            # sbatch writes its rejection to the inherited stderr as well as into the exception; keep
-            # it off the terminal so the user sees one line, and keep it in the error if it's not there.
-            with captured_stderr() as sbatch_stderr:
-                jobs = executor.map_array(job, [p.config for p in planned], [p.job_num for p in planned])
-        except submitit.core.utils.FailedJobError as err:
-            said = str(err) if "error:" in str(err) else "".join(sbatch_stderr)
-            raise SubmissionError(describe_rejection(self.params, said)) from None
-        else:
-            sys.stderr.write("".join(sbatch_stderr))
+        # one array per distinct set of resources: a job's `sweep.slurm` keys (a rung's GPUs, time, memory)
+        # override the sweep's hydra.launcher keys (sweep/budget.py job_launcher)
+        groups: dict[str, list[PlannedRun]] = {}
+        for p in planned:
+            node = OmegaConf.select(p.config, "sweep.slurm")
+            own = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+            groups.setdefault(json.dumps(own, sort_keys=True), []).append(p)
+        planned = [p for group in groups.values() for p in group]
+        jobs = []
+        for own, group in groups.items():
+            params = {**self.params, **json.loads(own)}
+            executor = make_executor(params, "slurm")
+            try:
+                # sbatch writes its rejection to the inherited stderr as well as into the exception; keep
+                # it off the terminal so the user sees one line, and keep it in the error if it's not there.
+                with captured_stderr() as sbatch_stderr:
+                    jobs += executor.map_array(job, [p.config for p in group], [p.job_num for p in group])
+            except submitit.core.utils.FailedJobError as err:
+                said = str(err) if "error:" in str(err) else "".join(sbatch_stderr)
+                raise SubmissionError(describe_rejection(params, said)) from None
+            else:
+                sys.stderr.write("".join(sbatch_stderr))
         self.jobs = [(p.run, j) for p, j in zip(planned, jobs, strict=True)]
         append_submissions(self.sweep_dir, [submission_record(self.sweep_dir, p.run, j, "slurm", p.overrides)
                                             for p, j in zip(planned, jobs, strict=True)])
