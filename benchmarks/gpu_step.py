@@ -3,35 +3,45 @@
     .venv/bin/python benchmarks/gpu_step.py                       # CUDA: l110m, l500m; CPU: r49k
     .venv/bin/python benchmarks/gpu_step.py --models r49k --modes eager --steps 3   # CI's quick CPU run
 
-Per model rung × point (bf16 = unquantized, 2-bit k-means, 4-bit uniform) × mode (eager, compiled), one
-optimizer step as the loop takes it (sweep/loop.py): quantize once, forward/backward over micro-batches
-(gradient accumulation), clip, AdamW, with bf16 autocast on CUDA. Reported: the median step time over
---steps timed steps (after warm-up steps, which include compilation), tokens/s, MFU (model FLOPs with
-attention, sweep/meters.py, ÷ the GPU's bf16 peak or --peak-flops; none on CPU without one), the QAT
+Per model rung × point (bf16 = unquantized; k-means and uniform at 1-4 bits) × mode (eager, compiled),
+one optimizer step as the loop takes it (sweep/loop.py): quantize once (``quant_batch.update``: on CUDA
+its torch path, no host sync), forward/backward over micro-batches (gradient accumulation), clip, AdamW,
+with bf16 autocast on CUDA. Dynamo is reset before every configuration, so each compiles from scratch
+(without it the next rung compiled as a dynamic-shape recompile of the last). Reported: the median step
+time over --steps timed steps (after warm-up steps, which include compilation), tokens/s, MFU (model FLOPs
+with attention, sweep/meters.py, ÷ the GPU's bf16 peak or --peak-flops; none on CPU without one), the QAT
 overhead against bf16 in the same mode, and peak memory (CUDA allocator; CPU: the process's peak RSS).
-Targets on a GPU (issue 12): >= 40 % MFU at ~100M parameters with QAT, QAT overhead <= 5 %.
+Where two GPUs exist, it then times a 2-rank DDP step (nccl, sweep/distributed.py's wrap, the global
+batch split across ranks; MFU per GPU) for --ddp-points; with fewer it says so and skips it.
+Targets on a GPU (issue 27): >= 40 % MFU at l110m-l500m with QAT, QAT overhead <= 5 %.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sweep import meters, quant, quant_batch  # noqa: E402
-from sweep.loop import forward_backward  # noqa: E402
+from sweep import distributed, meters, quant, quant_batch  # noqa: E402
 from sweep.model import Llama, ModelConfig  # noqa: E402
+from sweep.step import forward_backward  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
-POINTS = {"bf16": ("none", 16), "kmeans2": ("kmeans", 2), "uniform4": ("uniform", 4)}
+POINTS = {"bf16": ("none", 16), **{f"{fmt}{bits}": (fmt, bits) for fmt in ("kmeans", "uniform")
+                                    for bits in (1, 2, 3, 4)}}
 
 
 def load_rung(name: str, seq_len: int) -> ModelConfig:
@@ -46,7 +56,10 @@ def sync(device: torch.device) -> None:
 
 
 def measure(config: ModelConfig, point: str, compiled: bool, args: argparse.Namespace,
-            device: torch.device) -> dict[str, float]:
+            device: torch.device, world_size: int = 1) -> dict[str, float]:
+    """One configuration's figures; with `world_size` > 1 this process is one DDP rank of that many, and
+    tokens/s counts the global batch while MFU is per GPU."""
+    torch._dynamo.reset()  # a fresh compile per configuration: no recompile, no cache entries carried over
     torch.manual_seed(0)
     model = Llama(config).to(device)
     fmt, bits = POINTS[point]
@@ -56,8 +69,9 @@ def measure(config: ModelConfig, point: str, compiled: bool, args: argparse.Name
     if compiled:
         for layer in model.layers:  # as sweep/train.py's compile_blocks
             layer.compile()
+    trainable = distributed.wrap(model, device) if world_size > 1 else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    sequences = args.batch_tokens // args.seq_len
+    sequences = max(1, args.batch_tokens // args.seq_len // world_size)
     micro = max(1, args.micro_batch_tokens // args.seq_len)
     x = torch.randint(0, config.vocab_size, (sequences, args.seq_len), device=device)
     y = torch.randint(0, config.vocab_size, (sequences, args.seq_len), device=device)
@@ -74,7 +88,7 @@ def measure(config: ModelConfig, point: str, compiled: bool, args: argparse.Name
         sync(device)
         start = time.perf_counter()
         quant_batch.update(quantized)
-        forward_backward(model, x, y, micro, autocast)
+        forward_backward(trainable, x, y, micro, autocast, chunked_loss=device.type == "cuda")  # as the loop
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -87,8 +101,41 @@ def measure(config: ModelConfig, point: str, compiled: bool, args: argparse.Name
     per_token = meters.model_flops_per_token(config, args.seq_len)
     peak = meters.peak_flops(device, args.peak_flops)
     return {"ms": 1e3 * seconds, "tokens_per_s": tokens_per_s,
-            "mfu": per_token * tokens_per_s / peak if peak else float("nan"),
+            "mfu": per_token * tokens_per_s / (peak * world_size) if peak else float("nan"),
             "memory_gib": meters.peak_memory_bytes(device) / 2**30}
+
+
+def _ddp_rank(rank: int, world_size: int, port: int, rung: str, point: str, compiled: bool, args: dict,
+              out: str) -> None:
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        torch.cuda.set_device(rank)
+        namespace = argparse.Namespace(**args)
+        result = measure(load_rung(rung, namespace.seq_len), point, compiled, namespace,
+                         torch.device("cuda", rank), world_size)
+        if rank == 0:
+            Path(out).write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def measure_ddp(rung: str, point: str, compiled: bool, args: argparse.Namespace,
+                world_size: int = 2) -> dict[str, float]:
+    """The same step on `world_size` GPUs under DDP, one spawned process per GPU; rank 0's figures."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "rank0.json")
+        mp.spawn(_ddp_rank, args=(world_size, port, rung, point, compiled, vars(args), out),
+                 nprocs=world_size, join=True)
+        return json.loads(Path(out).read_text())
+
+
+def report(mode: str, point: str, r: dict[str, float], baseline: float) -> None:
+    print(f"  {mode:>8} {point:>8}: {r['ms']:9.2f} ms/step {r['tokens_per_s']:11,.0f} tok/s  "
+          f"MFU {100 * r['mfu']:5.1f} %  QAT overhead {100 * (r['ms'] / baseline - 1):+6.1f} %  "
+          f"peak memory {r['memory_gib']:.2f} GiB", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    parser.add_argument("--ddp-points", default="bf16,kmeans4,uniform4",
+                        help="points of the 2-rank DDP step (where 2 GPUs exist; '' for none)")
     parser.add_argument("--peak-flops", type=float, default=None, help="peak FLOP/s for MFU (default: the "
                         "GPU's bf16 dense peak from sweep/meters.py; none on CPU)")
     args = parser.parse_args(argv)
@@ -122,9 +171,21 @@ def main(argv: list[str] | None = None) -> None:
             for point in args.points.split(","):
                 r = measure(config, point, mode == "compiled", args, device)
                 baseline = baseline or r["ms"]
-                print(f"  {mode:>8} {point:>8}: {r['ms']:9.2f} ms/step {r['tokens_per_s']:11,.0f} tok/s  "
-                      f"MFU {100 * r['mfu']:5.1f} %  QAT overhead {100 * (r['ms'] / baseline - 1):+6.1f} %  "
-                      f"peak memory {r['memory_gib']:.2f} GiB", flush=True)
+                report(mode, point, r, baseline)
+    if not args.ddp_points:
+        return
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if gpus < 2:
+        print(f"\n2-rank DDP step: skipped ({gpus} GPU(s) here; it needs 2)")
+        return
+    mode = "compiled" if "compiled" in args.modes.split(",") else "eager"
+    for rung in args.models.split(","):
+        print(f"\n{rung}, 2-rank DDP ({mode}; global batch {args.batch_tokens} tokens, MFU per GPU):")
+        baseline = None
+        for point in args.ddp_points.split(","):
+            r = measure_ddp(rung, point, mode == "compiled", args)
+            baseline = baseline or r["ms"]
+            report(mode, point, r, baseline)
 
 
 if __name__ == "__main__":

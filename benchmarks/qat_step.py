@@ -1,19 +1,21 @@
 """QAT step benchmark (figures, no assertions).
 
-    .venv/bin/python benchmarks/qat_step.py [--models r49k,r111k,r295k,r786k] [--threads 1] [--device cpu]
+    .venv/bin/python benchmarks/qat_step.py [--quick] [--models r49k,r111k,r295k,r786k] [--threads 1]
 
-Prints, per model rung and (format, bits): ms per training step, tokens/s, and the QAT overhead against
-the unquantized step; the k-means codebook fit time per 1M weights; and the achieved FLOP/s
-(6·N·tokens/s, N = the parameters that do matmuls) against the FLOP/s that ``torch.mm`` reaches on the
-same shapes on this machine. On CUDA it also prints MFU against a peak you pass (--peak-tflops; H100
-SXM dense bf16 ≈ 989). Targets (issues 6, 12): QAT overhead ≤ 5 % at every CPU rung, k-means fit ≤ 1 s per
-1M weights, ≥ 50 % of torch.mm on CPU, MFU ≥ 40 % on a GPU at ~100M parameters. The points are timed
-interleaved, step by step, so load on a shared machine falls on all of them alike. Each step begins with
-``quant_batch.update`` (the batched quantization), as the training loop's does.
-Latest figures (2026-12-02, idle, batch 1024, after the StraightThrough node
-was replaced by ``w + delta``): QAT overhead k-means +8 … +18 %, uniform +7 … +11 % over r49k … r786k,
-so the ≤ 5 % target is not met yet; docs/performance.md ("CPU QAT overhead") has the table and where the
-time goes.
+Prints, per model rung and (format, bits) — k-means and uniform at 1-4 bits (1-bit uniform is the binary
+quantizer, 2-bit uniform the ternary grid) — ms per training step, tokens/s and the QAT overhead against the
+unquantized step, then one table of the overheads, rung × format × width; without --quick also the k-means
+codebook fit time per 1M weights and the achieved FLOP/s (6·N·tokens/s, N = the parameters that do
+matmuls) against the FLOP/s that ``torch.mm`` reaches on the same shapes. On CUDA it also prints MFU
+against a peak you pass (--peak-tflops). Each step begins with ``quant_batch.update``, as the training
+loop's does (--torch-path: its torch path, what a GPU runs, instead of the fused CPU kernels).
+
+The points are timed interleaved, step by step, so load on a shared machine falls on all of them alike.
+On CPU with one thread the default clock is the process's CPU time (``--clock cpu``): on an idle machine it
+equals the wall time, and on a loaded one it leaves out the time spent waiting for a core (cache contention
+from other processes remains). --quick (9 timed steps per point, no fit or torch.mm figures) takes ~1-2 min
+idle; the full run ~3 min. Target (issue 27): whole-step QAT overhead <= 10 % at every CPU rung for every
+format and width, aim <= 5 %; docs/performance.md ("CPU QAT overhead") has the figures.
 """
 
 from __future__ import annotations
@@ -59,10 +61,10 @@ class Stepper:
         self.y = torch.randint(0, config.vocab_size, (batch, seq_len), device=device)
         self.times: list[float] = []
 
-    def step(self, record: bool) -> None:
+    def step(self, record: bool, clock, kernels: bool) -> None:
         sync(self.device)
-        start = time.perf_counter()
-        quant_batch.update(self.quantized)  # as the training loop does before each step
+        start = clock()
+        quant_batch.update(self.quantized, kernels=kernels)  # as the training loop does before each step
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             logits = self.model(self.x)
         F.cross_entropy(logits.float().flatten(0, 1), self.y.flatten()).backward()
@@ -70,22 +72,31 @@ class Stepper:
         self.opt.zero_grad(set_to_none=True)
         sync(self.device)
         if record:
-            self.times.append(time.perf_counter() - start)
+            self.times.append(clock() - start)
 
     def median(self) -> float:
         times = sorted(self.times)
         return times[len(times) // 2]  # median: robust to other processes on a shared machine
 
 
-def step_times(config: ModelConfig, batch: int, seq_len: int, device: torch.device,
-               repeats: int) -> list[float]:
-    """Median step time per point of POINTS, the points interleaved step by step (A B C … A B C …), so
-    that a load change on a shared machine hits every point alike instead of whichever ran then."""
+def step_times(config: ModelConfig, batch: int, seq_len: int, device: torch.device, repeats: int,
+               clock, kernels: bool = True) -> tuple[list[float], list[float]]:
+    """(median step time, QAT overhead) per point of POINTS, the points interleaved step by step
+    (A B C … A B C … A), so that a load change on a shared machine hits every point alike instead of
+    whichever ran then. The overhead is paired: the median over rounds of a step's time over the mean of
+    the unquantized steps just before and just after it, a steadier figure on a loaded machine than the
+    ratio of two medians."""
     steppers = [Stepper(config, fmt, bits, batch, seq_len, device) for fmt, bits in POINTS]
     for i in range(repeats + 3):
         for stepper in steppers:
-            stepper.step(record=i >= 3)  # warm-up steps excluded
-    return [stepper.median() for stepper in steppers]
+            stepper.step(i >= 3, clock, kernels)  # warm-up steps excluded
+    steppers[0].step(True, clock, kernels)  # closes the last round's bracket
+    base = steppers[0].times
+    overheads = []
+    for stepper in steppers:
+        ratios = sorted(t / ((base[i] + base[i + 1]) / 2) for i, t in enumerate(stepper.times[:repeats]))
+        overheads.append(100 * (ratios[len(ratios) // 2] - 1))
+    return [stepper.median() for stepper in steppers], overheads
 
 
 def matmul_flops(config: ModelConfig, tokens: int, device: torch.device, repeats: int = 10) -> float:
@@ -130,20 +141,32 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (demo jobs use 1 each)")
     parser.add_argument("--batch-tokens", type=int, default=1024, help="default: the demo's batch")
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per point (21; --quick 9)")
+    parser.add_argument("--quick", action="store_true", help="9 timed steps, no fit or torch.mm figures")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default=None,
+                        help="step timer (default: cpu on a CPU with one thread, else wall)")
+    parser.add_argument("--torch-path", action="store_true",
+                        help="time the update's torch path (what a GPU runs) instead of the CPU kernels")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="GPU peak for MFU (bf16 dense)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    repeats = args.repeats or (9 if args.quick else 21)
+    clock_name = args.clock or ("cpu" if device.type == "cpu" and args.threads == 1 else "wall")
+    clock = time.process_time if clock_name == "cpu" else time.perf_counter
+    kernels = not args.torch_path
     print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} "
-          f"loadavg={os.getloadavg()[0]:.2f}")
+          f"loadavg={os.getloadavg()[0]:.2f} clock={clock_name} repeats={repeats} "
+          f"update={'torch path' if args.torch_path else 'fused CPU kernels where they apply'}")
 
-    print("\nk-means codebook fit (Lloyd, tol 1e-4), seconds per 1M weights:")
-    for bits in (1, 2, 3, 4):
-        print(f"  {bits} bit(s): {kmeans_fit_seconds(2**20, bits):.3f} s")
+    if not args.quick:
+        print("\nk-means codebook fit (Lloyd, tol 1e-4), seconds per 1M weights:")
+        for bits in (1, 2, 3, 4):
+            print(f"  {bits} bit(s): {kmeans_fit_seconds(2**20, bits):.3f} s")
 
     batch = args.batch_tokens // args.seq_len
+    table: dict[str, list[float]] = {}
     for name in args.models.split(","):
         config = load_rung(name)
         config.max_seq_len = max(config.max_seq_len, args.seq_len)
@@ -153,19 +176,33 @@ def main() -> None:
         flops_per_token = 6 * matmul_params + attention_flops
         print(f"\n{name}: N_quant={counts['N_quant']:,} N_total={counts['N_total']:,} "
               f"batch={batch}x{args.seq_len}")
-        timed = step_times(config, batch, args.seq_len, device, args.repeats)
+        timed, overheads = step_times(config, batch, args.seq_len, device, repeats, clock, kernels)
         baseline = timed[0]
-        for (fmt, bits), seconds in zip(POINTS, timed, strict=True):
+        table[name] = overheads[1:]
+        for (fmt, bits), seconds, overhead in zip(POINTS, timed, overheads, strict=True):
             tokens_per_s = batch * args.seq_len / seconds
             print(f"  {fmt:>7} {bits:>2} bit: {seconds * 1e3:8.2f} ms/step {tokens_per_s:10,.0f} tok/s  "
-                  f"QAT overhead {100 * (seconds / baseline - 1):+6.1f} %  "
+                  f"QAT overhead {overhead:+6.1f} %  "
                   f"{flops_per_token * tokens_per_s / 1e9:7.2f} GFLOP/s"
                   + (f"  MFU {100 * flops_per_token * tokens_per_s / (args.peak_tflops * 1e12):5.1f} %"
                      if device.type == "cuda" else ""))
+        if args.quick:
+            continue
         mm = matmul_flops(config, batch * args.seq_len, device)
         achieved = flops_per_token * batch * args.seq_len / baseline
         print(f"  torch.mm on the same shapes: {mm / 1e9:.2f} GFLOP/s; unquantized step reaches "
               f"{100 * achieved / mm:.0f} % of it")
+    print_table(table, repeats, clock_name)
+
+
+def print_table(table: dict[str, list[float]], repeats: int, clock_name: str) -> None:
+    """The whole-step QAT overheads, rung × (format, bits), and the worst of each rung."""
+    names = [f"{fmt}{bits}" for fmt, bits in POINTS[1:]]
+    print(f"\nQAT overhead, % of the unquantized step (paired median of {repeats} interleaved steps, "
+          f"{clock_name} clock, load average {os.getloadavg()[0]:.2f}):")
+    print(f"  {'rung':<7}" + "".join(f"{n:>9}" for n in names) + f"{'worst':>9}")
+    for rung, overheads in table.items():
+        print(f"  {rung:<7}" + "".join(f"{o:+9.1f}" for o in overheads) + f"{max(overheads):+9.1f}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ the gradients, so a W-rank run computes the same update as a 1-rank run at the s
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -81,6 +82,24 @@ def flag_group(info: DistInfo, device_type: str, timeout_s: float = 600.0) -> di
     if not info.enabled or device_type != "cuda":
         return None
     return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def wrap(model: torch.nn.Module, device: torch.device, sync_buffers: bool = False) -> torch.nn.Module:
+    """DDP around `model`, set for QAT.
+
+    Buffers are not broadcast before each forward (``sync_buffers=False``; DDP's default is to). The
+    quantizer's buffers need no such sync: every rank computes them from identical weights with the same
+    seed (``centroids`` at the switch, ``ste_delta`` each step). The broadcast would copy the whole STE delta
+    every step (4 B per quantized weight: 4.1 GB at l1b), and before torch 2.13 (which preserves version
+    counters around it) the copy-back bumped ``centroids``' version, so every quantizer cache
+    (sweep/quant.py, sweep/quant_batch.py) missed every step. ``gradient_as_bucket_view``: gradients are
+    views of the all-reduce buckets, not a second copy (4 B per parameter: 4.6 GB at l1b)."""
+    ddp = torch.nn.parallel.DistributedDataParallel
+    # torch 2.13 renamed broadcast_buffers (deprecated, with a warning) to forward_sync_buffers
+    renamed = "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+    flag = {"forward_sync_buffers" if renamed else "broadcast_buffers": sync_buffers}
+    return ddp(model, device_ids=[device.index] if device.type == "cuda" else None,
+               gradient_as_bucket_view=True, **flag)
 
 
 def all_reduce_mean(value: float | torch.Tensor, info: DistInfo, device: torch.device) -> float:

@@ -30,7 +30,6 @@ SCALES = ("auto", "absmax", "absmean")
 SCALE_BITS = contract.SCALE_BITS  # block scales (and binary means) are stored as bf16
 KMEANS_INIT_SAMPLES = 2**20
 BLOCK_LINEARS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
-SELECT_MAX_MIDPOINTS = 3  # k-means rounding by compare/select passes up to here, by bucketize above
 
 
 @dataclass
@@ -126,40 +125,16 @@ def midpoints(sorted_centroids: torch.Tensor) -> torch.Tensor:
 
 def nearest_centroid(x: torch.Tensor, mids: torch.Tensor) -> torch.Tensor:
     """Index of the nearest of the sorted centroids whose midpoints are `mids`: the number of midpoints
-    strictly below x, which is ``torch.bucketize(x, mids)`` (ties go to the lower centroid) exactly.
-
-    With k - 1 <= 3 midpoints (1-2 bits) a few compare-and-add passes beat bucketize's per-element binary
-    search (measured on CPU: 2x at 1 bit, 1.3x at 2 bits); at 3-4 bits bucketize's log(k) wins."""
-    if len(mids) > SELECT_MAX_MIDPOINTS:
-        return torch.bucketize(x, mids)
-    codes = torch.zeros(x.shape, dtype=torch.int64, device=x.device)
-    for mid in mids.tolist():  # a handful of Python floats: no device tensor indexing per pass
-        codes += x > mid
-    return codes
-
-
-def codebook_lists(centroids: torch.Tensor) -> tuple[list[float], list[float]]:
-    """(centroids, midpoints) as Python floats: reading them is a device sync, so callers cache them."""
-    return centroids.tolist(), midpoints(centroids).tolist()
+    strictly below x (ties go to the lower centroid), one ``bucketize`` pass whatever the width. The
+    midpoints stay a device tensor: reading them as Python floats would be a host-device sync."""
+    return torch.bucketize(x, mids)
 
 
 def fake_quantize(w: torch.Tensor, kind: str, bits: int, block_size: int, mode: str,
-                  centroids: torch.Tensor | None = None, binary_mean: bool = False,
-                  lists: tuple[list[float], list[float]] | None = None) -> torch.Tensor:
-    """``decode(encode(w))`` bit for bit, without materialising the int64 codes for k-means: each weight
-    takes its centroid by a chain of selects (exact), not by a gather through codes. `lists`: the
-    codebook as Python floats (codebook_lists), cached by the caller."""
-    if kind != "kmeans" or 2**bits - 1 > SELECT_MAX_MIDPOINTS:
-        return decode(encode(w, kind, bits, block_size, mode, centroids, binary_mean), kind, bits, block_size)
-    assert centroids is not None, "k-means codes need fitted centroids"
-    w = w.detach()
-    scales = block_scales(w, block_size, mode)  # (out, in/B, 1)
-    normalised = w.unflatten(-1, (-1, block_size)) / scales  # (out, in/B, B)
-    values, mids = lists if lists is not None else codebook_lists(centroids)
-    chosen = torch.full_like(normalised, values[0])
-    for mid, value in zip(mids, values[1:], strict=True):  # sorted: the last mid below x wins
-        chosen = torch.where(normalised > mid, value, chosen)
-    return (chosen * scales).flatten(-2)
+                  centroids: torch.Tensor | None = None, binary_mean: bool = False) -> torch.Tensor:
+    """The fake-quantized weight ``decode(encode(w))``: the per-tensor reference that the batched update
+    (sweep/quant_batch.py) and its fused kernels (sweep/quant_kernels.py) equal bit for bit. No host sync."""
+    return decode(encode(w, kind, bits, block_size, mode, centroids, binary_mean), kind, bits, block_size)
 
 
 def kmeans_plus_plus(sample: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -249,8 +224,7 @@ class QuantLinear(nn.Linear):
         self.register_buffer("centroids", torch.zeros(n_centroids, device=device))
         self.register_buffer("ste_delta", torch.zeros(0, device=device, dtype=dtype), persistent=False)
         self._delta_key: tuple | None = None
-        self._codebook: tuple[list[float], list[float]] | None = None  # centroids as floats (kmeans)
-        self._codebook_key: tuple | None = None
+        self.chunk_cache: object | None = None  # sweep.quant_batch.ChunkCache of the chunk this module leads
 
     def encode(self) -> Encoded:
         return encode(self.weight, self.kind, self.bits, self.block_size, self.scale_mode, self.centroids,
@@ -271,7 +245,9 @@ class QuantLinear(nn.Linear):
         self._delta_key = None
 
     def _version_key(self) -> tuple:
-        w, c = self.weight, self.centroids
+        # read from the dicts directly: nn.Module.__getattr__ costs ~1 µs a call, and this runs for every
+        # quantized module at every step. Version counters and addresses are host-side: no device sync.
+        w, c = self._parameters["weight"], self._buffers["centroids"]
         return (w._version, w.data_ptr(), c._version, c.data_ptr(), w.dtype)
 
     @torch.no_grad()
@@ -279,23 +255,26 @@ class QuantLinear(nn.Linear):
         """Recompute ``ste_delta = q(w) - w`` if the latent weight or the codebook changed since."""
         if not self.enabled or self._delta_key == self._version_key():
             return
-        w, c = self.weight, self.centroids
-        codebook_key = (c._version, c.data_ptr())
-        if self.kind == "kmeans" and self._codebook_key != codebook_key:
-            self._codebook = codebook_lists(c)  # the one sync, after a fit or a load
-            self._codebook_key = codebook_key
-        self.store_delta(fake_quantize(w, self.kind, self.bits, self.block_size, self.scale_mode, c,
-                                       self.binary_mean, self._codebook) - w)
+        w = self.weight
+        self.store_delta(fake_quantize(w, self.kind, self.bits, self.block_size, self.scale_mode,
+                                       self.centroids, self.binary_mean) - w)
 
     @torch.no_grad()
-    def store_delta(self, delta: torch.Tensor) -> None:
-        """``ste_delta = delta`` (q(w) − w, shaped like w), and mark it current."""
+    def store_delta(self, delta: torch.Tensor, key: tuple | None = None) -> None:
+        """``ste_delta = delta`` (q(w) − w, shaped like w), and mark it current (`key`: as mark_current)."""
         w, buf = self.weight, self.ste_delta
         if buf.shape == w.shape and buf.dtype == w.dtype and buf.device == w.device:
             buf.copy_(delta)  # in place: a compiled graph holds this buffer as an input
         else:
             self.ste_delta = delta.to(dtype=w.dtype, device=w.device, copy=True)
-        self._delta_key = self._version_key()
+        self.mark_current(key)
+
+    def mark_current(self, key: tuple | None = None) -> None:
+        """``ste_delta`` now holds q(w) − w of the current weight and codebook (whoever wrote it); `key`:
+        ``_version_key()`` as read by the caller after the weight last changed."""
+        # object.__setattr__: nn.Module.__setattr__ checks parameters, buffers and submodules first (~3 µs),
+        # and this runs for every quantized module at every step
+        object.__setattr__(self, "_delta_key", key if key is not None else self._version_key())
 
     def ste_weight(self) -> torch.Tensor:
         """The weight forward uses once switched on: ``w + (q(w) - w)``, gradient straight to ``w``."""
@@ -315,9 +294,11 @@ class QuantLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return F.linear(x, self.weight)
-        if not torch.compiler.is_compiling():
-            # eager: a no-op unless the weight changed; compiled code relies on quant_batch.update(), which
-            # the loop calls before each step and evaluation, since the graph cannot keep Python-side state
+        if not torch.compiler.is_compiling() and self._delta_key != self._version_key():
+            # eager: quantize here only if the weight changed since quant_batch.update() (the key check is
+            # ~1 µs; entering update_quantized's no_grad ~3 µs per linear per micro-batch); compiled code
+            # relies on update(), which the loop calls before each step and evaluation, since the graph
+            # cannot keep Python-side state
             self.update_quantized()
         return F.linear(x, self.ste_weight())
 

@@ -278,8 +278,7 @@ def build_model(job: JobConfig, device: torch.device, dist_info: distributed.Dis
         compile_blocks(model)
     trainable: torch.nn.Module = model
     if dist_info.enabled:
-        trainable = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+        trainable = distributed.wrap(model, device)
     return ModelParts(model=model, trainable=trainable, optimizer=optimizer, quantized=quantized)
 
 

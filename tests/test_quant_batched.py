@@ -1,4 +1,5 @@
-"""The batched QAT update (sweep/quant_batch.py) gives the per-tensor fake-quantized weights bit for bit."""
+"""The batched QAT update (sweep/quant_batch.py) gives the per-tensor fake-quantized weights bit for bit, on
+both of its paths: the fused CPU kernels and the torch path that runs on a GPU (run here on the CPU)."""
 
 from __future__ import annotations
 
@@ -47,8 +48,9 @@ CASES = [(fmt, bits, scale, mean)
          for mean in ((False, True) if quant.quantizer_kind(fmt, bits) == "binary" else (False,))]
 
 
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "torch"])
 @pytest.mark.parametrize("fmt,bits,scale,mean", CASES)
-def test_batched_update_equals_per_tensor(fmt: str, bits: int, scale: str, mean: bool) -> None:
+def test_batched_update_equals_per_tensor(fmt: str, bits: int, scale: str, mean: bool, kernels: bool) -> None:
     config = quant.QuantConfig(format=fmt, bits=bits, scale=scale, binary_mean=mean)
     modules = make_modules(config)
     expected = per_tensor(modules)
@@ -56,8 +58,8 @@ def test_batched_update_equals_per_tensor(fmt: str, bits: int, scale: str, mean:
         for _, m in modules:
             m._delta_key = None
             m.ste_delta.zero_()
-        quant_batch.update(modules, max_elements)
-        check(modules, expected, (fmt, bits, scale, mean, max_elements))
+        quant_batch.update(modules, max_elements, kernels=kernels)
+        check(modules, expected, (fmt, bits, scale, mean, max_elements, kernels))
 
 
 def check(modules: list[tuple[str, quant.QuantLinear]], expected: list[torch.Tensor], case: tuple) -> None:
@@ -90,7 +92,8 @@ def test_batched_update_skips_fresh_and_disabled_modules() -> None:
     assert torch.equal(m.ste_weight(), expected)
 
 
-def train_losses(fmt: str, bits: int, batched_update: bool, steps: int = 6) -> list[float]:
+def train_losses(fmt: str, bits: int, batched_update: bool, steps: int = 6,
+                 kernels: bool = True) -> list[float]:
     torch.manual_seed(0)
     config = ModelConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, vocab_size=256,
                          max_seq_len=32)
@@ -104,7 +107,7 @@ def train_losses(fmt: str, bits: int, batched_update: bool, steps: int = 6) -> l
         if step == 2:
             quant.switch_on(quantized, q, seed=0)
         if batched_update:
-            quant_batch.update(quantized)
+            quant_batch.update(quantized, kernels=kernels)
         # without it, every module quantizes itself in forward: the per-tensor path
         loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
         loss.backward()
