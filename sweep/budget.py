@@ -7,7 +7,7 @@ Device memory per rank is counted term by term from the model's real shapes (swe
 it runs them (sweep/loop.py, sweep/train.py), in bytes:
 
 - ``params`` 4·P, ``grads`` 4·P (fp32 master weights, P = every parameter), ``optimizer`` 8·P (AdamW m, v),
-  ``ddp_buckets`` 4·P under DDP (torch's default ``gradient_as_bucket_view=False`` keeps a flat copy);
+  ``ddp_buckets`` 0: DDP is built with ``gradient_as_bucket_view=True`` (the default kept a 4·P copy);
 - ``ste_delta`` 4·N_quant once QAT is on (sweep/quant.py's fp32 q(w) − w buffer);
 - ``weight_copies``: what forward keeps per weight for backward: on CUDA the bf16 cast of every matmul weight
   (2 B: block linears and head), on CPU the fp32 sum w + delta of every quantized linear (4 B);
@@ -17,10 +17,11 @@ it runs them (sweep/loop.py, sweep/train.py), in bytes:
   on CUDA eager (bf16 autocast, fp32 residual and norms) 36·d + 8·f bytes, compiled (inductor fuses the
   norms and casts and recomputes pointwise ops) 20·d + 6·f bytes, the upper end of the review's estimate;
 - ``logits``: the head and loss at the start of backward: logits, fp32 log-softmax, its gradient and the
-  logits' gradient: 16·V bytes per token on CPU (all fp32), 14·V on CUDA (bf16 logits);
-- ``trunk_snapshot`` 12·P in a job with branches (loop.py deep-copies the model and AdamW state on the device
-  while a branch trains); ``resume_payload`` 4·P when the job may be requeued (train.py keeps the loaded
-  model state on the device);
+  logits' gradient: 16·V bytes per token of the micro-batch on CPU (all fp32), 14·V per token of one
+  LOSS_CHUNK_TOKENS chunk on CUDA (bf16 logits; sweep/model.linear_cross_entropy);
+- ``trunk_snapshot`` 12·P in a job with branches on a CPU device only (on CUDA the model and AdamW snapshot
+  is a host copy, sweep/step.host_copy); ``resume_payload`` 0 (train.resume loads the checkpoint to the
+  host and frees it once restored);
 - ``runtime``: on CUDA 1 GB of context plus 10 % of the rest (allocator rounding, workspaces).
 
 The peak is the larger of the activation peak (start of backward of a micro-batch: gradients held only when
@@ -151,7 +152,8 @@ def memory_terms(model: Mapping[str, Any], train: Mapping[str, Any], quant: Mapp
     static = {
         "params": 4 * p,
         "optimizer": 8 * p,
-        "ddp_buckets": 4 * p if world_size > 1 else 0,
+        # DDP's buckets are the gradients themselves (sweep/distributed.wrap: gradient_as_bucket_view)
+        "ddp_buckets": 0,
         "ste_delta": 4 * n_quant if quantized else 0,
         # a branch's trunk snapshot and a resumed checkpoint live in host memory on CUDA (sweep/step.py
         # host_copy, train.resume loads to CPU); on a CPU device host memory is the device
