@@ -158,6 +158,7 @@ def test_a_law_that_reads_p_needs_p() -> None:
 # ----------------------------------------------------------------------------- the command
 
 
+@pytest.mark.integration  # the CLI with its plot
 def test_command_writes_table_json_csv_and_plot(tmp_path, capsys) -> None:
     data = tmp_path / "runs.csv"
     precision_table().to_csv(data, index=False)

@@ -89,6 +89,7 @@ def test_epoch_at_16_bits_precision_law_reduces_to_chinchilla() -> None:
     assert any(flag.startswith("gamma_at_bound") for flag in prec["flags"])
 
 
+@pytest.mark.integration  # a public table through the CLI
 def test_cli_fit_on_epoch_writes_a_complete_fit_json(tmp_path, capsys) -> None:
     frame = epoch_240().rename(columns={"N": "params", "D": "tokens", "loss": "val"})
     csv = tmp_path / "epoch.csv"

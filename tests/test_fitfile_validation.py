@@ -5,6 +5,7 @@ format's spelling and a trunk count each end in a true answer or one line (exit 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +34,24 @@ def small_runs() -> pd.DataFrame:
                     noise=0.01)  # fmt: skip
 
 
-@pytest.fixture()
-def fitted(tmp_path: Path) -> tuple[Path, Path]:
-    data = tmp_path / "runs.csv"
+@pytest.fixture(scope="module")
+def fitted_once(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One fit for the module (a fit per test was half of this file's time)."""
+    where = tmp_path_factory.mktemp("fitted")
+    data = where / "runs.csv"
     small_runs().to_csv(data, index=False)
-    out = tmp_path / "fit.json"
+    out = where / "fit.json"
     assert cli.main(["fit", str(data), "-o", str(out), "--law", "precision", "--grid", "coarse"]) == 0
     return data, out
+
+
+@pytest.fixture()
+def fitted(fitted_once: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+    """The module's table and fit.json, copied into this test's dir, which a test may edit."""
+    copies = tmp_path / "runs.csv", tmp_path / "fit.json"
+    for source, copy in zip(fitted_once, copies, strict=True):
+        shutil.copyfile(source, copy)
+    return copies
 
 
 # ----------------------------------------------------------------------------- hand-edited fit.json

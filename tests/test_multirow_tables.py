@@ -196,6 +196,7 @@ def test_verify_finds_a_contenders_row_at_its_D_among_checkpoints() -> None:
 # ----------------------------------------------------------------------------- Gemstones (public table)
 
 
+@pytest.mark.integration  # a public table through the CLI
 def test_gemstones_fits_with_chinchilla(tmp_path: Path, capsys) -> None:
     """220 rows, 10 checkpoints of each of 22 runs; the published δ = 1e-3 fit (tests/data/README.md)."""
     code, out, err = run_cli(capsys, "fit", GEMSTONES, "--columns", GEM_COLUMNS, "--law", "chinchilla",
@@ -210,6 +211,7 @@ def test_gemstones_fits_with_chinchilla(tmp_path: Path, capsys) -> None:
     assert entry["E"] == pytest.approx(2.1431, abs=0.01)
 
 
+@pytest.mark.integration  # a public table through the CLI
 def test_gemstones_backtests(tmp_path: Path, capsys) -> None:
     """Rows of one run stay together (one N per run); --drop-early is printed and recorded."""
     args = ("backtest", GEMSTONES, "--columns", GEM_COLUMNS, "--law", "chinchilla", "--grid", "coarse",

@@ -40,6 +40,7 @@ def test_expected_error_grows_with_the_factor_and_outside_the_dn_range():
     assert n_factor(50.0, 100.0, 1000.0) == 2.0 and n_factor(500.0, 100.0, 1000.0) == 1.0
 
 
+@pytest.mark.integration  # composes the demo grid with Hydra
 def test_the_demo_grid_is_warned_about_its_span_and_its_contenders(capsys):
     block = _demo_design(capsys)
     assert 5.5 < block["n_span"] < 6.5 and block["n_sizes"] == 4

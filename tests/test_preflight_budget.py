@@ -26,6 +26,9 @@ from sweep.slurm import SubmissionError
 from sweep.submission import validate_job
 from sweep.train import build_model
 
+# Hydra-composed cluster grids and CPU training steps under the profiler: the unit tier leaves them out
+pytestmark = pytest.mark.integration
+
 RUNGS = ("l30m", "l60m", "l110m", "l220m", "l500m", "l1b")
 SLURM_DEFAULTS = {"nodes": 1, "tasks_per_node": 1, "timeout_min": 60, "max_num_timeout": 3}
 

@@ -20,6 +20,9 @@ from fit.fitfile import load_fit
 from fit.render.recommend_text import render_text
 from fit.solve.seeds import seed_spread
 
+# whole fits and reports through the CLI: the unit tier leaves them out
+pytestmark = pytest.mark.integration
+
 SIZES = np.geomspace(5e5, 3e7, 5)
 TOKENS = np.geomspace(1e8, 1e9, 3)
 
