@@ -37,8 +37,9 @@ STEPS: list[tuple[str, list[str], list[str]]] = [
     ("make install", [], []),
     (
         ".venv/bin/python -m sweep",
-        # 5 optimizer steps of the default 4,096-token batch instead of 20 tokens per parameter (~120 steps)
-        ["train.tokens=20000"],
+        # 40 optimizer steps of the default 4,096-token batch instead of 20 tokens per parameter (~120 steps):
+        # ~10 s on 2 idle cores, long enough for the first 5-s progress line (5 steps ended before it idle)
+        ["train.tokens=163840"],
         ["[run] step ", "[run] completed in ", "final_val_loss"],
     ),
     (
