@@ -24,14 +24,15 @@ install: $(STAMP)
 lint: install
 	$(BIN)/ruff check .
 
-# The full suite, every tier (unit, integration, slow, Slurm; ~14-18 min on 2 cores, README), with its 15
+# The full suite, every tier (unit, integration, slow, Slurm; 846 tests, 13 min 30 s of pytest on 2 idle cores,
+# docs/performance.md), with its 15
 # slowest tests listed.
 test: lint slurm-up
 	$(BIN)/pytest -q --durations=15
 
 # The unit tier, fast feedback while editing: no slow, Slurm or integration tests (pyproject.toml's markers).
-# 359 tests, 54 s of CPU (user 48.0 s + sys 5.8 s, `/usr/bin/time -v`, subprocesses included) on this 2-core
-# machine while shared (so CPU, not wall time); `-m "not slow and not slurm"`, the old test-fast: 1 min 57 s.
+# 688 tests, 1 min 40 s of CPU (user 89.0 s + sys 11.2 s, `/usr/bin/time -v`, subprocesses included), 1 min 35 s
+# wall, on the idle 2-core AMD EPYC machine (2026-12-03); the old `-m "not slow and not slurm"`: 2 min 53 s of CPU.
 test-fast: lint
 	$(BIN)/pytest -q -m "not slow and not slurm and not integration" --durations=5
 
