@@ -5,22 +5,23 @@ each on 2 cores).
     .venv/bin/python benchmarks/backtest_speed.py --only epoch
 
 1. The demo table (results/demo/runs.csv, 108 runs, 4 sizes), ``--by format``, every law it supports
-   (chinchilla, precision, efficiency, penalty): one origin (fit on 3 sizes, predict the 4th) and the
+   (chinchilla, precision, efficiency, penalty, coupled): one origin (fit on 3 sizes, predict the 4th) and the
    all-sizes fit for AIC, 2 fits per law and format.
 2. Epoch AI's 240 Chinchilla points (tests/data/epoch_chinchilla_svg_extracted_data.csv; the 5 highest losses
    dropped, D = C/6N, as Epoch did), chinchilla: 43 sizes, 40 origins (3..42 sizes fitted) and the all-sizes
    fit.
-3. Gemstones (tests/data/gemstones_hot.jsonl: 22 runs, 10 checkpoints each), chinchilla.  Mapped with
-   ``run=run_name`` the table loader refuses it (several rows per run; another item of issue 26), so it is
-   run twice: with the run column (prints the refusal) and without it (the split is by N, so each run's
-   checkpoints still stay together; only the check that each run has one N is lost).
+3. Gemstones (tests/data/gemstones_hot.jsonl: 22 runs, 10 checkpoints each), chinchilla and coupled, twice:
+   with ``run=run_name`` (several rows per run, bootstrapped by run) and without the run column (the split is
+   by N, so each run's checkpoints still stay together; only the check that each run has one N is lost).
 Each command runs as `python -m bitlaw backtest ... -o TMP` in a subprocess: the wall time includes Python's
 start and the imports.  The machine's load average is printed with the figures: on a shared box timings are
 only comparable at similar load.
 
-Measured 2026-12-03 on 2 cores shared with other jobs (load average ~9), --workers 2: demo 29.6 s wall,
-11.0 s CPU; Epoch 17.8 s wall, 7.3 s CPU; Gemstones without the run column 18.6 s wall, 7.3 s CPU (with it:
-refused by the table loader, exit 2, 5.5 s).  About 2 s of each CPU figure is Python's start and imports.
+Measured 2026-12-03 on the idle 2-core AMD EPYC machine (load average ~1), --workers 2, every law each table
+supports, the forecast intervals scored: demo 7.8 s wall, 12.2 s CPU; Epoch 14.2 s wall, 21.7 s CPU;
+Gemstones with the run column 10.5 s wall, 17.0 s CPU, without it 8.7 s wall, 13.6 s CPU.  Earlier the same
+day, on 2 cores shared with other jobs (load average ~9), before coupled and the intervals: demo 29.6 s, Epoch
+17.8 s, Gemstones 18.6 s wall.  About 2 s of each CPU figure is Python's start and imports.
 """
 
 from __future__ import annotations
