@@ -184,7 +184,8 @@ def demo_bootstrap_section(resamples: int, two_stage: bool = False) -> None:
     import fit.solve.bootstrap
     from fit.data.table import load_table
     from fit.solve.bootstrap import finite_percentile_ci as percentile_ci
-    from fit.solve.pipeline import FitOptions, bootstrap_strata, bootstrap_units, build_jobs
+    from fit.solve.pipeline import FitOptions, build_jobs
+    from fit.solve.resampling import bootstrap_strata, bootstrap_units
     from fit.solve.staged import fit_any, params_of
 
     path = Path(__file__).resolve().parents[1] / "results" / "demo" / "runs.csv"

@@ -206,7 +206,8 @@ def test_demo_table_no_draw_worse_and_same_intervals():
     """results/demo/runs.csv (108 runs; each format's fit sees its 48 rows + 12 bf16 anchors), 100
     stratified resamples per format: the acceptance check of issue 14 item 7."""
     from fit.data.table import load_table
-    from fit.solve.pipeline import FitOptions, bootstrap_strata, bootstrap_units, build_jobs
+    from fit.solve.pipeline import FitOptions, build_jobs
+    from fit.solve.resampling import bootstrap_strata, bootstrap_units
 
     table = load_table(DEMO, require=("N", "D", "loss", "P", "format"))
     opts = FitOptions(law="precision", by="format")

@@ -1,4 +1,4 @@
-"""Stratified bootstrap: every resample keeps the design's points (fit.solve.pipeline.bootstrap_strata)."""
+"""Stratified bootstrap: every resample keeps the design's points (fit.solve.resampling.bootstrap_strata)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from fit.solve.bootstrap import draw_counts
-from fit.solve.pipeline import bootstrap_strata, bootstrap_units
+from fit.solve.resampling import bootstrap_strata, bootstrap_units
 
 
 def _grid() -> pd.DataFrame:

@@ -16,7 +16,8 @@ from fit.law import capacity, predict_loss
 from fit.solve.bootstrap import draw_counts
 from fit.solve.forms import FormSpec, assign_slots, objective_and_grad
 from fit.solve.objective import FitData, Objective
-from fit.solve.pipeline import FitOptions, bootstrap_units, run_fits
+from fit.solve.pipeline import FitOptions, run_fits
+from fit.solve.resampling import bootstrap_units
 
 PRECISION = ("N", "D", "loss", "P", "format")
 CHINCHILLA = ("A", "B", "E", "alpha", "beta")

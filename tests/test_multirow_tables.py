@@ -19,7 +19,7 @@ from fit.fitfile import load_fit
 from fit.law import predict_loss
 from fit.render.report import load_runs, section_data
 from fit.solve.bootstrap import draw_counts
-from fit.solve.pipeline import bootstrap_units
+from fit.solve.resampling import bootstrap_units
 from fit.study.plan import compute_cost, grid_table
 from fit.study.verify import SHAPE_COLUMNS, Contender, measured
 

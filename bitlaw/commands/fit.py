@@ -158,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
     from fit.data.table import load_table, parse_columns
     from fit.fitfile import infer_n_convention, sha256_of, write_fit
     from fit.solve.objective import Objective
-    from fit.solve.pipeline import FitOptions, bootstrap_units, run_fits
+    from fit.solve.pipeline import FitOptions, run_fits
+    from fit.solve.resampling import bootstrap_units
 
     _check_numbers(args)
     columns = parse_columns(args.columns)

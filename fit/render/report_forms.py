@@ -99,7 +99,7 @@ def _with_information(data: dict[str, Any], frame: Any, objective: Any) -> dict[
 
     from fit.law import PRECISION_PARAMS, predict_loss
     from fit.solve.diagnostics import information
-    from fit.solve.pipeline import anchor_mask
+    from fit.solve.resampling import anchor_mask
 
     fits = {}
     anchor = anchor_mask(frame)

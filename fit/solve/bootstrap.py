@@ -1,5 +1,5 @@
 """Bootstrap refits: resample by trunk, run or row within each design point
-(fit.solve.pipeline.bootstrap_units),
+(fit.solve.resampling.bootstrap_units),
 warm-start from the full fit, two worker processes.
 
 Every fit of one ``bitlaw fit`` call sees the *same* resample k (the weight vector is drawn once over the

@@ -31,7 +31,7 @@ import pandas as pd
 from fit.answer.memory import BF16_BITS, BitAccounting, Shape
 from fit.answer.presets import LawSource
 from fit.answer.recommend import recommend
-from fit.solve.pipeline import anchor_mask
+from fit.solve.resampling import anchor_mask
 from fit.study.backtest import size_index
 from fit.units import format_bytes, format_count
 

@@ -29,7 +29,8 @@ from fit.data.table import Table, prepare_table
 from fit.errors import InputError
 from fit.fitfile import LAW_PARAM_KEYS
 from fit.law import predict_loss
-from fit.solve.pipeline import FitOptions, anchor_mask, run_fits
+from fit.solve.pipeline import FitOptions, run_fits
+from fit.solve.resampling import anchor_mask
 from fit.solve.workers import forked_pool
 from fit.study.design import design
 
