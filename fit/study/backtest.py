@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from fit.fitfile import FitFile
 from fit.law import LAWS
 from fit.solve.objective import Objective
 from fit.solve.pipeline import FitOptions, build_jobs, run_fits
+from fit.solve.workers import forked_pool
 
 MIN_SIZES = 3
 SIZE_RTOL = 1e-3  # N values within 0.1 % are one size (Epoch's points read from a figure differ by ~1e-7)
@@ -153,10 +152,10 @@ def backtest(table: Table, opts: BacktestOptions) -> BacktestResult:
     if opts.workers <= 1 or len(tasks) == 1:
         outcomes = [_fit(t, o) for t, o in zip(subtables, task_opts, strict=True)]
     else:
-        # fork, as fit/solve/bootstrap.py does: the workers inherit numpy/scipy already imported
-        context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=opts.workers, mp_context=context) as pool:
-            outcomes = list(pool.map(_fit, subtables, task_opts))
+        # forked, as the bootstrap's and plan's refits: numpy/scipy already imported; Ctrl-C terminates the
+        # workers instead of waiting for the fits in flight (fit/solve/workers.py)
+        with forked_pool(opts.workers) as pool:
+            outcomes = pool.starmap(_fit, zip(subtables, task_opts, strict=True))
     origins, parts, skipped = [], [], []
     aic: dict[tuple[str, str], float | None] = {}
     groups = {law: _rows_per_fit(table, fit_opts[law]) for law in opts.laws}
