@@ -252,3 +252,12 @@ def infer_n_convention(frame: Any) -> str | None:
         if column in frame and (frame[column].to_numpy(dtype=float) == frame["N"].to_numpy()).all():
             return name
     return None
+
+
+def units_text(entry: dict[str, Any]) -> str:
+    """How many independent runs a fit saw, as `bitlaw fit` and the report print it: '20 trunks' when branches
+    share trunks (60 branch rows of 20 trunks are not 60 independent runs), else 'N runs'."""
+    trunks, runs = entry.get("n_trunks"), entry.get("n_runs", "?")
+    if isinstance(trunks, int) and isinstance(runs, int) and trunks < runs:
+        return f"{trunks} trunks"
+    return f"{runs} runs"

@@ -285,15 +285,12 @@ def _num(value: float | None) -> str:
     return "nan" if value is None or not math.isfinite(value) else f"{value:.6g}"
 
 
-def _units(entry: dict[str, Any]) -> str:
-    """'6 trunks' when branches share trunks (18 branch rows are not 18 independent runs), else 'N runs'."""
-    trunks, runs = entry.get("n_trunks"), entry["n_runs"]
-    return f"{trunks} trunks" if trunks is not None and trunks < runs else f"{runs} runs"
 
 
 def format_summary(document: dict[str, Any]) -> str:
     """The compact human summary printed by ``bitlaw fit``: parameters with CIs, objective, flags, MAPE."""
     from fit.answer.caveats import interval_note, unidentified_params
+    from fit.fitfile import units_text
 
     data = document["data"]
     loss = document["loss"] + (f" delta={document['delta']:g}" if document["loss"] == "huber" else "")
@@ -308,7 +305,7 @@ def format_summary(document: dict[str, Any]) -> str:
     for name, entry in document["fits"].items():
         state = "converged" if entry["converged"] else "NOT converged"
         lines.append(
-            f"fit {name!r}: {entry['n_points']} points, {_units(entry)}; objective "
+            f"fit {name!r}: {entry['n_points']} points, {units_text(entry)}; objective "
             f"{entry['objective']:.10g}, {state} (|grad| {entry['grad_norm']:.1e}, "
             f"{entry['iterations']} iterations{', shared' if entry.get('shared') else ''})"
         )

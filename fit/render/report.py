@@ -19,7 +19,7 @@ from fit.answer.caveats import interval_note, unidentified_params
 from fit.data.observed import render as observed_counts
 from fit.data.table import prepare_table, read_frame
 from fit.errors import InputError
-from fit.fitfile import FitFile
+from fit.fitfile import FitFile, units_text
 from fit.render.figure import PlotInputs
 from fit.render.markdown import markdown_table, number_cell
 from fit.render.plot import commit, discard, stage_plots
@@ -160,7 +160,7 @@ def section_fits(fitfile: FitFile) -> list[str]:
         status = "converged" if entry.get("converged") else "**not converged**"
         lines += [
             "",
-            f"{entry.get('n_points', '?')} points from {_units(entry)}; objective "
+            f"{entry.get('n_points', '?')} points from {units_text(entry)}; objective "
             f"{number_cell(entry.get('objective'))}, {status}, "
             f"‖∇‖ = {number_cell(entry.get('grad_norm'), 2)}.",
         ]
@@ -316,9 +316,3 @@ def _write_report(
     return report
 
 
-def _units(entry: dict) -> str:
-    """'20 trunks' when branches share trunks, as ``bitlaw fit`` prints (60 branch rows of 20 trunks are not
-    60 independent runs; the report said "60 points from 60 runs")."""
-    trunks, runs = entry.get("n_trunks"), entry.get("n_runs", "?")
-    return f"{trunks} trunks" if isinstance(trunks, int) and isinstance(runs, int) and trunks < runs \
-        else f"{runs} runs"
