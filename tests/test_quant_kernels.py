@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_quant_batched import CASES, make_modules, train_losses
 
 from sweep import quant, quant_batch, quant_kernels
-from tests.test_quant_batched import CASES, make_modules, train_losses
 
 needs_numba = pytest.mark.skipif(not quant_kernels.AVAILABLE, reason="numba is not importable")
 PATHS = [pytest.param(True, id="kernels", marks=needs_numba), pytest.param(False, id="torch")]
