@@ -265,6 +265,12 @@ def _worker(rank: int, port: int, out: str) -> None:
         trainer.run(trunk, 0, None)
     result["stop_saved"] = hooks.saved
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(result))
+    # The stopped run's DDP wrapper and reducer hold gloo state of this group: free them and meet the other
+    # rank before the next phase (a rank that tore them down while its peer was still in the stop phase's
+    # last collective was seen to abort: "terminate called without an active exception").
+    del trainer
+    gc.collect()
+    tdist.barrier()
     # item 3: a whole 2-rank run with a stated peak, its metrics.jsonl read by the test (shuts the group)
     from sweep.train import train
 

@@ -48,13 +48,35 @@ def release_requeued(job_id: str, held_since: dict[str, float]) -> None:
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
 
 
+def job_state(job_id: str) -> str:
+    """The job's Slurm state ("" when Slurm no longer knows it)."""
+    out = subprocess.run(["squeue", "-h", "-o", "%T", "-j", job_id], capture_output=True, text=True)
+    if out.stdout.strip():
+        return out.stdout.strip()
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id], capture_output=True,
+                         text=True)
+    return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+
+
 def wait_for_summaries(runs: list[tuple[Path, dict]], timeout_s: float) -> list[dict]:
+    """Wait for every run's summary.json. Fails at once, with the job's state and log, when a job has left
+    the queue without one (a job Slurm killed would otherwise be waited on until the deadline)."""
     deadline = time.monotonic() + timeout_s
     held_since: dict[str, float] = {}
+    gone_since: dict[str, float] = {}
     while True:
         found = [summary(sweep, record) for sweep, record in runs]
         if all(found):
             return found
+        for (sweep, record), got in zip(runs, found, strict=True):
+            if got is None and job_state(record["job_id"]) in ("", "COMPLETED", "FAILED", "CANCELLED",
+                                                              "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+                # a finished job writes summary.json before it exits: allow a few seconds for the file
+                if time.monotonic() - gone_since.setdefault(record["job_id"], time.monotonic()) > 20:
+                    log = sweep / record["stdout"]
+                    tail = log.read_text()[-3000:] if log.exists() else "(no log)"
+                    raise AssertionError(f"job {record['job_id']} ended ({job_state(record['job_id'])!r}) "
+                                         f"without a summary.json; its log ends:\n{tail}")
         assert time.monotonic() < deadline, f"runs not finished after {timeout_s:.0f} s: {found}"
         for _, record in runs:
             release_requeued(record["job_id"], held_since)
@@ -63,16 +85,17 @@ def wait_for_summaries(runs: list[tuple[Path, dict]], timeout_s: float) -> list[
 
 def test_run_longer_than_its_time_limit_requeues_resumes_and_matches_an_uninterrupted_run(
         slurm_cluster, tmp_path):
-    # A 1-minute limit with USR2 due 58 s before it. slurmctld checks time limits only every ~30 s, so
-    # the signal lands 2-32 s into each attempt; 1800 steps (~80 s of training on one idle core; 600 steps
-    # took only 27 s on an idle machine, inside that window) therefore never fit in one attempt: the job
-    # must checkpoint, be requeued and resume, possibly more than once.
+    # A 2-minute limit with USR2 due 90 s before it. slurmctld checks time limits only every ~30 s, so
+    # the signal lands 30-60 s into each attempt: every attempt trains for at least ~20 s after its
+    # ~5-10 s start (a 1-minute limit signalled 2-32 s in, and on a slow machine attempts could end before
+    # training began), and 1800 steps (~80 s of training on one idle core) never fit in one attempt: the
+    # job must checkpoint, be requeued and resume, usually twice.
     overrides = (*TRAIN, "train.tokens=7372800")
-    limited = submit_detached(tmp_path / "limited", *overrides, "hydra.launcher.timeout_min=1",
-                              "hydra.launcher.signal_delay_s=58", "hydra.launcher.max_num_timeout=20")
+    limited = submit_detached(tmp_path / "limited", *overrides, "hydra.launcher.timeout_min=2",
+                              "hydra.launcher.signal_delay_s=90", "hydra.launcher.max_num_timeout=20")
     reference = submit_detached(tmp_path / "reference", *overrides)
     got, want = wait_for_summaries([(tmp_path / "limited", limited), (tmp_path / "reference", reference)],
-                                   timeout_s=600)  # generous: loaded machines train slower
+                                   timeout_s=900)  # generous: loaded machines train slower
     log = (tmp_path / "limited" / limited["stdout"]).read_text()
     assert log.count("Requeued job") >= 1, log[-2000:]
     resumed_at = [int(m) for m in re.findall(r"resume: \S+ from step (\d+)", log)]
