@@ -24,6 +24,15 @@ def width_lr(d_model: int, lr_times_width: float = LR_TIMES_WIDTH) -> float:
     return float(lr_times_width) / int(d_model)
 
 
+def ladder_key(key: str, d_model: int) -> int:
+    """One key of the CPU ladder's model at width ``d_model`` (conf/model/ladder.yaml:
+    ``${ladder:ffn_dim,${model.d_model}}``); the rule is sweep.contract.family's."""
+    try:
+        return contract.ladder_shape(int(d_model))[key]
+    except (TypeError, ValueError) as err:
+        raise ValueError(str(err)) from None
+
+
 def cpu_count() -> int:
     """The cores this process may use (its affinity mask; os.cpu_count where there is none)."""
     try:
@@ -39,3 +48,4 @@ def register_resolvers() -> None:
     # hydra.job.config.override_dirname.exclude_keys: the contract's volatile keys among a job's overrides
     OmegaConf.register_new_resolver("bitlaw_volatile_overrides", contract.volatile_overrides, replace=True)
     OmegaConf.register_new_resolver("width_lr", width_lr, replace=True)
+    OmegaConf.register_new_resolver("ladder", ladder_key, replace=True)

@@ -1,10 +1,12 @@
 """``bitlaw verify``: test a fit's forecast by training its memory-matched contenders (fit/study/verify.py).
 
-bitlaw verify plan FIT.json --runs RUNS.csv -o DIR [--format F] [--memory M] [--tokens D] [--arch A]
+bitlaw verify plan FIT.json --runs RUNS.csv -o DIR [--format F] [--memory M | --envelope inside|beyond]
+    [--tokens D] [--arch A] [--block-size B]
     -> DIR/contenders.json, DIR/conf/contender/<point>.yaml, DIR/sweep_overrides.txt
 python -m sweep -m $(cat DIR/sweep_overrides.txt) hydra.sweep.dir=SWEEP     # trains the new contenders
 bitlaw gather SWEEP -o DIR/runs.csv
-bitlaw verify check DIR/contenders.json --runs DIR/runs.csv --runs RUNS.csv -o verify.json [--report R.md]
+bitlaw verify check DIR/contenders.json [DIR2/contenders.json …] --runs DIR/runs.csv [--runs …]
+    --runs RUNS.csv -o verify.json [--report R.md]   # {"budgets": [one verdict per plan], "summary": …}
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from bitlaw.commands._options import add_bits, check_output, chosen_bits, write_failed
+from bitlaw.commands._options import accounting, add_bits, check_output, chosen_bits, write_failed
 
 SECTION = "The forecast, tested"
-DEFAULT_ARCH = "shapes/demo_family.yaml"  # the demo's family: package data of bitlaw, found from any cwd
+DEFAULT_ARCH = "ladder"  # the demo's family: the CPU ladder's rule (sweep/contract/family.py)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,17 +33,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     plan.add_argument("-o", "--output", required=True, metavar="DIR", help="where the plan and configs go")
     plan.add_argument("--format", default="kmeans", type=str.lower,
                       help="the recommending format (default kmeans)")
-    plan.add_argument("--memory", help="weight budget, e.g. 164kB (default: the grid's smallest bf16 model)")
+    where = plan.add_mutually_exclusive_group()
+    where.add_argument("--memory", help="weight budget, e.g. 164kB (default: the grid's smallest bf16 model)")
+    where.add_argument("--envelope", choices=("inside", "beyond"),
+                       help="let bitlaw pick the budget from the family and the grid alone: inside = every "
+                       "contender within [N_min, 1.5 N_max] and the grid's D/N range; beyond = the largest "
+                       "contender >= 2 N_max (fit/study/envelope.py)")
     plan.add_argument("--tokens", help="training tokens D (default: the grid's largest D)")
     plan.add_argument(
         "--arch",
-        help="the shapes to choose from: llama3 | bitlaw | a shapes .yaml/.json (default "
-        f"bitlaw/{DEFAULT_ARCH}, shipped with bitlaw)",
+        help="the shapes to choose from: ladder | llama3 | bitlaw | a shapes .yaml/.json (default "
+        f"{DEFAULT_ARCH}, the demo's family rule)",
     )
+    plan.add_argument("--block-size", type=int,
+                      help="weights per quantization scale in the memory model (default: the grid's "
+                      "quant.block_size where the runs table has one, else 64)")
     add_bits(plan)
     plan.add_argument("--experiment", default="demo", help="the grid's experiment: its recipe trains them")
     check = steps.add_parser("check", help="set the contenders' measured losses beside the predictions")
-    check.add_argument("plan", metavar="CONTENDERS.json")
+    check.add_argument("plan", metavar="CONTENDERS.json", nargs="+",
+                       help="one plan per tested budget (verify.json gets one entry per plan)")
     check.add_argument(
         "--runs",
         action="append",
@@ -60,28 +72,27 @@ def run(args: argparse.Namespace) -> int:
 
 
 def plan(args: argparse.Namespace) -> int:
-    from importlib.resources import files
-
     from fit.answer.fit_source import source_from_fit
-    from fit.answer.memory import BitAccounting
     from fit.answer.shapes import resolve_arch
     from fit.data.table import read_frame
     from fit.errors import InputError
     from fit.fitfile import load_fit
+    from fit.study.envelope import envelope_budget
     from fit.study.verify import choose_contenders, contender_config
     from fit.units import format_bytes, parse_memory, parse_tokens
     from sweep.contract import atomic_write_json, atomic_write_text
 
     fitfile = load_fit(args.fit)
     grid = read_frame(args.runs)
-    shapes = resolve_arch(args.arch or str(files("bitlaw") / DEFAULT_ARCH))
+    shapes = resolve_arch(args.arch or DEFAULT_ARCH)
     budgets = parse_memory(args.memory) if args.memory else [None]
     if len(budgets) != 1:
         raise InputError(f"--memory: one budget, got {len(budgets)} ({args.memory})")
     tokens = parse_tokens(args.tokens) if args.tokens else None
+    acct = grid_accounting(grid, args.block_size)
     # the widths inside the fit's data span, as recommend's default: a fixed 1,2,3,4,16 refused any fit
     # without 1-bit runs (the tour's) with an error naming --bits, an option verify plan lacked
-    bits = chosen_bits(args.bits, source_from_fit(fitfile), BitAccounting())
+    bits = chosen_bits(args.bits, source_from_fit(fitfile), acct)
     out = check_output(args.output, "dir")
     conf_dir = str((out / "conf").resolve())
     # sweep_overrides.txt is used as $(cat …): the shell splits at whitespace, and Hydra's grammar refused
@@ -89,21 +100,27 @@ def plan(args: argparse.Namespace) -> int:
     if any(c.isspace() or c in "'\\" for c in conf_dir):
         raise InputError(f"-o: {conf_dir!r} holds whitespace, a quote or a backslash, which "
                          "`python -m sweep -m $(cat sweep_overrides.txt)` cannot pass on; pick another dir")
-    result = choose_contenders(fitfile, grid, args.format, shapes, budgets[0], tokens, bits=tuple(bits))
+    budget = budgets[0]
+    if args.envelope:
+        D = tokens if tokens is not None else float(grid["D"].max())
+        budget = envelope_budget(args.envelope, shapes, grid, D, tuple(bits), args.format, acct)
+    result = choose_contenders(fitfile, grid, args.format, shapes, budget, tokens, bits=tuple(bits),
+                               acct=acct, envelope=args.envelope)
 
     new = [c for c in result.contenders if not c.in_grid]
     overrides = [
         f"experiment={args.experiment}",
         f"hydra.searchpath=['file://{conf_dir}']",
-        "~hydra.sweeper.params.model",  # the grid's axes give way to the contender axis
-        "~hydra.sweeper.params.point",
+        *grid_axes_dropped(args.experiment),  # the grid's axes give way to the contender axis
         "train.branches=[]",
         f"train.tokens={int(result.D)}",
         "+contender=" + ",".join(c.config_name for c in new),
     ]
 
     print(
-        f"budget {format_bytes(result.budget_bytes)} ({result.budget_bytes:,.0f} bytes), D {result.D:,.0f}, "
+        (f"envelope {result.envelope}: " if result.envelope else "")
+        + f"budget {format_bytes(result.budget_bytes)} ({result.budget_bytes:,.0f} bytes), "
+        f"D {result.D:,.0f}, "
         f"format {result.format}; predicted winner: "
         + (f"{result.predicted_winner} bits" if result.predicted_winner else "none")
         + (f" (not decidable: {result.undecided_reason})" if result.undecided_reason else "")
@@ -142,21 +159,29 @@ def check(args: argparse.Namespace) -> int:
     from fit.data.table import read_frame
     from fit.errors import InputError
     from fit.fitfile import load_fit
-    from fit.study.verify import ContenderPlan, other_form, render_markdown, verdict
+    from fit.render.verify_text import render_budgets
+    from fit.study.verify import ContenderPlan, other_form, summarize, verdict
     from sweep.contract import atomic_write_json
 
     check_output(args.output)
     if args.report:
         check_output(args.report, option="--report")
-    try:
-        data = json.loads(Path(args.plan).read_text())
-    except (OSError, ValueError) as err:
-        raise InputError(f"CONTENDERS.json: cannot read {args.plan}: {err}") from None
-    contender_plan = ContenderPlan.from_dict(data)
+    plans = []
+    for path in args.plan:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            raise InputError(f"CONTENDERS.json: cannot read {path}: {err}") from None
+        plans.append(ContenderPlan.from_dict(data))
     others = [(load_fit(path), path) for path in args.compare]  # a bad file fails before anything is written
-    result = verdict(contender_plan, [read_frame(path) for path in args.runs])
-    result["other_forms"] = [other_form(contender_plan, result, fit, path) for fit, path in others]
-    text = render_markdown(result)
+    tables = [read_frame(path) for path in args.runs]
+    budgets = []
+    for contender_plan in plans:
+        result = verdict(contender_plan, tables)
+        result["other_forms"] = [other_form(contender_plan, result, fit, path) for fit, path in others]
+        budgets.append(result)
+    result = {"budgets": budgets, "summary": summarize(budgets)}
+    text = render_budgets(result)
     print(text, end="")  # first: a write that still fails loses no results
     try:
         atomic_write_json(args.output, result)
@@ -169,6 +194,35 @@ def check(args: argparse.Namespace) -> int:
             raise write_failed(args.report, err, "--report") from None
     print(f"wrote {args.output}" + (f" and the section in {args.report}" if args.report else ""))
     return 0
+
+
+def grid_axes_dropped(experiment: str) -> list[str]:
+    """The overrides that take the grid's sweep axes off a contender sweep. An experiment whose axes are
+    the config group ``grid`` (conf/grid/<experiment>.yaml, as experiment=demo's) drops the group; the
+    others are assumed to sweep ``model`` and ``point`` (Hydra cannot delete a swept key such as
+    ``model.d_model`` by name, nor empty the sweeper's params)."""
+    from sweep.contract import conf_dir
+
+    if (conf_dir() / "grid" / f"{experiment}.yaml").is_file():
+        return ["~grid"]
+    return ["~hydra.sweeper.params.model", "~hydra.sweeper.params.point"]
+
+
+def grid_accounting(grid: Any, block_size: int | None) -> Any:
+    """The memory model's bits per weight: --block-size, else the grid's own quant.block_size (one value
+    over its quantized runs), else 64. A grid of blocks of 32 costed at 64 would pick larger contenders than
+    its budget holds."""
+    import pandas as pd
+
+    from fit.errors import InputError
+
+    if block_size is None and "quant.block_size" in grid.columns:
+        quantized = grid[grid["format"] != "none"] if "format" in grid.columns else grid
+        blocks = set(pd.to_numeric(quantized["quant.block_size"], errors="coerce").dropna().astype(int))
+        if len(blocks) > 1:
+            raise InputError(f"--runs: the grid mixes quant.block_size {sorted(blocks)}; pass --block-size")
+        block_size = blocks.pop() if blocks else None
+    return accounting(block_size or 64, 16)
 
 
 def add_section(report: Path, body: str, title: str = SECTION) -> None:

@@ -1,6 +1,7 @@
 """The shape catalogue: architecture families (``--arch``) that turn a name into a list of Shapes.
 
-``llama3`` (1-Bit Wonder's flavours), ``bitlaw`` (the project's conf/model ladder), a user YAML/JSON file,
+``llama3`` (1-Bit Wonder's flavours), ``ladder`` (the CPU ladder's rule, sweep.contract.family: the demo's
+grid and contenders), ``bitlaw`` (the project's conf/model files), a user YAML/JSON file,
 and ``NAME:continuous`` (depth and width interpolated between, and extrapolated beyond, the family's shapes).
 What a shape costs in bytes is fit.answer.memory.
 """
@@ -16,6 +17,7 @@ import yaml
 
 from fit.answer.memory import SHAPE_KEYS, Shape, conf_model_dir, weight_bytes
 from fit.errors import InputError
+from sweep.contract import ladder_name, ladder_shape, ladder_widths
 
 
 def llama3_ffn_dim(d_model: int, multiplier: float = 1.3, multiple_of: int = 1024) -> int:
@@ -45,6 +47,12 @@ def llama3_shapes() -> list[Shape]:
         Shape(name, d, layers, heads, kv, llama3_ffn_dim(d), LLAMA3_VOCAB)
         for name, (d, layers, heads, kv) in LLAMA3_FLAVOURS.items()
     ]
+
+
+def ladder_shapes() -> list[Shape]:
+    """The CPU ladder, every width from 32 to 1024: the rule that made the demo's grid
+    (sweep.contract.family)."""
+    return [Shape(ladder_name(d), **ladder_shape(d)) for d in ladder_widths()]
 
 
 def shape_from_mapping(name: str, spec: object, source: str) -> Shape:
@@ -189,12 +197,15 @@ def continuous_shapes(anchors: list[Shape], steps: int = 8, max_total: float = 2
 
 
 def resolve_arch(arch: str) -> list[Shape]:
-    """``llama3`` | ``bitlaw`` | a YAML/JSON file of shapes, each optionally suffixed ``:continuous``."""
+    """``llama3`` | ``ladder`` | ``bitlaw`` | a YAML/JSON file of shapes, each optionally suffixed
+    ``:continuous``."""
     base, _, mode = arch.partition(":")
     if mode not in ("", "continuous"):
         raise InputError(f"--arch: unknown mode {mode!r} in {arch!r}; allowed: NAME or NAME:continuous")
     if base == "llama3":
         shapes = llama3_shapes()
+    elif base == "ladder":
+        shapes = ladder_shapes()
     elif base == "bitlaw":
         shapes = bitlaw_shapes()
     elif Path(base).suffix in (".yaml", ".yml", ".json"):
@@ -203,8 +214,8 @@ def resolve_arch(arch: str) -> list[Shape]:
         shapes = file_shapes(Path(base))
     else:
         raise InputError(
-            f"--arch: unknown architecture {base!r}; allowed: llama3, bitlaw, a .yaml/.json file of shapes "
-            "(each optionally with :continuous)"
+            f"--arch: unknown architecture {base!r}; allowed: llama3, ladder, bitlaw, a .yaml/.json file of "
+            "shapes (each optionally with :continuous)"
         )
     if mode == "continuous":
         shapes = continuous_shapes(shapes)

@@ -21,13 +21,14 @@ import numpy as np
 import pandas as pd
 
 from fit.answer.fit_source import source_from_fit
-from fit.answer.memory import BF16_BITS, Shape, check_format, weight_bytes
+from fit.answer.memory import BF16_BITS, BitAccounting, Shape, check_format, weight_bytes
 from fit.answer.recommend import recommend
 from fit.errors import InputError
 from fit.fitfile import FitFile
 from fit.units import format_bytes, format_count
 from sweep.contract import SummaryStatus
 
+WINNER_TOLERANCE = 0.01  # nats: a named winner whose measured loss is this close to the best one held
 SHAPE_COLUMNS = {
     k: f"model.{k}" for k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "vocab_size")
 }
@@ -66,6 +67,8 @@ class ContenderPlan:
     warnings: list[str]
     undecided_reason: str | None = None  # the margin cannot carry a winner (recorded before training)
     margin: dict[str, Any] | None = None
+    envelope: str | None = None  # "inside" | "beyond" the grid (fit.study.envelope), or None: a given budget
+    block_size: int = 64  # the memory accounting's quantization block (the grid's)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +80,8 @@ class ContenderPlan:
             "warnings": list(self.warnings),
             "undecided_reason": self.undecided_reason,
             "margin": self.margin,
+            "envelope": self.envelope,
+            "block_size": self.block_size,
             "contenders": [asdict(c) for c in self.contenders],
         }
 
@@ -97,6 +102,8 @@ class ContenderPlan:
                 list(data.get("warnings", [])),
                 data.get("undecided_reason"),
                 data.get("margin"),
+                data.get("envelope"),
+                int(data.get("block_size", 64)),
             )
         except (KeyError, TypeError) as err:
             raise InputError(f"contenders.json: not a contender plan ({err})") from None
@@ -139,15 +146,19 @@ def choose_contenders(
     budget_bytes: float | None = None,
     tokens: float | None = None,
     bits: tuple[int, ...] = (1, 2, 3, 4, BF16_BITS),
+    acct: BitAccounting | None = None,
+    envelope: str | None = None,
 ) -> ContenderPlan:
     """Per bit width the largest shape of ``shapes`` within the budget (default: the grid's smallest bf16
-    model's memory) at D = ``tokens`` (default: the grid's largest D), with the fit's loss and interval."""
+    model's memory) at D = ``tokens`` (default: the grid's largest D), with the fit's loss and interval.
+    ``envelope`` (inside | beyond) only labels the plan: fit.study.envelope chose ``budget_bytes``."""
+    acct = acct or BitAccounting()
     fmt = check_format(fmt)
     budget = smallest_bf16_budget(grid) if budget_bytes is None else float(budget_bytes)
     D = float(grid["D"].max()) if tokens is None else float(tokens)
     source = source_from_fit(fit)
     entry = fit.entry(fmt)
-    rec = recommend(source, budget, D, shapes, bits=list(bits), fmt=fmt, entry=entry)
+    rec = recommend(source, budget, D, shapes, bits=list(bits), fmt=fmt, acct=acct, entry=entry)
     law = source.law(fmt)
     contenders = []
     for row in rec.rows:
@@ -158,7 +169,9 @@ def choose_contenders(
         shape = {k: getattr(row.shape, k) for k in SHAPE_COLUMNS}
         # the recommendation's own loss and bootstrap interval for this row (recommend computes both)
         ci = None if row.loss_ci is None else (float(row.loss_ci[0]), float(row.loss_ci[1]))
-        in_grid = bool(_point_mask(grid, shape, row.format, row.bits).any())
+        # in the grid only if the grid trained this point at this D: a grid shape at a new D is new data
+        at_d = np.isclose(pd.to_numeric(grid["D"], errors="coerce"), D, rtol=0.01)
+        in_grid = bool((_point_mask(grid, shape, row.format, row.bits) & at_d).any())
         contenders.append(
             Contender(
                 row.bits,
@@ -177,7 +190,7 @@ def choose_contenders(
     warnings = list(rec.unidentified)
     grid_max = float(grid["N_quant"].max())
     new = [c for c in contenders if not c.in_grid]
-    if not new or max(c.N_quant for c in new) <= grid_max:
+    if envelope != "inside" and (not new or max(c.N_quant for c in new) <= grid_max):
         warnings.append(
             f"no contender is larger than the grid's largest N ({format_count(grid_max)}): the test "
             "is not out of sample in N; raise --memory"
@@ -185,7 +198,8 @@ def choose_contenders(
     winner = rec.best.bits if rec.best else None
     if rec.undecided:
         warnings.append(f"not decidable at this budget ({rec.undecided}): training the contenders tests it")
-    return ContenderPlan(fmt, budget, D, winner, contenders, grid_max, warnings, rec.undecided, rec.margin)
+    return ContenderPlan(fmt, budget, D, winner, contenders, grid_max, warnings, rec.undecided, rec.margin,
+                         envelope, acct.block_size)
 
 
 def contender_config(contender: Contender) -> str:
@@ -232,6 +246,8 @@ def verdict(plan: ContenderPlan, tables: list[pd.DataFrame]) -> dict[str, Any]:
         inside = (
             None if loss is None or c.predicted_ci is None else c.predicted_ci[0] <= loss <= c.predicted_ci[1]
         )
+        interval = list(c.forecast["interval"]) if c.forecast else None
+        inside_forecast = None if loss is None or interval is None else interval[0] <= loss <= interval[1]
         rows.append(
             {
                 "bits": c.bits,
@@ -246,6 +262,11 @@ def verdict(plan: ContenderPlan, tables: list[pd.DataFrame]) -> dict[str, Any]:
                 "measured_se": se,
                 "error": error,
                 "inside_ci": inside,
+                "forecast_interval": interval,
+                "inside_forecast": inside_forecast,
+                "N_factor": c.forecast.get("N_factor") if c.forecast else None,
+                "D_over_N": c.forecast.get("D_over_N") if c.forecast else None,
+                "D_over_N_range": c.forecast.get("D_over_N_range") if c.forecast else None,
                 "in_grid": c.in_grid,
                 "run": run,
             }
@@ -264,10 +285,21 @@ def verdict(plan: ContenderPlan, tables: list[pd.DataFrame]) -> dict[str, Any]:
     runner_up = sorted(rows, key=lambda r: r["measured_loss"])[1]
     margin = runner_up["measured_loss"] - measured_best["measured_loss"]
     se = [r["measured_se"] for r in (measured_best, runner_up) if r["measured_se"] is not None]
+    scored = [r["inside_forecast"] for r in rows if r["inside_forecast"] is not None]
+    regret = None if predicted is None else predicted["measured_loss"] - measured_best["measured_loss"]
+    margin_check = _undecided_check(plan, by_bits) if predicted is None else None
     return {
+        "envelope": plan.envelope,
         "format": plan.format,
         "budget_bytes": plan.budget_bytes,
         "D": plan.D,
+        "undecided_reason": plan.undecided_reason,
+        "predicted_margin": plan.margin,
+        # the predicted winner's measured loss above the measured winner's: <= WINNER_TOLERANCE counts as held
+        "winner_regret": regret,
+        "winner_within_tolerance": None if regret is None else regret <= WINNER_TOLERANCE,
+        "undecided_check": margin_check,
+        "inside_forecast": {"n": len(scored), "inside": int(sum(scored))},
         "predicted_winner": None
         if predicted is None
         else {"bits": predicted["bits"], "model": predicted["model"]},
@@ -304,65 +336,25 @@ def other_form(plan: ContenderPlan, result: dict[str, Any], fit: FitFile, name: 
     }
 
 
-def _bits_name(bits: int, fmt: str) -> str:
-    return "bf16" if fmt == "none" or bits == BF16_BITS else f"{bits}-bit {fmt}"
+def _undecided_check(plan: ContenderPlan, by_bits: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
+    """Where the plan named no winner: does the measured margin between the predicted leader and runner-up
+    lie within the forecast error the plan stated for it (recorded before training)?"""
+    margin = plan.margin or {}
+    if "forecast_error_nats" not in margin:
+        return None
+    leader = min(plan.contenders, key=lambda c: c.predicted_loss)
+    runner = by_bits.get(margin.get("runner_up_bits"))
+    if runner is None or leader.bits not in by_bits:
+        return None
+    measured_margin = runner["measured_loss"] - by_bits[leader.bits]["measured_loss"]
+    return {"leader_bits": leader.bits, "runner_up_bits": runner["bits"],
+            "predicted_margin_nats": margin.get("margin_nats"), "measured_margin_nats": measured_margin,
+            "stated_error_nats": margin["forecast_error_nats"],
+            "within": abs(measured_margin) <= margin["forecast_error_nats"]}
 
 
-def render_markdown(result: dict[str, Any]) -> str:
-    """The report's section: did the forecast hold, and by how much did each prediction miss."""
-    pred, meas = result["predicted_winner"], result["measured_winner"]
-    fmt = result["format"]
-    lines = [
-        f"Budget {format_bytes(result['budget_bytes'])} ({result['budget_bytes']:,.0f} bytes) of weights, "
-        f"D = {format_count(result['D'])} tokens, format {fmt}: each bit width's largest model of the family "
-        "within the budget, trained with the grid's recipe (the fit never saw the new ones).",
-        "",
-    ]
-    if pred is None:
-        lines.append(
-            "**The fit named no winner** (" + "; ".join(result["warnings"]) + "), so there was no "
-            f"forecast to test; the measured winner is {_bits_name(meas['bits'], fmt)} ({meas['model']})."
-        )
-    elif result["winner_held"]:
-        lines.append(
-            f"**The forecast held**: predicted and measured winner are both "
-            f"{_bits_name(pred['bits'], fmt)} ({pred['model']})."
-        )
-    else:
-        lines.append(
-            f"**The forecast did not hold**: predicted winner {_bits_name(pred['bits'], fmt)} "
-            f"({pred['model']}), measured winner {_bits_name(meas['bits'], fmt)} ({meas['model']})."
-        )
-    margin_se = result["measured_margin_se"]
-    noise = f" ± {margin_se:.3f} (SE of the two evals; paired windows make it smaller)" if margin_se else ""
-    lines += [
-        f"The measured winner leads the runner-up by {result['measured_margin']:.4f} nats{noise}. "
-        f"Ranking predicted {result['ranking_predicted']}, measured {result['ranking_measured']} "
-        "(bits; 16 = bf16). "
-        f"|predicted − measured|: mean {result['mean_abs_error']:.4f}, "
-        f"max {result['max_abs_error']:.4f} nats.",
-        "",
-        "| bits | model | N_quant | weight bytes | predicted loss [95 % CI] | measured loss "
-        "| predicted − measured | in CI | in grid |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result["contenders"]:
-        ci = r["predicted_ci"]
-        ci_text = f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
-        star = " **(predicted)**" if pred and r["bits"] == pred["bits"] else ""
-        star += " **(measured)**" if r["bits"] == meas["bits"] else ""
-        inside = "—" if r["inside_ci"] is None else ("yes" if r["inside_ci"] else "no")
-        lines.append(
-            f"| {_bits_name(r['bits'], r['format'])}{star} | {r['model']} | {r['N_quant']:,} | "
-            f"{r['memory_bytes']:,.0f} | {r['predicted_loss']:.4f}{ci_text} | {r['measured_loss']:.4f} | "
-            f"{r['error']:+.4f} | {inside} | {'yes' if r['in_grid'] else 'no'} |"
-        )
-    for other in result.get("other_forms", []):
-        held = "held" if other["winner_held"] else "did not hold"
-        lines.append(
-            f"\nThe {other['law']} form ({other['fit']}) predicts "
-            f"{_bits_name(other['predicted_winner'], fmt)} wins: its forecast {held}; "
-            f"mean |predicted − measured| {other['mean_abs_error']:.4f} nats."
-        )
-    lines += [f"\nwarning: {w}" for w in result["warnings"]]
-    return "\n".join(lines) + "\n"
+def summarize(budgets: list[dict[str, Any]]) -> dict[str, Any]:
+    """Across every tested budget: how many contenders fell inside their forecast interval."""
+    n = sum(b["inside_forecast"]["n"] for b in budgets)
+    inside = sum(b["inside_forecast"]["inside"] for b in budgets)
+    return {"contenders": n, "inside_forecast": inside, "share_inside_forecast": inside / n if n else None}

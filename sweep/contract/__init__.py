@@ -13,7 +13,8 @@ What lives here, and nowhere else:
 - ledger: the submission record (`Submission`) and the Slurm job states;
 - install: where the installed configs are (conf/, package data of sweep) and bitlaw's version;
 - bits: formats and bit widths, the storage bits per weight (P_w) and the parameter counts by role that the
-  memory model needs.
+  memory model needs;
+- family: the CPU ladder's rule, width -> model shape (the demo's grid and contenders).
 """
 
 
@@ -29,6 +30,13 @@ from sweep.contract.bits import (
     bits_per_weight,
     param_counts,
     parameter_roles,
+)
+from sweep.contract.family import (
+    LADDER_KEYS,
+    LADDER_STEP,
+    ladder_name,
+    ladder_shape,
+    ladder_widths,
 )
 from sweep.contract.files import (
     BRANCHES_DIR,
@@ -99,12 +107,13 @@ from sweep.contract.summary import (
 __all__ = [
     "BF16_BITS", "BITS_BY_FORMAT", "BIT_WIDTHS", "BRANCHES_DIR", "CHECKPOINT", "CODE_BITS", "CONFIG",
     "CONFIGS_DIR", "CONFIG_JSON", "DIRNAME_ONLY_KEYS", "EXPORT", "FORMATS", "Format", "HYDRA_CONFIG",
-    "JOBS_FILE", "LEDGER_DIR", "LOCK_FILE", "METRICS", "NOT_RUN_DIRS", "OPTIONAL_KEYS", "OUTCOMES_FILE",
-    "QUANT_FORMATS", "RUN", "RunDirBusy", "RunOutcomeState", "SCALE_BITS", "SKIPPED_STATUSES", "SLURM_LIVE",
-    "SLURM_PENDING", "SLURM_RUNNING", "SLURM_UNFINISHED", "SUMMARY", "Submission", "Summary", "SummaryStatus",
-    "TrainingEnd", "VOLATILE_KEYS", "Vocabulary", "append_submissions", "atomic_path", "atomic_write_bytes",
-    "atomic_write_json", "atomic_write_text", "bitlaw_version", "bits_per_weight", "compute_run_id",
-    "conf_dir", "config_snapshot_path", "drop_keys", "hold_run_dir", "is_volatile", "latest_submissions",
+    "JOBS_FILE", "LADDER_KEYS", "LADDER_STEP", "LEDGER_DIR", "LOCK_FILE", "METRICS", "NOT_RUN_DIRS",
+    "OPTIONAL_KEYS", "OUTCOMES_FILE", "QUANT_FORMATS", "RUN", "RunDirBusy", "RunOutcomeState", "SCALE_BITS",
+    "SKIPPED_STATUSES", "SLURM_LIVE", "SLURM_PENDING", "SLURM_RUNNING", "SLURM_UNFINISHED", "SUMMARY",
+    "Submission", "Summary", "SummaryStatus", "TrainingEnd", "VOLATILE_KEYS", "Vocabulary",
+    "append_submissions", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
+    "bitlaw_version", "bits_per_weight", "compute_run_id", "conf_dir", "config_snapshot_path", "drop_keys",
+    "hold_run_dir", "is_volatile", "ladder_name", "ladder_shape", "ladder_widths", "latest_submissions",
     "ledger_dir", "lock_holder", "param_counts", "parameter_roles", "read_json", "read_jsonl",
     "slurm_state_word", "volatile_overrides", "walk_run_dirs", "write_summary",
 ]
