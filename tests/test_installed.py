@@ -72,7 +72,7 @@ def test_the_installed_modules_and_configs_are_the_installed_copy(installed) -> 
     assert conf == site / "sweep" / "conf" and Path(where["models"]) == conf / "model"
     shipped = sorted(p.relative_to(conf) for p in conf.rglob("*.yaml"))
     assert shipped == sorted(p.relative_to(ROOT / "conf") for p in (ROOT / "conf").rglob("*.yaml"))
-    assert (site / "bitlaw" / "shapes" / "demo_family.yaml").is_file()  # verify plan's default --arch
+    assert (conf / "grid" / "demo.yaml").is_file()  # verify plan drops the demo's axes with ~grid
     assert where["version"] == VERSION
 
 

@@ -118,7 +118,8 @@ def test_user_shape_files_yaml_and_json(tmp_path) -> None:
 
 
 def test_unknown_arch_lists_the_allowed_ones() -> None:
-    with pytest.raises(InputError, match="--arch: unknown architecture 'gpt2'; allowed: llama3, ladder, bitlaw"):
+    with pytest.raises(InputError,
+                       match="--arch: unknown architecture 'gpt2'; allowed: llama3, ladder, bitlaw"):
         resolve_arch("gpt2")
     with pytest.raises(InputError, match="NAME:continuous"):
         resolve_arch("llama3:dense")

@@ -18,7 +18,7 @@ from fit.study.design import MAX_FACTOR, design, expected_error, n_factor, rende
 from fit.study.plan import grid_table
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_FAMILY = str(ROOT / "bitlaw/shapes/demo_family.yaml")
+DEMO_FAMILY = str(ROOT / "tests/data/demo_family_2026_12_02.yaml")
 # the budget and D `make demo`'s `verify plan` chose (the grid's smallest bf16 model's memory, its largest D)
 DEMO_VERIFY = json.loads((ROOT / "results/demo/verify/contenders.json").read_text())
 

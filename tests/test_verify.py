@@ -22,7 +22,7 @@ from fit.law import predict_loss
 from fit.study.verify import ContenderPlan, choose_contenders, smallest_bf16_budget, verdict
 
 REPO = Path(__file__).resolve().parents[1]
-FAMILY = REPO / "bitlaw" / "shapes" / "demo_family.yaml"
+FAMILY = REPO / "tests" / "data" / "demo_family_2026_12_02.yaml"
 GRID_MODELS = ("r49k", "base", "r295k")
 TRUTH = {"A": 60.0, "B": 100.0, "E": 1.2, "alpha": 0.3, "beta": 0.4, "gamma": 3.0}
 D_GRID = (500736, 750592, 1000448)
@@ -156,8 +156,12 @@ def test_check_holds_when_the_runs_match_the_law(setup: tuple[Path, Path], tmp_p
     ]
     assert main(argv) == 0
     assert main(argv) == 0  # re-running replaces the section
-    result = json.loads((tmp_path / "verify.json").read_text())
-    assert set(result) >= {"format", "budget_bytes", "D", "predicted_winner", "measured_winner", "contenders"}
+    written = json.loads((tmp_path / "verify.json").read_text())
+    assert set(written) == {"budgets", "summary"} and len(written["budgets"]) == 1
+    result = written["budgets"][0]
+    assert written["summary"]["contenders"] == len(result["contenders"])
+    assert set(result) >= {"envelope", "format", "budget_bytes", "D", "predicted_winner", "measured_winner",
+                           "contenders"}
     assert result["winner_held"] and result["predicted_winner"] == result["measured_winner"]
     assert result["max_abs_error"] < 1e-9
     for row in result["contenders"]:
@@ -192,7 +196,7 @@ def test_check_says_when_the_forecast_fails(setup: tuple[Path, Path], tmp_path: 
     assert result["max_abs_error"] == pytest.approx(
         abs(next(c.predicted_loss for c in plan.contenders if c.bits == 16) - losses[16])
     )
-    from fit.study.verify import render_markdown
+    from fit.render.verify_text import render_markdown
 
     assert "**The forecast did not hold**" in render_markdown(result)
 
@@ -202,7 +206,7 @@ def test_check_refuses_a_missing_contender_in_one_line(
 ) -> None:
     fit, grid = setup
     out = tmp_path / "verify"
-    assert main(["verify", "plan", str(fit), "--runs", str(grid), "-o", str(out)]) == 0
+    assert main(["verify", "plan", str(fit), "--runs", str(grid), "-o", str(out), "--arch", str(FAMILY)]) == 0
     capsys.readouterr()
     code = main(
         ["verify", "check", str(out / "contenders.json"), "--runs", str(grid), "-o", str(tmp_path / "v.json")]
@@ -289,7 +293,7 @@ def test_other_forms_forecast_the_same_contenders(setup: tuple[Path, Path], tmp_
         str(other),
     ]
     assert main(argv) == 0
-    result = json.loads((tmp_path / "v.json").read_text())
+    (result,) = json.loads((tmp_path / "v.json").read_text())["budgets"]
     (form,) = result["other_forms"]
     assert form["law"] == "efficiency" and form["winner_held"]
     assert form["predicted_winner"] == result["measured_winner"]["bits"]

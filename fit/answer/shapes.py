@@ -74,6 +74,9 @@ def bitlaw_shapes(model_dir: Path | None = None) -> list[Shape]:
     shapes = []
     for path in files:
         spec = yaml.safe_load(path.read_text()) or {}
+        templated = isinstance(spec, dict) and any(isinstance(spec.get(k), str) for k in SHAPE_KEYS)
+        if templated:  # conf/model/ladder.yaml: a rule, not a shape (``--arch ladder`` is its family)
+            continue
         if isinstance(spec, dict) and all(k in spec for k in SHAPE_KEYS):
             shapes.append(shape_from_mapping(path.stem, spec, str(path)))
     if not shapes:

@@ -134,7 +134,7 @@ def render_budgets(verify: dict[str, Any]) -> str:
     share = summary["share_inside_forecast"]
     lines = [f"{len(budgets)} budgets, chosen before any contender trained (`bitlaw verify plan "
              "--envelope`); across them "
-             f"{summary['inside_forecast']} of {summary['contenders']} contenders"
+             f"{summary['inside_forecast']} of {summary['with_forecast_interval']} contenders"
              + (f" ({100 * share:.0f} %)" if share is not None else "")
              + " lie inside their forecast interval.", ""]
     for result in budgets:

@@ -357,4 +357,5 @@ def summarize(budgets: list[dict[str, Any]]) -> dict[str, Any]:
     """Across every tested budget: how many contenders fell inside their forecast interval."""
     n = sum(b["inside_forecast"]["n"] for b in budgets)
     inside = sum(b["inside_forecast"]["inside"] for b in budgets)
-    return {"contenders": n, "inside_forecast": inside, "share_inside_forecast": inside / n if n else None}
+    return {"contenders": sum(len(b["contenders"]) for b in budgets), "with_forecast_interval": n,
+            "inside_forecast": inside, "share_inside_forecast": inside / n if n else None}
