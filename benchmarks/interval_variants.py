@@ -102,8 +102,9 @@ def main() -> None:
     args = parser.parse_args()
     n_min = json.loads((args.json or args.csv.with_name("backtest.json")).read_text())["sizes"][0]
 
-    def span(beta: float) -> Callable[[pd.DataFrame], np.ndarray]:
-        return lambda p: np.log2(p["N_max_fit"].to_numpy(float) / n_min) ** beta
+    def span(beta: float, least: float = 0.0) -> Callable[[pd.DataFrame], np.ndarray]:
+        """log2 of the fit's N span (N_max of the fit / the table's smallest N), at least ``least``, ^beta."""
+        return lambda p: np.maximum(least, np.log2(p["N_max_fit"].to_numpy(float) / n_min)) ** beta
 
     variants: dict[str, Rfun] = {
         "stated (q 0.9, floor 0.015)": linear(), "q 0.85": linear(0.85), "q 0.8": linear(0.8),
@@ -112,6 +113,8 @@ def main() -> None:
         "own D/N coefficient": dn_coefficient,
         "x / log2(span)^0.25": linear(scale=span(0.25)), "x / log2(span)^0.5": linear(scale=span(0.5)),
         "x / log2(span), floor 0.01": linear(floor=0.01, scale=span(1.0)),
+        "x / log2(span)^0.25, q 0.95": linear(0.95, scale=span(0.25)),
+        "x / max(1, log2(span))^0.25, q 0.95": linear(0.95, scale=span(0.25, 1.0)),
     }
     predictions = pd.read_csv(args.csv)
     for (law, name), p in predictions.groupby(["law", "fit"], sort=False):
@@ -119,9 +122,9 @@ def main() -> None:
         print(f"{law} {name}: {len(p)} held-out predictions")
         for label, rfun in variants.items():
             cov, ratio, _ = score(p, rfun)
-            print(f"  {label:<28} {100 * cov:5.1f} % held, half-width {ratio:.2f}x mean |error|")
+            print(f"  {label:<36} {100 * cov:5.1f} % held, half-width {ratio:.2f}x mean |error|")
         cov, ratio, _ = score(p, linear(floor=0.0), oracle=True)
-        print(f"  {'oracle (not honest)':<28} {100 * cov:5.1f} % held, half-width {ratio:.2f}x mean |error|")
+        print(f"  {'oracle (not honest)':<36} {100 * cov:5.1f} % held, half-width {ratio:.2f}x mean |error|")
         _, _, ratios = score(p, linear())
         z = np.concatenate(ratios)
         q90 = np.array([np.quantile(r, 0.9) for r in ratios if len(r) >= 20])
