@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from bitlaw import cli
+from fit.answer.forecast import DEFAULT
 from fit.answer.presets import get_preset
 from fit.answer.shapes import resolve_arch
 from fit.study.design import MAX_FACTOR, design, expected_error, n_factor, render_design
@@ -30,31 +31,58 @@ def _demo_design(capsys: pytest.CaptureFixture[str]) -> dict:
     return json.loads(capsys.readouterr().out)["design"]
 
 
-def test_expected_error_grows_with_the_factor_and_outside_the_dn_range():
+def _envelope(doublings: float) -> float:
+    """fit/answer/forecast.py's DEFAULT at ``doublings``, as a relative error (exp(r) − 1)."""
+    return math.expm1(DEFAULT["c0"] + DEFAULT["c1"] * doublings)
+
+
+def test_expected_error_is_the_forecast_models_default_envelope():
     factors = [1.0, 2.0, 2.5, 5.0, 30.0]
-    inside = [expected_error(f, False) for f in factors]
+    inside = [expected_error(f, 5.0, (1.0, 20.0)) for f in factors]
     assert inside == sorted(inside) and inside[0] < inside[-1]
-    assert inside[:2] == [0.0061, 0.0061] and inside[2] == 0.0090 and inside[-1] == 0.064  # method.md §13
-    assert all(expected_error(f, True) >= expected_error(f, False) for f in factors)
-    assert expected_error(1.0, True) == 0.040
+    assert inside == pytest.approx([_envelope(math.log2(f)) for f in factors])
+    assert inside[0] == pytest.approx(math.expm1(0.03)) and inside[1] == pytest.approx(math.expm1(0.07))
+    # a D/N outside the range counts as extra doublings: 4x below the smallest D/N is 2 more
+    assert expected_error(2.0, 0.25, (1.0, 20.0)) == pytest.approx(_envelope(3.0))
+    assert expected_error(2.0, 80.0, (1.0, 20.0)) == pytest.approx(_envelope(3.0))
+    assert all(expected_error(f, 0.5, (1.0, 20.0)) > expected_error(f, 5.0, (1.0, 20.0)) for f in factors)
+    assert expected_error(2.0, 0.5, None) == pytest.approx(_envelope(1.0))
     assert n_factor(50.0, 100.0, 1000.0) == 2.0 and n_factor(500.0, 100.0, 1000.0) == 1.0
 
 
 @pytest.mark.integration  # composes the demo grid with Hydra
-def test_the_demo_grid_is_warned_about_its_span_and_its_contenders(capsys):
+def test_the_demo_grid_spans_15x_and_its_contenders_lie_inside(capsys):
     block = _demo_design(capsys)
-    assert 5.5 < block["n_span"] < 6.5 and block["n_sizes"] == 4
+    assert 14.5 < block["n_span"] < 15.5 and block["n_sizes"] == 4  # 4 widths, 15x in N_quant
+    by_bits = {(c["format"], c["bits"]): c for c in block["contenders"]}
+    one_bit = by_bits[("kmeans", 1)]  # the 590k model: 1.6x beyond the grid, D/N inside
+    assert one_bit["N"] == 589824 and 1.5 < one_bit["N_factor"] < 1.7 and one_bit["inside_dn"]
+    assert one_bit["expected_error"] == pytest.approx(_envelope(math.log2(one_bit["N_factor"])))
+    assert block["warnings"] == []
+    text = "\n".join(render_design(block))
+    assert "warning:" not in text and "1-bit kmeans   d64x12" in text
+    assert f"forecast error <= {100 * one_bit['expected_error']:.2g} %" in text
+
+
+def test_the_old_demo_grid_is_warned_about_its_span_and_its_contenders():
+    """The grid of issue 26 (4 sizes 49k-295k, 6x; D/N from 1.698): its 1-bit contender at exactly 2x and
+    just below the smallest D/N missed its forecast by 0.088 nats, the largest of the five misses."""
+    rows = [{"N": n, "D": d, "P": p, "format": "kmeans" if p < 16 else "none"}
+            for n in np.geomspace(49152, 294912, 4) for d in (1.698 * 294912, 1e6, 2e6)
+            for p in (1.25, 2.25, 3.25, 4.25, 16.0)]
+    block = design(grid_table(pd.DataFrame(rows)), get_preset("1bw-kmeans"), DEMO_VERIFY["budget_bytes"],
+                   DEMO_VERIFY["D"], resolve_arch(DEMO_FAMILY))
+    assert block["n_span"] == pytest.approx(6.0) and block["n_sizes"] == 4
     span, far = block["warnings"]
     assert "spans 6x in N" in span and ">= 10x" in span
-    by_bits = {(c["format"], c["bits"]): c for c in block["contenders"]}
-    one_bit = by_bits[("kmeans", 1)]
-    # the demo's 1-bit contender: the 590k model that missed its forecast by 0.088 nats (issue 26)
+    one_bit = next(c for c in block["contenders"] if c["bits"] == 1)
     assert one_bit["N"] == 589824 and one_bit["N_factor"] == pytest.approx(2.0)
-    assert one_bit["inside_dn"] is False and one_bit["expected_error"] == pytest.approx(0.040)
-    assert "1-bit kmeans d64x12" in far and "expected error ~4 %" in far
-    inside = by_bits[("kmeans", 3)]  # 197k, a grid size at D/N 5: the backtest's smallest error
-    assert inside["N_factor"] == 1.0 and inside["inside_dn"] and inside["expected_error"] == 0.0061
-    assert "3-bit" not in far
+    # 1 doubling in N and 0.002 below the grid's D/N: ~7.3 %, ~0.12 nats, more than its 0.088-nat miss
+    assert one_bit["inside_dn"] is False and one_bit["expected_error"] == pytest.approx(0.0726, abs=2e-4)
+    assert "1-bit kmeans d64x12" in far and "forecast error <= 7.3 %" in far
+    inside = [c for c in block["contenders"] if c["N_factor"] == 1.0 and c["inside_dn"]]
+    assert inside and all(c["expected_error"] == pytest.approx(_envelope(0.0)) for c in inside)
+    assert all(f"{c['bits']}-bit" not in far for c in inside if c["bits"] < 16)
     text = "\n".join(render_design(block))
     assert text.count("\nwarning: ") == 2 and "1-bit kmeans   d64x12" in text
 
@@ -94,7 +122,7 @@ def test_a_contender_beyond_the_grid_is_warned_at_twice_its_largest_n():
     far = [c for c in block["contenders"] if c["N_factor"] >= MAX_FACTOR - 1e-9]
     assert [c["bits"] for c in far] == [1] and far[0]["inside_dn"]
     assert len(block["warnings"]) == 1 and "1-bit kmeans" in block["warnings"][0]
-    assert math.isclose(far[0]["expected_error"], 0.0061)
+    assert math.isclose(far[0]["expected_error"], _envelope(1.0))
 
 
 def test_the_full_plan_carries_the_design_block(tmp_path, capsys):

@@ -15,6 +15,10 @@ inventing curvature from a few origins.  c1 is held >= SLOPE_FLOOR: an internal 
 only small factors and cannot measure the growth, and a flat envelope would claim that a forecast 100x
 beyond the data is as good as one 1.5x beyond.  A D/N outside the fitted range counts as extra doublings
 because errors there are 3-4x larger on both public ladders (method.md §13).
+Other envelopes (a lower quantile or floor, recent origins only, a D/N coefficient of its own, the distance
+relative to the fitted span) were scored as this one is, by benchmarks/interval_variants.py; the one that
+held >= 90 % on both public ladders with a narrower interval was picked after scoring them, and is not
+adopted (method.md §14).
 
 With fewer than 4 sizes there is no internal backtest (a backtest fits on 3 at least and predicts a 4th):
 the model is DEFAULT, the 90 % envelope of the 3-size origins of the public ladders' backtests, and

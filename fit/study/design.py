@@ -12,12 +12,14 @@ small-D/N corner.  So the check warns
   which ``verify plan`` trains), lies ``MAX_FACTOR`` or more beyond the grid's N range, or its D/N (at the
   planned tokens) outside the grid's D/N range, with the error a forecast there is expected to carry.
 
-The demo is the case this exists for: its grid spans 6× in 4 sizes and its 1-bit contender sits at exactly
-2× its largest N and just below its smallest D/N; that contender missed its forecast by 0.088 nats (5.5 %,
-issue 26), the largest miss of the five.  So 2× itself is warned about (``>=``), not only beyond it.
+The first demo grid is the case this exists for: it spanned 6× in 4 sizes and its 1-bit contender sat at
+exactly 2× its largest N and just below its smallest D/N; that contender missed its forecast by 0.088 nats
+(5.5 %, issue 26), the largest miss of the five.  So 2× itself is warned about (``>=``), not only beyond it.
 
-The expected error is a placeholder table (``expected_error``) until the backtest error model of
-fit/answer/forecast.py replaces it; it is kept to that one function so the swap is one import.
+The error expected there is fit/answer/forecast.py's model for a fit without its own backtest (``DEFAULT``,
+the 90 % envelope of |log error| of 3-size fits on the public ladders, method.md §14): before any compute
+there is no fit whose internal backtest could measure one.  It is read at the contender's distance in
+doublings (N factor, plus the D/N excess), as ``predict`` reads it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from fit.answer.forecast import DEFAULT_BASIS, default_model, distance, relative_error
 from fit.answer.memory import BF16_BITS, BitAccounting, Shape
 from fit.answer.presets import LawSource
 from fit.answer.recommend import recommend
@@ -41,23 +44,17 @@ MAX_FACTOR = 2.0  # a contender this far beyond the grid's N range, or further, 
 MAX_LISTED = 4  # contenders named in the warning; --json lists them all
 DN_RTOL = 1e-9  # D/N equal to the grid's bound (floating point) counts as inside
 
-# Mean |relative error| of held-out forecasts in Epoch's 240 Chinchilla points (43 sizes, 40 rolling origins,
-# `bitlaw backtest`, measured 2026-12-03; docs/method.md §13), by the N factor's band (upper bound, error) ...
-EPOCH_BACKTEST = "Epoch's Chinchilla backtest (docs/method.md §13)"
-ERROR_BY_FACTOR = ((2.0, 0.0061), (3.0, 0.0090), (10.0, 0.021), (math.inf, 0.064))
-# ... and by the target's D/N against the fitted D/N range (inside, outside).
-ERROR_INSIDE_DN, ERROR_OUTSIDE_DN = 0.0145, 0.040
+ERROR_MODEL = default_model()
+ERROR_BASIS = f"fit/answer/forecast.py's {DEFAULT_BASIS} (docs/method.md §14)"
 
 
-def expected_error(n_factor: float, outside_dn: bool) -> float:
-    """Expected relative |error| of a forecast at ``n_factor`` (how far beyond the fitted N range) and D/N
-    inside or outside the fitted range, from ``EPOCH_BACKTEST``.
-
-    The backtest reports the two effects separately (each averaged over the other), not jointly, so a point
-    outside the D/N range gets the larger of its factor band's error and the outside-D/N error: conservative,
-    not additive.  Placeholder for fit/answer/forecast.py's error model (issue 26 item 3)."""
-    by_factor = next(err for bound, err in ERROR_BY_FACTOR if n_factor <= bound)
-    return max(by_factor, ERROR_OUTSIDE_DN) if outside_dn else by_factor
+def expected_error(n_factor: float, d_over_n: float, dn_range: tuple[float, float] | None) -> float:
+    """The relative forecast error at ``n_factor`` (how far beyond the fitted N range) and ``d_over_n``
+    against the fitted D/N range: exp(r) − 1, with r the 90 % envelope of |log error| that
+    fit/answer/forecast.py's DEFAULT model states at that distance (the upper widening of the interval
+    ``predict`` would state; ``forecast_nats`` is loss times it)."""
+    x = float(distance(n_factor, d_over_n, dn_range))
+    return math.expm1(float(relative_error(ERROR_MODEL, x)))
 
 
 def n_factor(n: float, n_min: float, n_max: float) -> float:
@@ -102,7 +99,7 @@ def contenders(
                 "N_factor": factor,
                 "D_over_N": d_over_n,
                 "inside_dn": not outside,
-                "expected_error": expected_error(factor, outside),
+                "expected_error": expected_error(factor, d_over_n, (dn_lo, dn_hi)),
                 "loss": loss,
             })
     return out
@@ -137,7 +134,7 @@ def design(
         "N_range": [float(n.min()), float(n.max())],
         "D_over_N_range": [float(dn.min()), float(dn.max())],
         "contenders": [],
-        "error_basis": EPOCH_BACKTEST,
+        "error_basis": ERROR_BASIS,
     }
     if source is None or budget_bytes is None or not shapes:
         return out
@@ -154,7 +151,8 @@ def design(
         warnings.append(
             f"{len(far)} of {len(found)} contender(s) at {format_bytes(budget_bytes)} and {_count(D)} tokens "
             f"lie >= {MAX_FACTOR:g}x beyond the grid's N ({_count(n.min())}-{_count(n.max())}) or outside "
-            f"its D/N ({dn.min():.4g}-{dn.max():.4g}): {shown}{more}. Expected errors from {EPOCH_BACKTEST}; "
+            f"its D/N ({dn.min():.4g}-{dn.max():.4g}): {shown}{more}. Forecast errors: the 90 % envelope of "
+            "3-size fits (method.md §14); "
             "practice forecasts <= 2-3x beyond the fitted N: raise the grid's largest N (or its smallest "
             "D/N), or lower --memory"
         )
@@ -162,12 +160,12 @@ def design(
 
 
 def _where(c: dict[str, Any]) -> str:
-    """One contender where it lies and its expected error: ``1-bit kmeans d64x12 (N 590k, 2x, D/N 1.7
-    outside; expected error ~4 %, ~0.064 nats)``."""
-    nats = "" if c["loss"] is None else f", ~{c['expected_error'] * c['loss']:.2g} nats"
+    """One contender where it lies and its forecast error (the 90 % envelope): ``1-bit kmeans d64x12 (N 590k,
+    2x, D/N 1.696 outside; forecast error <= 7.3 %, <= 0.12 nats)``."""
+    nats = "" if c["loss"] is None else f", <= {c['expected_error'] * c['loss']:.2g} nats"
     dn = "inside" if c["inside_dn"] else "outside"
     return (f"{_name(c)} {c['model']} (N {_count(c['N'])}, {_times(c['N_factor'])}, D/N {c['D_over_N']:.4g} "
-            f"{dn}; expected error ~{100 * c['expected_error']:.2g} %{nats})")
+            f"{dn}; forecast error <= {100 * c['expected_error']:.2g} %{nats})")
 
 
 def _name(c: dict[str, Any]) -> str:
@@ -193,8 +191,8 @@ def render_design(block: dict[str, Any]) -> list[str]:
     for c in block["contenders"]:
         lines.append(
             f"  contender {_name(c):<14} {c['model']:<12} N {_count(c['N']):>8} {_times(c['N_factor']):>9}  "
-            f"D/N {c['D_over_N']:.4g} {'inside' if c['inside_dn'] else 'OUTSIDE'}  expected error "
-            f"~{100 * c['expected_error']:.2g} %"
+            f"D/N {c['D_over_N']:.4g} {'inside' if c['inside_dn'] else 'OUTSIDE'}  forecast error "
+            f"<= {100 * c['expected_error']:.2g} %"
         )
     lines += [f"warning: {w}" for w in block["warnings"]]
     return lines
