@@ -113,7 +113,15 @@ def test_both_budgets_are_planned_then_checked_in_one_verify_json(setup, tmp_pat
                      "--tokens", f"{D_TEST:.0f}"]) == 0
         plans[envelope] = json.loads((out / "contenders.json").read_text())
         assert plans[envelope]["envelope"] == envelope and plans[envelope]["block_size"] == 32  # the grid's
-        assert "~grid" in (out / "sweep_overrides.txt").read_text().split()  # the demo's axes dropped
+        overrides = (out / "sweep_overrides.txt").read_text().split()
+        assert "~grid" in overrides  # the demo's axes dropped
+        # the group's options carry the envelope (two budgets can share one sweep), largest model first
+        names = next(o for o in overrides if o.startswith("+contender=")).split("=", 1)[1].split(",")
+        assert sorted(names) == sorted(p.stem for p in (out / "conf" / "contender").glob("*.yaml"))
+        assert all(n.startswith(f"{envelope}_") for n in names)
+        sizes = {f"{envelope}_" + ("bf16" if c["format"] == "none" else f"kmeans{c['bits']}"): c["N_quant"]
+                 for c in json.loads((out / "contenders.json").read_text())["contenders"]}
+        assert [sizes[n] for n in names] == sorted(sizes.values(), reverse=True)
         for c in plans[envelope]["contenders"]:
             assert not c["in_grid"]  # 640k is no grid D: every contender is new data
             lo, hi = c["forecast"]["interval"]

@@ -107,7 +107,8 @@ def plan(args: argparse.Namespace) -> int:
     result = choose_contenders(fitfile, grid, args.format, shapes, budget, tokens, bits=tuple(bits),
                                acct=acct, envelope=args.envelope)
 
-    new = [c for c in result.contenders if not c.in_grid]
+    # largest first: the local pool hands runs out in this order, so its workers end together
+    new = sorted((c for c in result.contenders if not c.in_grid), key=lambda c: -c.N_quant)
     overrides = [
         f"experiment={args.experiment}",
         f"hydra.searchpath=['file://{conf_dir}']",

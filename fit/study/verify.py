@@ -49,11 +49,18 @@ class Contender:
     in_grid: bool  # the grid trained this (shape, format, bits): its measured loss is in-sample
     P: float  # the law's bits per weight for it (P_w: bits + the block scales' share)
     forecast: dict[str, Any] | None = None  # fit.answer.forecast's block: interval with the backtest's error
+    envelope: str | None = None  # the plan's envelope: prefixes the config name, so two budgets' contenders
+    # can share one sweep (their Hydra groups side by side on the search path)
+
+    @property
+    def point(self) -> str:
+        """The named (format, bits) point of conf/point/ that it trains."""
+        return "bf16" if self.format == "none" else f"{self.format}{self.bits}"
 
     @property
     def config_name(self) -> str:
         """The option of the generated Hydra group ``contender`` that trains it."""
-        return "bf16" if self.format == "none" else f"{self.format}{self.bits}"
+        return f"{self.envelope}_{self.point}" if self.envelope else self.point
 
 
 @dataclass(frozen=True)
@@ -185,6 +192,7 @@ def choose_contenders(
                 in_grid,
                 float(law.law_p(row.bits, row.p_w)),
                 row.forecast,
+                envelope,
             )
         )
     warnings = list(rec.unidentified)
@@ -205,7 +213,7 @@ def choose_contenders(
 def contender_config(contender: Contender) -> str:
     """The Hydra config (group ``contender``) that trains one contender with the grid's recipe: the grid's
     experiment supplies everything else, so the contender differs from a grid run only in shape and point."""
-    point = contender.config_name
+    point = contender.point
     lines = [
         "# @package _global_",
         f"# contender: {contender.bits}-bit {contender.format} {contender.model}, "
