@@ -57,8 +57,8 @@ slurm-up:
 slurm-down:
 	scripts/slurm-down.sh
 
-# The main job: plan -> real CPU sweep -> fits -> report -> the forecast tested (scripts/demo.sh; ~36 min
-# of 2 idle cores from scratch, ~3 min when every run is done: results/demo/README.md).
+# The main job: plan -> real CPU sweep -> fits -> backtest -> report -> the forecast tested at two budgets
+# (scripts/demo.sh; from scratch on 2 idle cores: results/demo/README.md has the time).
 demo: install
 	BIN=$(BIN) scripts/demo.sh
 

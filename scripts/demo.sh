@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: plan -> a real CPU sweep -> gather -> fit -> backtest -> report -> the forecast, tested at two
 # budgets chosen before any contender trains: one inside the grid's envelope, one beyond it.
-# Re-running is cheap: completed runs in sweeps/demo and sweeps/demo_verify_* are skipped (same run_id).
+# Re-running is cheap: completed runs in sweeps/demo and sweeps/demo_verify are skipped (same run_id).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -54,7 +54,7 @@ step "5/9 the forecasts, recorded before any contender trains: one budget inside
   done
 } | tee -a "$OUT/plan.txt"
 
-step "6/9 train both budgets' contenders (one worker each, side by side); meanwhile the backtest and the law's other forms"
+step "6/9 train both budgets' contenders in one sweep; meanwhile the backtest and the law's other forms"
 (
   "$BIN/bitlaw" backtest "$OUT/runs.csv" --law precision,coupled --by format -o "$OUT/backtest" --workers 1
   "$BIN/bitlaw" fit "$OUT/runs.csv" -o "$OUT/fit_coupled.json" --law coupled --by format \
@@ -63,18 +63,17 @@ step "6/9 train both budgets' contenders (one worker each, side by side); meanwh
     --bootstrap "$FORM_BOOTSTRAP" --workers 1
 ) > "$OUT/forms.log" 2>&1 &
 forms_pid=$!
-pids=()
-for envelope in inside beyond; do
-  mapfile -t CONTENDERS < "$OUT/verify_$envelope/sweep_overrides.txt"
-  "$BIN/python" -m sweep -m "${CONTENDERS[@]}" hydra.sweep.dir="${VERIFY_SWEEP}_$envelope" \
-    hydra.launcher.parallel=1 train.threads=1 "${SWEEP_ARGS[@]}" > "$OUT/verify_$envelope/sweep.log" 2>&1 &
-  pids+=($!)
+# One sweep for both budgets (the pool keeps both cores busy to the end): each plan's Hydra group is on the
+# search path, its options prefixed with its envelope (beyond_kmeans1, inside_kmeans1, ...), largest first.
+searchpath=() contenders=()
+for envelope in beyond inside; do
+  searchpath+=("'file://$(realpath "$OUT/verify_$envelope/conf")'")
+  contenders+=("$(sed -n 's/^+contender=//p' "$OUT/verify_$envelope/sweep_overrides.txt")")
 done
-for pid in "${pids[@]}"; do wait "$pid" || { cat "$OUT"/verify_*/sweep.log; exit 1; }; done
-cat "$OUT"/verify_*/sweep.log
-for envelope in inside beyond; do
-  "$BIN/bitlaw" gather "${VERIFY_SWEEP}_$envelope" -o "$OUT/verify_$envelope/runs.csv"
-done
+"$BIN/python" -m sweep -m experiment=demo "hydra.searchpath=[$(IFS=,; echo "${searchpath[*]}")]" '~grid' \
+  'train.branches=[]' "train.tokens=$VERIFY_TOKENS" "+contender=$(IFS=,; echo "${contenders[*]}")" \
+  hydra.sweep.dir="$VERIFY_SWEEP" "${SWEEP_ARGS[@]}"
+"$BIN/bitlaw" gather "$VERIFY_SWEEP" -o "$OUT/verify_runs.csv"
 wait "$forms_pid" || { cat "$OUT/forms.log"; exit 1; }
 cat "$OUT/forms.log"
 
@@ -100,7 +99,7 @@ step "7/9 plots and report into $OUT (the law's forms compared)"
 
 step "8/9 the forecasts, tested: predicted vs measured contenders at both budgets -> $OUT/verify.json"
 "$BIN/bitlaw" verify check "$OUT/verify_inside/contenders.json" "$OUT/verify_beyond/contenders.json" \
-  --runs "$OUT/verify_inside/runs.csv" --runs "$OUT/verify_beyond/runs.csv" --runs "$OUT/runs.csv" \
+  --runs "$OUT/verify_runs.csv" --runs "$OUT/runs.csv" \
   -o "$OUT/verify.json" --report "$OUT/report.md" --compare "$OUT/fit_coupled.json" \
   --compare "$OUT/fit_efficiency.json"
 

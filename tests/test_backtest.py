@@ -51,6 +51,16 @@ def test_known_law_has_near_zero_error() -> None:
     assert result.summary[0]["corner"]["N_factor"] == pytest.approx(1e9 / np.geomspace(1e6, 1e9, 5)[2])
 
 
+def test_the_coupled_form_with_p_predicts_every_held_out_run() -> None:
+    """With a P column the coupled form is fitted with γ, so its predictions need P (they were skipped:
+    "a coupled-law fit needs the bits per weight" at every origin of the demo's backtest)."""
+    table = prepare_table(precision_table(), require=("N", "D", "loss", "P", "format"))
+    result = backtest(table, BacktestOptions(("coupled",), "format", **FAST))
+    assert not result.skipped
+    assert len(result.predictions) == 2 * 3 * 4 + 1 * 3 * 4
+    assert result.predictions["abs_error"].max() < 0.01  # k fits ~1 on additive data
+
+
 def test_missing_coupling_error_grows_with_factor_and_is_worst_at_the_corner() -> None:
     result = backtest(prepare_table(coupled_table()), BacktestOptions(("chinchilla",), **FAST))
     summary = result.summary[0]

@@ -115,10 +115,16 @@ def render_markdown(result: dict[str, Any]) -> str:
                          f"[{r['forecast_interval'][0]:.4f}, {r['forecast_interval'][1]:.4f}]; "
                          f"{_where(r)}.")
     for other in result.get("other_forms", []):
+        if other["predicted_winner"] is None:
+            lines.append(f"\nThe {other['law']} form ({other['fit']}) predicts none of these contenders.")
+            continue
+        cannot = other.get("cannot_predict") or {}
+        skipped = (f" (it has no prediction for {', '.join(bits_name(int(b), fmt) for b in cannot)}, "
+                   "a bit width it was not fitted on, so its winner is among the others)" if cannot else "")
         held = "held" if other["winner_held"] else "did not hold"
         lines.append(
             f"\nThe {other['law']} form ({other['fit']}) predicts "
-            f"{bits_name(other['predicted_winner'], fmt)} wins: its forecast {held}; "
+            f"{bits_name(other['predicted_winner'], fmt)} wins{skipped}: its forecast {held}; "
             f"mean |predicted − measured| {other['mean_abs_error']:.4f} nats."
         )
     lines += [f"\nwarning: {w}" for w in result["warnings"]]

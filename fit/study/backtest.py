@@ -239,7 +239,9 @@ def _predict(fitfile: FitFile, name: str, frame: pd.DataFrame, held: np.ndarray,
              k: int, law: str) -> pd.DataFrame:
     sub = frame.iloc[held]
     N, D, loss = (sub[c].to_numpy(dtype=float) for c in ("N", "D", "loss"))
-    P = sub["P"].to_numpy(dtype=float) if "P" in sub and law not in P_FREE_LAWS else None
+    # the coupled form reads P where it was fitted with γ (a table with a P column), its analogue does not
+    reads_p = law not in P_FREE_LAWS or (law == "coupled" and "gamma" in fitfile.entry(name))
+    P = sub["P"].to_numpy(dtype=float) if "P" in sub and reads_p else None
     predicted = np.asarray(fitfile.predict(N, D, P, fmt=name), dtype=float)
     fit_n = frame["N"].to_numpy(dtype=float)[fitted_rows]
     fit_ratio = frame["D"].to_numpy(dtype=float)[fitted_rows] / fit_n

@@ -332,15 +332,24 @@ def other_form(plan: ContenderPlan, result: dict[str, Any], fit: FitFile, name: 
         fits = ", ".join(fit.formats)
         raise InputError(f"--compare {name}: no fit for format {plan.format!r} (fits: {fits})")
     measured_by_bits = {r["bits"]: r["measured_loss"] for r in result["contenders"]}
-    predicted = {c.bits: float(fit.predict(c.N_quant, plan.D, c.P, fmt=fmt)) for c in plan.contenders}
-    winner = min(predicted, key=predicted.get)
+    predicted: dict[int, float] = {}
+    cannot: dict[int, str] = {}
+    for c in plan.contenders:
+        try:
+            predicted[c.bits] = float(fit.predict(c.N_quant, plan.D, c.P, fmt=fmt))
+        except InputError as err:  # e.g. the efficiency form has no eff for a bit width it never saw
+            cannot[c.bits] = str(err)
+    winner = min(predicted, key=predicted.get) if predicted else None
     return {
         "fit": name,
         "law": fit.law,
         "predicted_loss": {str(b): v for b, v in predicted.items()},
+        "cannot_predict": {str(b): why for b, why in cannot.items()},
+        # among the contenders it can predict only: a winner it names from a subset is marked as such
         "predicted_winner": winner,
-        "winner_held": winner == result["measured_winner"]["bits"],
-        "mean_abs_error": float(np.mean([abs(predicted[b] - measured_by_bits[b]) for b in predicted])),
+        "winner_held": winner is not None and winner == result["measured_winner"]["bits"],
+        "mean_abs_error": float(np.mean([abs(predicted[b] - measured_by_bits[b]) for b in predicted]))
+        if predicted else None,
     }
 
 
