@@ -45,8 +45,9 @@ STEPS: list[tuple[str, list[str], list[str]]] = [
     (
         ".venv/bin/python -m sweep -m experiment=tour",
         [
-            # one size (of three) and two points (of three: 2-bit k-means and the bf16 anchor): 2 trunks
-            "model=r49k",
+            # one size (of three: the ladder's d_model 32) and two points (of three: 2-bit k-means and the
+            # bf16 anchor): 2 trunks
+            "model.d_model=32",
             "point=kmeans2,bf16",
             # a fifth of the tour's tokens, its two WSD branches at the same thirds of the trunk
             "train.tokens=30000",
@@ -66,7 +67,7 @@ STEPS: list[tuple[str, list[str], list[str]]] = [
         # 40 bootstrap refits (of 200; the fewest --bootstrap allows) from the 243-start grid (of 4,500): the
         # same fit, a wider CI
         ["--bootstrap", "40", "--grid", "coarse"],
-        ["fit 'kmeans': 60 points", "95% CI [", "extrapolation to N=", "forecast error:"],
+        ["fit 'kmeans': 48 points", "95% CI [", "extrapolation to N=", "forecast error:"],
     ),
     (".venv/bin/bitlaw recommend fit.json", [], ["best: not decidable at this budget", "forecast error"]),
 ]
