@@ -185,7 +185,10 @@ def _unstarred_note(count: int, ranges: dict[str, tuple[float, float]] | None) -
 def plot_best_bits(inp: PlotInputs, path: Path) -> Path:
     fmt = inp.primary
     shapes = resolve_arch(inp.arch)
-    recs = [recommend(inp.source, m, inp.tokens, shapes, inp.bits, fmt, inp.acct)
+    # with the fit's entry, a budget whose margin the forecast error cannot carry names no winner, as
+    # `bitlaw recommend` says (without it this figure labelled a winner that recommend withholds)
+    entry = inp.fitfile.entry(fmt) if inp.fitfile is not None and fmt in inp.fitfile.formats else None
+    recs = [recommend(inp.source, m, inp.tokens, shapes, inp.bits, fmt, inp.acct, entry=entry)
             for m in sorted(inp.budgets)]  # fmt: skip
     bootstrapped = any(r.n_resamples for r in recs)
     fig = Figure(figsize=(8, 4.8), layout="constrained")
@@ -201,11 +204,18 @@ def plot_best_bits(inp: PlotInputs, path: Path) -> Path:
     # resamples (or a point estimate) in which bit widths tie win for none of them
     ax.bar(x, np.clip(1 - bottom, 0, 1), bottom=bottom, color="0.85", hatch="//", label="tied", width=0.7)
     for i, rec in enumerate(recs):
-        label = "not identified" if rec.unidentified else bits_label(rec.best, with_format=False)
-        ax.text(i, 1.02, label, ha="center", va="bottom", fontsize=8 if rec.unidentified else 9,
-                fontweight="bold", color="#b00000" if rec.unidentified else "black")  # fmt: skip
+        if rec.unidentified:
+            label = "not identified"
+        elif rec.undecided:
+            lead = bits_label(rec.leader, with_format=False) if rec.leader is not None else "none"
+            label = f"not decidable\n({lead} leads)"
+        else:
+            label = bits_label(rec.best, with_format=False)
+        flagged = bool(rec.unidentified or rec.undecided)
+        ax.text(i, 1.02, label, ha="center", va="bottom", fontsize=7 if flagged else 9,
+                fontweight="bold", color="#b00000" if flagged else "black")  # fmt: skip
     ax.set_xticks(x, [format_bytes(r.budget_bytes) for r in recs])
-    ax.set_ylim(0, 1.12)
+    ax.set_ylim(0, 1.2)
     ax.set_xlabel(f"weight-memory budget ({inp.arch} family)")
     what = (
         f"share of {recs[0].n_resamples} bootstrap resamples won" if bootstrapped else "winner (no bootstrap)"
@@ -215,8 +225,11 @@ def plot_best_bits(inp: PlotInputs, path: Path) -> Path:
     tokens = f", D = {inp.tokens:.3g} tokens" if inp.tokens else ""
     why = next((rec.unidentified for rec in recs if rec.unidentified), [])
     caveat = f"\nno winner: {why[0][:100]}" if why else ""
+    if not why and any(rec.undecided for rec in recs):
+        caveat = ("\nnot decidable: the leader's margin is inside the forecast error "
+                  "(the shares are the fit's own resamples, not that error)")
     ax.set_title(
-        f"Best bit width by budget ({fmt}{tokens}; ranked by {ranked}); label = point-estimate winner"
+        f"Best bit width by budget ({fmt}{tokens}; ranked by {ranked}); label = winner, if decidable"
         + caveat,
         fontsize=9,
         color="#b00000" if why else "black",
