@@ -21,7 +21,7 @@ from fit.solve.objective import FitData, LawSpec, Objective, named_params, objec
 from fit.solve.optimize import BLAS_LIMIT, GAMMA_BOUNDS
 from fit.solve.staged import anchor_data, fit_any, n_base, refit_any
 
-DEMO = Path(__file__).resolve().parents[1] / "results" / "demo" / "runs.csv"
+DEMO = Path(__file__).resolve().parents[1] / "tests" / "data" / "demo_runs_2026_12_02.csv"  # the first demo
 OBJ = Objective()
 
 
@@ -203,7 +203,7 @@ def test_draws_do_not_depend_on_chunks_or_workers():
 
 @pytest.mark.slow
 def test_demo_table_no_draw_worse_and_same_intervals():
-    """results/demo/runs.csv (108 runs; each format's fit sees its 48 rows + 12 bf16 anchors), 100
+    """The first demo's runs.csv (108 runs; each format's fit sees its 48 rows + 12 bf16 anchors), 100
     stratified resamples per format: the acceptance check of issue 14 item 7."""
     from fit.data.table import load_table
     from fit.solve.pipeline import FitOptions, build_jobs

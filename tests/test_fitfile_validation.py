@@ -17,7 +17,7 @@ from fit.data.simulate import KMEANS_TRUTH, simulate
 from fit.fitfile import check_data_is_fitted, load_fit
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMITTED = ["fit.json", "fit_efficiency.json", "fit_penalty.json", "fit_two_stage.json"]
+COMMITTED = ["fit.json", "fit_efficiency.json", "fit_coupled.json"]
 
 
 def one_error_line(capsys, argv: list[str]) -> str:

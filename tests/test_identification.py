@@ -82,7 +82,7 @@ def test_report_claims_no_contradiction_of_1bw_for_a_flat_gamma(tmp_path, flat_f
 
 
 def test_demo_kmeans_gamma_is_identified_and_uniform_bounded_only_below() -> None:
-    table = load_table(ROOT / "results/demo/runs.csv", None, None, REQUIRE, False, None)
+    table = load_table(ROOT / "tests/data/demo_runs_2026_12_02.csv", None, None, REQUIRE, False, None)
     opts = FitOptions(law="precision", by="format", extrapolate=False, progress=False)
     fits = run_fits(table, opts)["fits"]
     kmeans, uniform = fits["kmeans"], fits["uniform"]
