@@ -65,9 +65,9 @@ def test_config_error_is_one_line_exit_2_before_training(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_grid_is_36_trunks_of_3_budgets_with_one_anchor_per_n_and_d() -> None:
+def test_demo_grid_is_28_trunks_of_3_budgets_with_one_anchor_per_n_and_d() -> None:
     jobs = grid("demo")
-    assert len(jobs) == 36  # 4 sizes x 9 points; each trunk trains 3 token budgets through its branches
+    assert len(jobs) == 28  # 4 sizes x 7 points; each trunk trains 3 token budgets through its branches
     for job in jobs:
         from_dict(job)
     points = {}
@@ -86,12 +86,12 @@ def test_demo_grid_is_36_trunks_of_3_budgets_with_one_anchor_per_n_and_d() -> No
             points.setdefault((n_quant, d), []).append((job["quant"]["format"], job["quant"]["bits"]))
     assert len(points) == 12
     sizes = sorted({n for n, _ in points})
-    # the same D at every size (a fixed D/N grid cannot separate the N and D terms), N over >= 5x, and four
-    # sizes: leave-largest-N-out still fits three
-    assert len(sizes) == 4 and sizes[-1] >= 5 * sizes[0]
+    # the same D at every size (a fixed D/N grid cannot separate the N and D terms), N over >= 10x (the
+    # published practice, issue 29), and four sizes: leave-largest-N-out still fits three
+    assert len(sizes) == 4 and sizes[-1] >= 10 * sizes[0]
     assert len({frozenset(d for m, d in points if m == n) for n in sizes}) == 1
     for pairs in points.values():
-        assert sorted(pairs) == sorted([(f, b) for f in ("kmeans", "uniform") for b in (1, 2, 3, 4)]
+        assert sorted(pairs) == sorted([(f, b) for f in ("kmeans", "uniform") for b in (1, 2, 4)]
                                        + [("none", 16)])
 
 
