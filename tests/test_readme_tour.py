@@ -37,9 +37,10 @@ STEPS: list[tuple[str, list[str], list[str]]] = [
     ("make install", [], []),
     (
         ".venv/bin/python -m sweep",
-        # 40 optimizer steps of the default 4,096-token batch instead of 20 tokens per parameter (~120 steps):
-        # ~10 s on 2 idle cores, long enough for the first 5-s progress line (5 steps ended before it idle)
-        ["train.tokens=163840"],
+        # 80 optimizer steps of the default 4,096-token batch instead of 20 tokens per parameter (~120 steps):
+        # ~15 s on 2 idle cores, long enough for the first 5-s progress line (40 steps, 12 s with the start,
+        # once ended before it)
+        ["train.tokens=327680"],
         ["[run] step ", "[run] completed in ", "final_val_loss"],
     ),
     (
