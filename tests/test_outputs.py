@@ -177,8 +177,11 @@ def _lingering(marker: str) -> list[int]:
 @pytest.mark.integration
 def test_ctrl_c_during_the_bootstrap_exits_at_once_with_one_line(tmp_path):
     out = tmp_path / "interrupted.json"
-    command = [sys.executable, "-m", "bitlaw", "fit", str(DEMO_RUNS), "-o", str(out), "--law", "precision",
-               "--by", "format", "--grid", "coarse", "--bootstrap", "2000", "--progress"]
+    # the first demo's 108-run table: the current demo's 84 runs bootstrap so fast that the fit could end
+    # before its progress bar's first draw
+    slow = ROOT / "tests" / "data" / "demo_runs_2026_12_02.csv"
+    command = [sys.executable, "-m", "bitlaw", "fit", str(slow), "-o", str(out), "--law", "precision",
+               "--by", "format", "--grid", "coarse", "--bootstrap", "5000", "--progress"]
     proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
