@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fit.answer.memory import BF16_BITS, BitAccounting, Shape, shape_bytes
+from fit.answer.memory import BitAccounting, Shape, shape_bytes
 from fit.errors import InputError
 
 ENVELOPES = ("inside", "beyond")
@@ -52,16 +52,12 @@ class GridSpan:
                 and self.dn_min <= D / n_quant <= self.dn_max)
 
 
-def _p_w(bits: int, fmt: str, acct: BitAccounting) -> float:
-    return acct.p_w(bits, "none" if bits == BF16_BITS else fmt)
-
-
 def contenders_at(budget: float, shapes: list[Shape], bits: tuple[int, ...], fmt: str,
                   acct: BitAccounting) -> dict[int, Shape | None]:
     """Each bit width's largest shape (by N_quant) whose weights fit ``budget`` bytes."""
     out: dict[int, Shape | None] = {}
     for b in bits:
-        fitting = [s for s in shapes if shape_bytes(s, _p_w(b, fmt, acct)) <= budget]
+        fitting = [s for s in shapes if shape_bytes(s, acct.p_w(b, fmt)) <= budget]
         out[b] = max(fitting, key=lambda s: (s.n_quant, s.n_total)) if fitting else None
     return out
 
@@ -72,7 +68,7 @@ def envelope_budget(envelope: str, shapes: list[Shape], grid: pd.DataFrame, D: f
     if envelope not in ENVELOPES:
         raise InputError(f"--envelope: {envelope!r}; allowed: {', '.join(ENVELOPES)}")
     span = GridSpan.of(grid)
-    candidates = sorted({shape_bytes(s, _p_w(b, fmt, acct)) for s in shapes for b in bits})
+    candidates = sorted({shape_bytes(s, acct.p_w(b, fmt)) for s in shapes for b in bits})
     chosen = None
     for budget in candidates:
         picked = contenders_at(budget, shapes, bits, fmt, acct)
